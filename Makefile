@@ -1,0 +1,29 @@
+# papo-verl: set-up, tests and the CPU demo. Every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.papo-installed
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k masking"`.
+PYTEST_ARGS ?=
+
+.PHONY: install test demo clean-venv
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@# No CUDA: install the CPU torch first so that verl keeps it (verl pins no torch itself).
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install --quiet torch==2.13.0; fi
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -c "import recipe.papo, data_prep, verl, torch; print('papo-verl installed: verl', verl.__version__, 'torch', torch.__version__)"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) -m recipe.papo.demo.run_demo
+
+clean-venv:
+	rm -rf $(VENV)

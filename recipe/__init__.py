@@ -1,0 +1,1 @@
+"""Project recipes for verl (PAPO)."""

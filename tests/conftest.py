@@ -1,0 +1,32 @@
+"""Shared fixtures: the tiny random Qwen2.5-VL saved to disk and loaded back with ``from_pretrained``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """Directory of a tiny random Qwen2.5-VL (model, tokenizer, PIL processor) built in code."""
+    from recipe.papo.demo.tiny_model import save_tiny_qwen2_5_vl
+
+    return save_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_bundle(tiny_model_dir):
+    """``(model, tokenizer, processor)`` loaded from :func:`tiny_model_dir` through ``from_pretrained``."""
+    from recipe.papo.demo.tiny_model import load_tiny_qwen2_5_vl
+
+    return load_tiny_qwen2_5_vl(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_model_bundle):
+    return tiny_model_bundle[2]
