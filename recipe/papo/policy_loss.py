@@ -1,0 +1,207 @@
+"""The ``papo`` policy loss in verl's registry, and the outer loss the PAPO worker installs.
+
+verl's outer ``ppo_loss`` (``verl/workers/utils/losses.py``, 0.9.1) calls the registered policy loss
+with the standard tensors only (old/new log-probs, advantages, response mask). PAPO also needs the
+masked-image log-probs and per-sample weights, which live in the micro-batch. The PAPO worker
+therefore installs :func:`papo_ppo_loss`, which reads them from the micro-batch, hands them to the
+registered loss through :func:`papo_loss_inputs` (a context variable scoped to one call) and then
+runs verl's own ``ppo_loss`` unchanged, so the entropy bonus, reference-KL loss, global-batch
+normalisation and metrics stay exactly verl's.
+
+The registered ``papo`` loss = verl's registered ``papo.base_loss_mode`` loss (default ``vanilla``,
+so PAPO composes with e.g. ``gspo``) + the PAPO terms. With PAPO enabled and no masked log-probs it
+raises :class:`MissingMaskedLogProbsError`: it never silently trains as GRPO.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from tensordict import TensorDict
+
+from verl.trainer.ppo.core_algos import get_policy_loss_fn, register_policy_loss
+from verl.utils import tensordict_utils as tu
+from verl.workers.utils.losses import ppo_loss
+from verl.workers.utils.padding import no_padding_2_padding
+
+from .config import PapoConfig
+from .objective import PapoCoefficients, compute_papo_terms
+
+# Micro-batch fields written by the PAPO trainer / worker.
+MASKED_LOG_PROBS_KEY = "papo_masked_log_probs"  # nested (batch, response_len), no grad
+KL_WEIGHT_KEY = "papo_kl_weight"  # (batch,) float: per-sample KL_prcp weight
+IMAGE_ROW_KEY = "papo_has_image"  # (batch,) bool: PAPO terms apply to this row
+COEF_KEYS = ("papo_kl_prcp_coef", "papo_entropy_ori_coef", "papo_entropy_aug_coef")  # non-tensor floats
+
+METRIC_PREFIX = "papo/"
+
+
+class MissingMaskedLogProbsError(RuntimeError):
+    """PAPO is enabled but the policy loss received no masked-image log-probs."""
+
+
+@dataclass
+class PapoLossInputs:
+    """What the ``papo`` policy loss needs beyond verl's standard tensors.
+
+    Attributes:
+        masked_log_prob: ``(batch, response_len)`` log pi(o_t | q, I_mask), padded like ``log_prob``.
+        has_image: ``(batch,)`` bool; rows without images get no PAPO terms.
+        kl_weight: ``(batch,)`` float per-sample weight on KL_prcp.
+        coefs: effective coefficients at this step.
+    """
+
+    masked_log_prob: torch.Tensor
+    has_image: torch.Tensor
+    kl_weight: torch.Tensor
+    coefs: PapoCoefficients
+
+
+_CURRENT_INPUTS: contextvars.ContextVar[Optional[PapoLossInputs]] = contextvars.ContextVar(
+    "papo_loss_inputs", default=None
+)
+
+
+@contextmanager
+def papo_loss_inputs(inputs: PapoLossInputs) -> Iterator[None]:
+    """Make ``inputs`` visible to the registered ``papo`` loss for the duration of one loss call."""
+    token = _CURRENT_INPUTS.set(inputs)
+    try:
+        yield
+    finally:
+        _CURRENT_INPUTS.reset(token)
+
+
+def _papo_config_of(config: Any) -> PapoConfig:
+    papo = getattr(config.policy_loss, "papo", None)
+    if not isinstance(papo, PapoConfig):
+        raise TypeError(
+            "policy_loss.loss_mode=papo needs actor_rollout_ref.actor.policy_loss to be a "
+            "recipe.papo.config.PapoPolicyLossConfig with a `papo` block; compose your config from "
+            "configs/papo_trainer.yaml (python -m recipe.papo.main_papo)."
+        )
+    return papo
+
+
+@register_policy_loss("papo")
+def compute_policy_loss_papo(
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    loss_agg_mode: str = "token-mean",
+    config: Any = None,
+    rollout_is_weights: torch.Tensor | None = None,
+    papo_inputs: Optional[PapoLossInputs] = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Base clipped surrogate (verl's ``papo.base_loss_mode`` loss) plus the PAPO terms.
+
+    Shapes are verl's: ``(batch, response_len)`` padded tensors. ``papo_inputs`` defaults to the
+    inputs set by :func:`papo_loss_inputs`.
+    """
+    papo = _papo_config_of(config)
+    base_loss_fn = get_policy_loss_fn(papo.base_loss_mode)
+    pg_loss, pg_metrics = base_loss_fn(
+        old_log_prob=old_log_prob,
+        log_prob=log_prob,
+        advantages=advantages,
+        response_mask=response_mask,
+        loss_agg_mode=loss_agg_mode,
+        config=config,
+        rollout_is_weights=rollout_is_weights,
+    )
+    inputs = papo_inputs if papo_inputs is not None else _CURRENT_INPUTS.get()
+    if inputs is None:
+        if papo.enabled:
+            raise MissingMaskedLogProbsError(
+                "PAPO is enabled (papo.kl_prcp_coef / entropy coefficients > 0) but the policy loss got no "
+                "masked-image log-probs. Train with `python -m recipe.papo.main_papo` (PAPO trainer and worker), "
+                "or set all papo coefficients to 0 for plain GRPO/DAPO."
+            )
+        return pg_loss, pg_metrics
+    if not inputs.coefs.any_nonzero:
+        return pg_loss, pg_metrics
+
+    mask = response_mask.to(torch.bool) & inputs.has_image.to(torch.bool).unsqueeze(-1)
+    terms = compute_papo_terms(
+        log_prob=log_prob,
+        masked_log_prob=inputs.masked_log_prob,
+        mask=mask,
+        kl_weight=inputs.kl_weight,
+        coefs=inputs.coefs,
+        config=papo,
+        loss_agg_mode=loss_agg_mode,
+        global_batch_info=config.global_batch_info,
+    )
+    metrics = dict(pg_metrics)
+    metrics.update({METRIC_PREFIX + name: value for name, value in terms.metrics.items()})
+    metrics[METRIC_PREFIX + "loss"] = terms.loss.detach().item()
+    return pg_loss + terms.loss, metrics
+
+
+def _pad_to_width(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    if tensor.shape[-1] >= width:
+        return tensor[..., :width]
+    return torch.nn.functional.pad(tensor, (0, width - tensor.shape[-1]))
+
+
+def read_papo_inputs(
+    data: TensorDict,
+    response_width: int,
+    masked_forward: Optional[Callable[[TensorDict], torch.Tensor]] = None,
+) -> PapoLossInputs:
+    """Collect :class:`PapoLossInputs` from one micro-batch.
+
+    Args:
+        data: the micro-batch TensorDict verl passes to the loss (nested tensors).
+        response_width: padded response length of this micro-batch (``response_len`` above).
+        masked_forward: in ``recompute`` mode, a function returning the full-sequence nested
+            masked log-probs *with gradient* for this micro-batch; ``None`` reads the precomputed
+            ``papo_masked_log_probs`` field.
+    """
+    missing = [key for key in (*COEF_KEYS, KL_WEIGHT_KEY, IMAGE_ROW_KEY) if key not in data.keys()]
+    if masked_forward is None and MASKED_LOG_PROBS_KEY not in data.keys():
+        missing.append(MASKED_LOG_PROBS_KEY)
+    if missing:
+        raise MissingMaskedLogProbsError(
+            f"PAPO is enabled but the micro-batch lacks {', '.join(missing)}: the PAPO trainer writes these each "
+            "step before the actor update. Train with `python -m recipe.papo.main_papo` (trainer.v1.trainer_mode=papo)."
+        )
+    coefs = PapoCoefficients(*(float(tu.get(data, key)) for key in COEF_KEYS))
+    if masked_forward is not None:
+        masked = no_padding_2_padding(masked_forward(data), data)
+    else:
+        masked = data[MASKED_LOG_PROBS_KEY].to_padded_tensor(0.0)
+    return PapoLossInputs(
+        masked_log_prob=_pad_to_width(masked.to(torch.float32), response_width),
+        has_image=data[IMAGE_ROW_KEY].to(torch.bool),
+        kl_weight=data[KL_WEIGHT_KEY].to(torch.float32),
+        coefs=coefs,
+    )
+
+
+def papo_ppo_loss(
+    config: Any,
+    model_output: dict,
+    data: TensorDict,
+    dp_group=None,
+    masked_forward: Optional[Callable[[TensorDict], torch.Tensor]] = None,
+):
+    """verl's ``ppo_loss`` with the PAPO inputs of this micro-batch made visible to the ``papo`` loss.
+
+    Install with ``functools.partial(papo_ppo_loss, config=actor_config, masked_forward=...)``.
+    Returns ``(loss, metrics)`` like ``ppo_loss``; PAPO metrics are named ``papo/*`` (verl turns the
+    registered loss's metrics into per-micro-batch means).
+    """
+    if config.policy_loss.loss_mode != "papo" or not _papo_config_of(config).enabled:
+        return ppo_loss(config, model_output, data, dp_group)
+    # ppo_loss pads old_log_probs / advantages the same way, so the widths agree.
+    response_width = data["response_mask"].to_padded_tensor(0).shape[-1]
+    inputs = read_papo_inputs(data, response_width, masked_forward)
+    with papo_loss_inputs(inputs):
+        return ppo_loss(config, model_output, data, dp_group)
