@@ -1,0 +1,89 @@
+"""The PAPO reward (spec section 4) as a verl 0.9 custom reward function.
+
+Select it with::
+
+    reward.custom_reward_function.path=pkg://recipe.papo.reward
+    reward.custom_reward_function.name=compute_score
+
+verl's reward managers (``naive``, ``dapo``) call ``compute_score(data_source=, solution_str=,
+ground_truth=, extra_info=)`` once per response and copy every key of the returned dict into
+``reward_extra_info``: ``score`` is the scalar reward, ``acc`` is what DAPO's
+``algorithm.filter_groups.metric=acc`` and the validation metrics ``val-core/<data_source>/acc/mean@N``
+read, ``format`` is logged alongside.
+
+The response is first normalised by deleting whitespace around every ``<``, ``>`` and ``/``
+(so ``< think >`` and ``</ think>`` count as tags); both terms are computed on the normalised text.
+
+- ``format`` = 1.0 iff the whole normalised response matches ``<think>.*</think>.*\\boxed{.*}.*``
+  (``.`` matches newlines), else 0.0.
+- ``acc`` = 1.0 iff ``mathruler.grader.grade_answer(extract_boxed_content(response), ground_truth)``,
+  else 0.0. ``extract_boxed_content`` takes the LAST ``\\boxed{`` and its brace-balanced content,
+  stripped; it returns the string ``"None"`` when there is no box or the box is not closed.
+- ``score`` = 0.9 * acc + 0.1 * format.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from mathruler.grader import extract_boxed_content, grade_answer
+
+# Absolute import: verl may load this file by path (spec_from_file_location), outside the package.
+from recipe.papo.prompt import DATA_SOURCE_PREFIX
+
+ACCURACY_WEIGHT = 0.9
+FORMAT_WEIGHT = 0.1
+
+_SPACED_TAG_CHAR = re.compile(r"\s*([<>/])\s*")
+_FORMAT = re.compile(r"<think>.*</think>.*\\boxed\{.*\}.*", re.DOTALL)
+
+
+def normalize_response(response: str) -> str:
+    """Delete the whitespace on both sides of every ``<``, ``>`` and ``/``."""
+    return _SPACED_TAG_CHAR.sub(r"\1", response)
+
+
+def format_reward(response: str) -> float:
+    """1.0 iff the (already normalised) response is ``<think>...</think>...\\boxed{...}...``."""
+    return 1.0 if _FORMAT.fullmatch(response) else 0.0
+
+
+def accuracy_reward(response: str, ground_truth: str) -> float:
+    """1.0 iff mathruler grades the last ``\\boxed{}`` content of the response equal to ``ground_truth``."""
+    return 1.0 if grade_answer(extract_boxed_content(response), ground_truth) else 0.0
+
+
+def papo_reward(response: str, ground_truth: str) -> dict[str, float]:
+    """``{"score", "acc", "format"}`` for one response; see the module docstring."""
+    normalized = normalize_response(response)
+    acc = accuracy_reward(normalized, ground_truth)
+    fmt = format_reward(normalized)
+    return {"score": ACCURACY_WEIGHT * acc + FORMAT_WEIGHT * fmt, "acc": acc, "format": fmt}
+
+
+def compute_score(
+    data_source: str,
+    solution_str: str,
+    ground_truth: str,
+    extra_info: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """verl entry point: the PAPO reward of ``solution_str`` for a row prepared by ``data_prep``.
+
+    ``extra_info`` is accepted because verl always passes it; the reward does not use it.
+    Rows whose ``data_source`` does not start with ``"papo/"`` are rejected: they were not written
+    by this project's data preparation, so neither the format instruction in their prompt nor the
+    form of their ground truth is known to match what this reward checks.
+    """
+    if not str(data_source).startswith(DATA_SOURCE_PREFIX):
+        raise ValueError(
+            f"PAPO reward got a row with data_source={data_source!r}; it only scores rows prepared by "
+            f"data_prep, whose data_source starts with {DATA_SOURCE_PREFIX!r}. Prepare the dataset with "
+            "data_prep, so that its prompt asks for the <think>/\\boxed{} format this reward checks."
+        )
+    if not isinstance(ground_truth, str):
+        raise TypeError(
+            f"PAPO reward needs reward_model.ground_truth to be a string, got {type(ground_truth).__name__} "
+            f"({ground_truth!r}) for data_source={data_source!r}; store answers as strings in the parquet."
+        )
+    return papo_reward(solution_str, ground_truth)

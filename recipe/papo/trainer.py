@@ -1,0 +1,144 @@
+"""The PAPO trainer: verl 0.9.1's synchronous v1 trainer plus the PAPO inputs of every step.
+
+Registered as ``trainer.v1.trainer_mode=papo``. Per step, after old log-probs (verl's
+``_compute_old_log_prob``), it
+
+1. asks the PAPO worker for the masked-image log-probs of the pre-update policy
+   (``compute_masked_log_prob``; in ``recompute`` mode only the has-image flags),
+2. writes the per-sample KL_prcp weights (``papo.apply_mode``, from the reward's
+   ``papo.correctness_key``, e.g. ``acc``) to the batch,
+3. before the actor update, sets gamma_t and the entropy coefficients of this global step
+   (a pure function of the step, so a resumed run continues the schedule exactly),
+
+and logs ``papo/*`` metrics. With PAPO off (all coefficients 0) it skips all of this and is exactly
+verl's synchronous trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import ray
+import torch
+import transfer_queue as tq
+from tensordict import TensorDict
+from transfer_queue import KVBatchMeta
+
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.workers.engine_workers import ActorRolloutRefWorker
+
+from . import position_ids, register as _register  # noqa: F401  (registries in this process)
+from .config import PapoConfig, papo_config_from
+from .objective import coefficients_at_step, sample_weights
+from .policy_loss import COEF_KEYS, IMAGE_ROW_KEY, KL_WEIGHT_KEY, MASKED_LOG_PROBS_KEY, METRIC_PREFIX
+from .worker import STEP_KEY, PapoActorRolloutRefWorker
+
+logger = logging.getLogger(__name__)
+
+TRAINER_MODE = "papo"
+
+
+def correctness_from_extra_fields(extra_fields: list, key: str) -> torch.Tensor:
+    """``(batch,)`` bool: ``reward_extra_info[key] > 0.5`` for each row's ``extra_fields``."""
+    correct = []
+    for row, fields in enumerate(extra_fields):
+        fields = getattr(fields, "data", fields)
+        info = fields.get("reward_extra_info", {}) if isinstance(fields, dict) else {}
+        if key not in info:
+            raise KeyError(
+                f"papo.apply_mode needs the reward's '{key}' per sample (papo.correctness_key) but row {row} has "
+                f"reward extra info keys {sorted(info)}; use the PAPO reward (recipe/papo/reward.py returns 'acc') "
+                "or set papo.correctness_key."
+            )
+        correct.append(float(info[key]) > 0.5)
+    return torch.tensor(correct, dtype=torch.bool)
+
+
+@register_trainer(TRAINER_MODE)
+class PapoTrainer(PPOTrainerSync):
+    """Synchronous PPO/GRPO/DAPO trainer with PAPO's masked-image branch."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        position_ids.install()
+        self.papo: PapoConfig = papo_config_from(config.papo)
+
+    # verl's base trainer branches on ``trainer_mode == "sync"`` for the replay buffer, exact-refill
+    # batching, checkpointed TransferQueue state and in-flight prompt re-issue. This trainer is
+    # registered as "papo" but behaves as "sync" in all of those, so it reports "sync".
+    @property
+    def trainer_mode(self) -> str:
+        return "sync"
+
+    @trainer_mode.setter
+    def trainer_mode(self, _registered_name: str) -> None:
+        pass
+
+    def _init_resource_pool_mgr(self):
+        super()._init_resource_pool_mgr()
+        # verl maps every actor/rollout/ref role to its engine ActorRolloutRefWorker; use PAPO's subclass.
+        for role, worker_cls in list(self.role_worker_mapping.items()):
+            if getattr(worker_cls, "__ray_actor_class__", None) is ActorRolloutRefWorker:
+                self.role_worker_mapping[role] = ray.remote(PapoActorRolloutRefWorker)
+
+    def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        batch = super()._compute_old_log_prob(batch, metrics)
+        if self.papo.enabled:
+            batch = self._compute_papo_inputs(batch, metrics)
+        return batch
+
+    def _compute_papo_inputs(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        """Masked log-probs, has-image flags and per-sample KL weights for this step's batch."""
+        batch.extra_info.update(
+            {
+                "calculate_entropy": False,
+                "compute_loss": False,
+                "temperature": self.config.actor_rollout_ref.rollout.temperature,
+                STEP_KEY: self.global_steps,
+            }
+        )
+        output = self.actor_rollout_wg.compute_masked_log_prob(batch)
+        assert len(output) == len(batch)
+
+        precompute = self.papo.masked_logprob_mode == "precompute"
+        fields = [IMAGE_ROW_KEY, "response_mask"]
+        if self.papo.apply_mode != "all":
+            fields.append("extra_fields")
+        if precompute:
+            fields += [MASKED_LOG_PROBS_KEY, "old_log_probs"]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+
+        has_image = data[IMAGE_ROW_KEY].to(torch.bool)
+        correct = torch.ones_like(has_image)
+        if self.papo.apply_mode != "all":
+            correct = correctness_from_extra_fields(list(data["extra_fields"]), self.papo.correctness_key)
+        kl_weight = sample_weights(correct, self.papo.apply_mode, self.papo.incorrect_weight)
+        batch = tq.kv_batch_put(
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            fields=TensorDict({KL_WEIGHT_KEY: kl_weight}, batch_size=len(batch)),
+        )
+
+        metrics[METRIC_PREFIX + "rows_without_image"] = int((~has_image).sum())
+        metrics[METRIC_PREFIX + "kl_weight_mean"] = float(kl_weight[has_image].mean()) if has_image.any() else 0.0
+        if precompute and has_image.any():
+            old = data["old_log_probs"].to_padded_tensor(0.0)
+            masked = data[MASKED_LOG_PROBS_KEY].to_padded_tensor(0.0)
+            mask = data["response_mask"].to_padded_tensor(0).to(torch.bool) & has_image.unsqueeze(-1)
+            metrics[METRIC_PREFIX + "logprob_gap"] = float(((old - masked) * mask).sum() / mask.sum())
+        return batch
+
+    def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        if self.papo.enabled:
+            coefs = coefficients_at_step(self.papo, self.global_steps, self.total_training_steps)
+            batch.extra_info.update(dict(zip(COEF_KEYS, (coefs.kl_prcp, coefs.entropy_ori, coefs.entropy_aug))))
+            batch.extra_info[STEP_KEY] = self.global_steps
+            metrics[METRIC_PREFIX + "gamma"] = coefs.kl_prcp
+            metrics[METRIC_PREFIX + "entropy_ori_coef"] = coefs.entropy_ori
+            metrics[METRIC_PREFIX + "entropy_aug_coef"] = coefs.entropy_aug
+        batch = super()._update_actor(batch, metrics)
+        # The loss reports PAPO metrics as papo/*; verl prefixes actor metrics with actor/.
+        for name in [key for key in metrics if key.startswith("actor/" + METRIC_PREFIX)]:
+            metrics[name[len("actor/") :]] = metrics.pop(name)
+        return batch

@@ -1,0 +1,104 @@
+"""The PAPO actor worker: verl 0.9.1's engine ``ActorRolloutRefWorker`` plus masked-image log-probs.
+
+* ``init_model`` builds verl's actor as usual, then installs :func:`recipe.papo.policy_loss.papo_ppo_loss`
+  as the actor's loss (verl's ``ppo_loss`` + the PAPO inputs of each micro-batch).
+* ``compute_masked_log_prob`` (``papo.masked_logprob_mode=precompute``, the authors' default): one
+  no-grad pass of the pre-update policy over the batch with masked ``multi_modal_inputs``,
+  micro-batched exactly like old log-probs (``rollout.log_prob_micro_batch_size_per_gpu``). It writes
+  ``papo_masked_log_probs`` (response tokens) and ``papo_has_image``. The masked log-probs are
+  constants during the update: KL_prcp's gradient flows through log pi_theta(o|I) only and H_aug
+  has zero gradient.
+* ``recompute`` mode: the masked forward runs *with gradient* inside every update micro-batch
+  (:func:`masked_log_probs_with_grad`), so H_aug and both KL branches carry gradient; the
+  per-step call only reports ``papo_has_image``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+from tensordict import TensorDict
+
+from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
+from verl.utils import tensordict_utils as tu
+from verl.utils.profiler import DistProfiler
+from verl.workers.engine_workers import ActorRolloutRefWorker
+from verl.workers.utils.padding import response_from_nested
+
+from . import position_ids, register as _register  # noqa: F401  (registries in this process)
+from .config import PapoConfig
+from .masked_inputs import MaskedInputBuilder
+from .policy_loss import IMAGE_ROW_KEY, MASKED_LOG_PROBS_KEY, papo_ppo_loss
+
+STEP_KEY = "papo_global_step"  # non-tensor: global step, part of the mask seed
+
+
+def masked_log_probs_with_grad(micro_batch: TensorDict, engine: Any, builder: MaskedInputBuilder) -> torch.Tensor:
+    """Full-sequence nested log pi(o_t | q, I_mask) of one micro-batch, with gradient.
+
+    Runs the engine's own input preparation, module forward and output processing (verl 0.9.1
+    ``FSDPEngineWithLMHead.prepare_model_inputs`` / ``prepare_model_outputs``) on a copy of the
+    micro-batch whose ``multi_modal_inputs`` are masked. Called from inside the engine's
+    ``forward_step`` (so under its autocast and before ``backward``).
+    """
+    masked, _ = builder.mask_batch(micro_batch, step=int(tu.get(micro_batch, STEP_KEY)))
+    tu.assign_non_tensor(masked, calculate_entropy=False, calculate_sum_pi_squared=False)
+    model_inputs, output_args = engine.prepare_model_inputs(micro_batch=masked)
+    raw_output = engine.module(**model_inputs, use_cache=False)
+    outputs = engine.prepare_model_outputs(
+        output=raw_output, output_args=output_args, micro_batch=masked, logits_processor_func=None
+    )
+    return outputs["log_probs"]
+
+
+class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
+    """verl's hybrid actor/rollout/ref worker with the PAPO loss and the masked-image pass."""
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def init_model(self):
+        position_ids.install()
+        super().init_model()
+        if "actor" not in self.role:
+            return
+        if self.distillation_enabled:
+            raise NotImplementedError("PAPO does not support on-policy distillation (distillation.enabled=True).")
+        actor_config = self.loss_fn.keywords["config"]  # the ActorConfig verl built for ppo_loss
+        papo: PapoConfig = actor_config.policy_loss.papo
+        processor = self.actor.model_config.processor
+        if processor is None:
+            raise ValueError(
+                f"PAPO needs a multimodal processor but none loaded from {self.actor.model_config.path}; "
+                "use a vision-language model (Qwen2.5-VL / Qwen3-VL)."
+            )
+        self.papo = papo
+        self.masked_input_builder = MaskedInputBuilder(papo, processor)
+        masked_forward = None
+        if papo.masked_logprob_mode == "recompute":
+            masked_forward = partial(
+                masked_log_probs_with_grad, engine=self.actor.engine, builder=self.masked_input_builder
+            )
+        self.loss_fn = partial(papo_ppo_loss, config=actor_config, masked_forward=masked_forward)
+        self.actor.set_loss_fn(self.loss_fn)
+
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
+    @DistProfiler.annotate(color="purple", role="papo_masked_log_prob")
+    def compute_masked_log_prob(self, data: TensorDict) -> TensorDict | None:
+        """Masked-image log-probs of the pre-update policy (no grad) and the has-image flags.
+
+        Expects the non-tensor ``papo_global_step`` plus the usual log-prob metadata
+        (``temperature``, ``calculate_entropy=False``, ``compute_loss=False``).
+        Returns a TensorDict with ``papo_masked_log_probs`` (nested, response tokens; omitted in
+        ``recompute`` mode) and ``papo_has_image`` ``(batch,)`` bool.
+        """
+        masked, has_image = self.masked_input_builder.mask_batch(data, step=int(tu.get(data, STEP_KEY)))
+        fields: dict[str, torch.Tensor] = {IMAGE_ROW_KEY: has_image}
+        if self.papo.masked_logprob_mode == "precompute":
+            output = self.actor.infer_batch(masked)
+            if output is None:  # not an output-collecting model-parallel rank
+                return None
+            fields[MASKED_LOG_PROBS_KEY] = response_from_nested(output["log_probs"], data["response_mask"])
+        elif not self.actor.engine.is_mp_src_rank_with_outputs():
+            return None
+        return TensorDict(fields, batch_size=data.batch_size).cpu()
