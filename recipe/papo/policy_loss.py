@@ -140,7 +140,10 @@ def compute_policy_loss_papo(
     )
     metrics = dict(pg_metrics)
     metrics.update({METRIC_PREFIX + name: value for name, value in terms.metrics.items()})
+    # verl logs the registered loss's return value as actor/pg_loss (surrogate + PAPO terms); these
+    # separate the two.
     metrics[METRIC_PREFIX + "loss"] = terms.loss.detach().item()
+    metrics[METRIC_PREFIX + "base_loss"] = pg_loss.detach().item()
     return pg_loss + terms.loss, metrics
 
 

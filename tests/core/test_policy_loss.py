@@ -55,6 +55,8 @@ def test_loss_is_base_surrogate_plus_papo_terms(batch, make_actor_config):
     )
     assert loss.item() == pytest.approx(base.item() + terms.loss.item(), rel=1e-6)
     assert metrics["papo/kl_prcp"] > 0 and "actor/pg_clipfrac" in metrics
+    assert metrics["papo/base_loss"] == pytest.approx(base.item(), rel=1e-6)
+    assert metrics["papo/loss"] == pytest.approx(terms.loss.item(), rel=1e-6)
 
 
 def test_zero_coefficients_give_exactly_the_base_loss_and_gradient(batch, make_actor_config):
