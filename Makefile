@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	@# No CUDA: install the CPU torch first so that verl keeps it (verl pins no torch itself).
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install --quiet torch==2.13.0; fi
-	$(PY) -m pip install --quiet -e '.[test]'
+	@# compat mode puts the repo root on sys.path, so our regular `recipe` package wins over the
+	@# namespace folder TransferQueue installs as site-packages/recipe.
+	$(PY) -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
 	$(PY) -c "import recipe.papo, data_prep, verl, torch; print('papo-verl installed: verl', verl.__version__, 'torch', torch.__version__)"
 	touch $(STAMP)
 
