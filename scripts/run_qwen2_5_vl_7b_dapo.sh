@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# DAPO baseline, Qwen2.5-VL-7B-Instruct (PAPO spec section 3, row "DAPO").
+# Plain DAPO: PAPO off (gamma = eta_ori = eta_aug = 0); no reference KL, clip 0.2 / 0.28,
+# dynamic sampling on the reward's acc (algorithm.filter_groups).
+#
+# Usage: [DRY_RUN=1] [MODEL_PATH=...] [N_GPUS_PER_NODE=...] bash scripts/run_qwen2_5_vl_7b_dapo.sh [key=value ...]
+# Knobs and shared settings: scripts/common.sh. Trailing key=value overrides win.
+set -xeuo pipefail
+
+DEFAULT_MODEL_PATH=Qwen/Qwen2.5-VL-7B-Instruct
+DEFAULT_N_GPUS_PER_NODE=4
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+papo_main \
+    "${COMMON_ARGS[@]}" \
+    "${DAPO_ARGS[@]}" \
+    "${PAPO_OFF_ARGS[@]}" \
+    "$@"

@@ -1,0 +1,104 @@
+"""Run the shell scripts of ``scripts/`` as a user would (``bash scripts/<name> key=value ...``).
+
+Each dry run is one Python start plus the verl import (about 6 s), so the dry runs every test needs
+are started once per session on a small thread pool and shared (:func:`dry_runs`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO / "scripts"
+DRY_RUN_BANNER = "PAPO dry run: configuration composed and validated; resolved settings:"
+# Two dry runs at a time: each is CPU-bound (imports), and CI machines have few cores.
+POOL_SIZE = 2
+SCRIPT_TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class ScriptRun:
+    """One finished script run."""
+
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def summary(self) -> dict:
+        """The resolved settings the dry run printed after :data:`DRY_RUN_BANNER`."""
+        assert self.returncode == 0, f"{' '.join(self.args)} failed ({self.returncode}):\n{self.stderr[-4000:]}"
+        head, banner, tail = self.stdout.partition(DRY_RUN_BANNER)
+        assert banner, f"no dry-run banner in the output of {' '.join(self.args)}:\n{self.stdout[-2000:]}"
+        return json.loads(tail)
+
+
+def script_knobs() -> set[str]:
+    """Every env-var knob of the scripts: the ``NAME=${NAME:-default}`` assignments."""
+    pattern = re.compile(r"^(?:export )?([A-Z_][A-Z0-9_]*)=\$\{\1:[-?]", re.MULTILINE)
+    knobs = {name for path in SCRIPTS.glob("*.sh") for name in pattern.findall(path.read_text())}
+    return knobs | {"VERL_FILE_LOGGER_PATH"}  # read by verl; eval_papo.sh sets it
+
+
+def script_env(**overrides: str) -> dict[str, str]:
+    """The caller's environment without any script knob (a developer's exports must not leak in),
+    this venv's ``bin`` first on PATH (``python3`` is the project's), plus ``overrides``."""
+    env = {key: value for key, value in os.environ.items() if key not in script_knobs()}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(overrides)
+    return env
+
+
+def run_script(name: str, *args: str, cwd: Path, **env: str) -> ScriptRun:
+    """``bash scripts/<name> args...`` in ``cwd`` (Hydra writes its ``outputs/`` there)."""
+    command = ("bash", str(SCRIPTS / name), *args)
+    done = subprocess.run(
+        command, cwd=cwd, env=script_env(**env), capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S
+    )
+    return ScriptRun(command, done.returncode, done.stdout, done.stderr)
+
+
+class DryRuns:
+    """Dry runs started in the background on first request, shared by every test of the session."""
+
+    def __init__(self, workdir: Path):
+        self._workdir = workdir
+        self._pool = ThreadPoolExecutor(max_workers=POOL_SIZE)
+        self._futures: dict[tuple, Future] = {}
+
+    def start(self, name: str, *args: str, **env: str) -> Future:
+        key = (name, args, tuple(sorted(env.items())))
+        if key not in self._futures:
+            cwd = self._workdir / f"run{len(self._futures)}"
+            cwd.mkdir()
+            self._futures[key] = self._pool.submit(run_script, name, *args, cwd=cwd, DRY_RUN="1", **env)
+        return self._futures[key]
+
+    def get(self, name: str, *args: str, **env: str) -> ScriptRun:
+        return self.start(name, *args, **env).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="session")
+def run_bash():
+    """:func:`run_script`: ``run_bash(name, *args, cwd=..., **env) -> ScriptRun``."""
+    return run_script
+
+
+@pytest.fixture(scope="session")
+def dry_runs(tmp_path_factory):
+    runs = DryRuns(tmp_path_factory.mktemp("dry_runs"))
+    yield runs
+    runs.close()
