@@ -1,0 +1,60 @@
+"""CPU backend that lets verl 0.9.1's real v1 trainer run end to end without a GPU.
+
+Off unless switched on. The switch is the environment variable ``VERL_PLATFORM=cpu`` (verl's own
+platform selector, ``verl/plugin/platform/platform_manager.py``); importing this package without it
+does nothing, so GPU runs can import ``recipe.papo`` freely.
+
+How it reaches every process: set ``VERL_USE_EXTERNAL_MODULES=recipe.papo.cpu``. verl 0.9.1's
+``verl/__init__.py`` imports every module named there right after its own core imports, in every
+process that imports verl: the driver, the task runner and every Ray actor (Ray passes the
+environment to its workers). Platform selection is lazy (first ``get_platform()`` call), so the
+"cpu" platform is registered before anything asks for it.
+
+What :func:`activate` installs, one module per concern (each documents the verl code it plugs into):
+
+- :mod:`.platform`: the "cpu" platform (device "cpu", backend "gloo", Ray resource "GPU").
+- :mod:`.distributed`: ``"cpu:gloo"`` as the worker process-group backend.
+- :mod:`.engines`: verl's FSDP engines registered for device "cpu".
+- :mod:`.hf_replica`, :mod:`.hf_server`, :mod:`.hf_adapter`: the rollout named "hf"
+  (HF ``generate`` in a named Ray actor; vision placeholder tokens suppressed).
+- :mod:`.qwen_vl_stub`: a torchvision-free ``qwen_vl_utils`` for images, only if the real one fails.
+- :mod:`recipe.papo.position_ids`: the equal-length mRoPE ``position_ids`` fix (not CPU-specific).
+
+:mod:`.launch` returns the environment and Hydra overrides of a CPU run.
+"""
+
+from __future__ import annotations
+
+import os
+
+SWITCH_ENV = "VERL_PLATFORM"
+SWITCH_VALUE = "cpu"
+
+_active = False
+
+
+def is_enabled() -> bool:
+    """True when the CPU backend is switched on (``VERL_PLATFORM=cpu``)."""
+    return os.environ.get(SWITCH_ENV, "").strip().lower() == SWITCH_VALUE
+
+
+def activate() -> None:
+    """Install every piece of the CPU backend in this process (idempotent)."""
+    global _active
+    if _active:
+        return
+    from recipe.papo import position_ids
+
+    from . import distributed, engines, hf_replica, platform, qwen_vl_stub
+
+    platform.register()  # first: verl modules imported below ask for the device name at import time
+    distributed.install()
+    engines.register()
+    hf_replica.register()
+    qwen_vl_stub.install()
+    position_ids.install()
+    _active = True
+
+
+if is_enabled():
+    activate()

@@ -1,0 +1,142 @@
+"""Environment and Hydra overrides that run verl 0.9.1's own entry points on CPU.
+
+Use with any entry point that composes verl's ``ppo_trainer`` config (``python -m
+verl.trainer.main_ppo``, or a recipe entry point built on it)::
+
+    env = {**os.environ, **cpu_env()}
+    cmd = [sys.executable, "-m", "verl.trainer.main_ppo", *cpu_overrides(model_dir, train, val),
+           "algorithm.adv_estimator=grpo", *reward_overrides()]
+    subprocess.run(cmd, env=env, check=True)
+
+The overrides only make the run fit a CPU (fsdp2 on gloo, eager attention, no padding removal, no
+torch.compile, the "hf" rollout, one agent-loop and one reward worker, Ray with one logical GPU
+slot per rank, no dashboard) and set its size; the algorithm and the reward are the caller's.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+PLUGIN_MODULE = "recipe.papo.cpu"
+
+
+def cpu_env(file_logger_path: Optional[str | Path] = None) -> dict[str, str]:
+    """Environment variables of a CPU run (merge into ``os.environ`` of the launching process).
+
+    Args:
+        file_logger_path: where verl's ``file`` logger writes its JSONL metrics (``trainer.logger``
+            must include ``file``); by default verl picks ``./<project>/<experiment>.jsonl``.
+    """
+    modules = [m for m in os.environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m and m != PLUGIN_MODULE]
+    env = {
+        "VERL_PLATFORM": "cpu",  # the switch: selects the "cpu" platform and activates the plug-in
+        "VERL_USE_EXTERNAL_MODULES": ",".join([PLUGIN_MODULE, *modules]),  # imported by verl in every process
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        # Ray would pre-start one idle Python worker per logical CPU (16) for the first driver; on a
+        # few cores they only compete with the processes verl actually starts.
+        "RAY_prestart_worker_first_driver": "0",
+    }
+    if file_logger_path is not None:
+        env["VERL_FILE_LOGGER_PATH"] = str(file_logger_path)
+    return env
+
+
+def cpu_overrides(
+    model_dir: str | Path,
+    train_files: str | Path,
+    val_files: str | Path,
+    *,
+    total_training_steps: int = 2,
+    batch_size: int = 2,
+    rollout_n: int = 2,
+    world_size: int = 1,
+    max_prompt_length: int = 128,
+    max_response_length: int = 16,
+    val_before_train: bool = False,
+    test_freq: int = -1,
+    save_freq: int = -1,
+    output_dir: Optional[str | Path] = None,
+    project_name: str = "papo_cpu",
+    experiment_name: str = "cpu",
+    loggers: tuple[str, ...] = ("console", "file"),
+    ignore_eos: bool = False,
+) -> list[str]:
+    """Hydra overrides (for verl's ``ppo_trainer`` config) of a CPU run on one machine.
+
+    Args:
+        model_dir: HF model directory (loaded with ``trust_remote_code``).
+        train_files / val_files: verl RLHF parquet files.
+        total_training_steps: training steps to run.
+        batch_size: prompts per step; also the PPO mini-batch (one optimiser step per step).
+        rollout_n: responses per prompt (GRPO group size).
+        world_size: training ranks (processes on gloo), each with one "hf" rollout replica;
+            ``batch_size * rollout_n`` must be divisible by it.
+        max_prompt_length / max_response_length: token budgets (prompts must fit, images included).
+        val_before_train / test_freq: validation before training / every ``test_freq`` steps.
+        save_freq: checkpoint every ``save_freq`` steps (-1: never); resume is ``auto``.
+        output_dir: checkpoint directory (``trainer.default_local_dir``).
+        loggers: verl tracking backends.
+        ignore_eos: generate exactly ``max_response_length`` tokens per response.
+    """
+    if (batch_size * rollout_n) % world_size:
+        raise ValueError(f"batch_size * rollout_n = {batch_size * rollout_n} is not divisible by {world_size} ranks")
+    micro_batch = batch_size * rollout_n // world_size  # a rank's whole share in one micro-batch
+    overrides = [
+        # data
+        f"data.train_files={train_files}",
+        f"data.val_files={val_files}",
+        f"data.train_batch_size={batch_size}",
+        f"data.max_prompt_length={max_prompt_length}",
+        f"data.max_response_length={max_response_length}",
+        "data.filter_overlong_prompts=False",
+        "data.dataloader_num_workers=0",
+        "data.trust_remote_code=True",
+        # model: eager attention and padded inputs (no flash-attn kernels on CPU)
+        f"actor_rollout_ref.model.path={model_dir}",
+        "actor_rollout_ref.model.trust_remote_code=True",
+        "actor_rollout_ref.model.use_remove_padding=False",
+        "actor_rollout_ref.model.enable_gradient_checkpointing=False",
+        "++actor_rollout_ref.model.override_config.attn_implementation=eager",
+        # actor / reference: FSDP2 on gloo, no torch.compile
+        "actor_rollout_ref.actor.strategy=fsdp2",
+        "actor_rollout_ref.actor.use_torch_compile=False",
+        "actor_rollout_ref.actor.fsdp_config.use_torch_compile=False",
+        "actor_rollout_ref.ref.fsdp_config.use_torch_compile=False",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={batch_size}",
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro_batch}",
+        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={micro_batch}",
+        # rollout: HF generate in a Ray actor
+        "actor_rollout_ref.rollout.name=hf",
+        f"actor_rollout_ref.rollout.n={rollout_n}",
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={micro_batch}",
+        f"actor_rollout_ref.rollout.ignore_eos={ignore_eos}",
+        "actor_rollout_ref.rollout.agent.num_workers=1",
+        "reward.num_workers=1",
+        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+        # trainer: world_size processes, each holding one logical Ray "GPU" slot
+        "trainer.device=cpu",
+        "trainer.nnodes=1",
+        f"trainer.n_gpus_per_node={world_size}",
+        f"trainer.total_training_steps={total_training_steps}",
+        f"trainer.val_before_train={val_before_train}",
+        f"trainer.test_freq={test_freq}",
+        f"trainer.save_freq={save_freq}",
+        f"trainer.project_name={project_name}",
+        f"trainer.experiment_name={experiment_name}",
+        f"trainer.logger=[{','.join(loggers)}]",
+        # Ray: logical CPUs so every placement bundle fits on a small machine, one logical GPU
+        # slot per training rank (the "cpu" platform reports Ray resource "GPU"), no dashboard.
+        # "++" adds or overrides, so the overrides also apply to configs that already set these keys.
+        "ray_kwargs.ray_init.num_cpus=16",
+        f"++ray_kwargs.ray_init.num_gpus={world_size}",
+        "++ray_kwargs.ray_init.include_dashboard=False",
+    ]
+    if output_dir is not None:
+        overrides.append(f"trainer.default_local_dir={output_dir}")
+    return overrides

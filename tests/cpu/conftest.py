@@ -1,0 +1,72 @@
+"""Fixtures of the CPU-backend tests: the demo dataset, an HF rollout server and prompt building."""
+
+from __future__ import annotations
+
+import os
+from io import BytesIO
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+PROMPT_LENGTH = 128
+RESPONSE_LENGTH = 16
+
+
+@pytest.fixture
+def switch_off_env() -> dict[str, str]:
+    """This process's environment with the CPU backend switch removed (for fresh-process probes)."""
+    return {k: v for k, v in os.environ.items() if k not in ("VERL_PLATFORM", "VERL_USE_EXTERNAL_MODULES")}
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> tuple[Path, Path]:
+    """``(train.parquet, val.parquet)`` of the demo counting task (8 and 4 rows)."""
+    from recipe.papo.demo.task import write_demo_dataset
+
+    return write_demo_dataset(tmp_path_factory.mktemp("demo_data"), num_train=8, num_val=4, seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_rows(demo_data) -> list[dict]:
+    return pd.read_parquet(demo_data[0]).to_dict("records")
+
+
+@pytest.fixture(scope="session")
+def hf_model_config(tiny_model_dir):
+    """verl's ``HFModelConfig`` of the tiny model, as the trainer builds it for a CPU run."""
+    from verl.workers.config import HFModelConfig
+
+    return HFModelConfig(
+        path=str(tiny_model_dir), trust_remote_code=True, override_config={"attn_implementation": "eager"}
+    )
+
+
+@pytest.fixture(scope="session")
+def hf_server(hf_model_config):
+    """The "hf" rollout server body (no Ray) on the tiny model."""
+    from recipe.papo.cpu.hf_server import HFRolloutServer
+    from verl.workers.config import RolloutConfig
+
+    config = RolloutConfig(
+        name="hf", prompt_length=PROMPT_LENGTH, response_length=RESPONSE_LENGTH, tensor_model_parallel_size=1
+    )
+    return HFRolloutServer(config, hf_model_config)
+
+
+@pytest.fixture(scope="session")
+def build_prompt(hf_model_config) -> Callable[[dict], tuple[list[int], list[Image.Image]]]:
+    """Row of the demo parquet -> ``(prompt ids with expanded image pads, images)``, as the agent loop sends them."""
+    processor = hf_model_config.processor
+
+    def build(row: dict) -> tuple[list[int], list[Image.Image]]:
+        image = Image.open(BytesIO(row["images"][0]["bytes"])).convert("RGB")
+        text = row["prompt"][0]["content"].replace("<image>", "")
+        messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
+        chat = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=[chat], images=[image], return_tensors="pt")
+        return inputs["input_ids"][0].tolist(), [image]
+
+    return build

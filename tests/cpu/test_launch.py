@@ -1,0 +1,78 @@
+"""The CPU launch helpers compose against verl's real Hydra config and switch the plug-in on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from recipe.papo.cpu.launch import PLUGIN_MODULE, cpu_env, cpu_overrides
+from recipe.papo.demo.reward import reward_overrides
+
+
+def test_overrides_compose_and_validate_against_verl_ppo_trainer(tmp_path):
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    overrides = cpu_overrides(tmp_path / "model", tmp_path / "t.parquet", tmp_path / "v.parquet", output_dir=tmp_path)
+    with initialize_config_module("verl.trainer.config", version_base=None):
+        config = compose("ppo_trainer", overrides=[*overrides, "algorithm.adv_estimator=grpo", *reward_overrides()])
+    validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    assert config.trainer.device == "cpu" and config.actor_rollout_ref.rollout.name == "hf"
+    assert config.actor_rollout_ref.model.override_config.attn_implementation == "eager"
+    assert config.ray_kwargs.ray_init.num_gpus == 1
+    assert config.trainer.default_local_dir == str(tmp_path)
+
+
+def test_world_size_splits_each_rank_share_into_one_micro_batch(tmp_path):
+    overrides = cpu_overrides("m", "t", "v", batch_size=4, rollout_n=2, world_size=2)
+    assert "trainer.n_gpus_per_node=2" in overrides and "++ray_kwargs.ray_init.num_gpus=2" in overrides
+    assert "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4" in overrides
+    with pytest.raises(ValueError, match="divisible"):
+        cpu_overrides("m", "t", "v", batch_size=3, rollout_n=1, world_size=2)
+
+
+def test_env_switches_the_plugin_on_and_keeps_other_modules(monkeypatch):
+    monkeypatch.setenv("VERL_USE_EXTERNAL_MODULES", f"my.plugin,{PLUGIN_MODULE}")
+    env = cpu_env("/tmp/metrics.jsonl")
+    assert env["VERL_PLATFORM"] == "cpu"
+    assert env["VERL_USE_EXTERNAL_MODULES"] == f"{PLUGIN_MODULE},my.plugin"
+    assert env["VERL_FILE_LOGGER_PATH"] == "/tmp/metrics.jsonl"
+
+
+PROBE = """
+import sys, verl
+from verl.plugin.platform import PlatformRegistry
+print("cpu" in PlatformRegistry.registered_names(), "qwen_vl_utils" in sys.modules)
+"""
+
+
+def run_probe(code: str, env: dict[str, str]) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_importing_the_package_without_the_switch_does_nothing(switch_off_env):
+    assert run_probe(PROBE, {**switch_off_env, "VERL_USE_EXTERNAL_MODULES": PLUGIN_MODULE}) == "False False"
+
+
+def test_switch_makes_verl_see_a_cpu_platform_in_a_fresh_process():
+    code = """
+import verl
+from verl.utils.device import get_device_name, get_nccl_backend, get_resource_name, get_torch_device
+from verl.workers.engine import EngineRegistry
+from verl.workers.rollout.base import get_rollout_class
+from verl.workers.rollout.replica import get_rollout_replica_class
+import verl.utils.tensordict_utils as tu
+engine = EngineRegistry.get_engine_cls("language_model", "fsdp2").__name__
+print(get_device_name(), get_nccl_backend(), get_resource_name(), get_torch_device().memory_allocated(), engine,
+      get_rollout_class("hf").__name__, get_rollout_replica_class("hf").__name__,
+      tu.maybe_fix_3d_position_ids.__module__)
+"""
+    out = run_probe(code, {**os.environ, **cpu_env()})
+    assert out == "cpu gloo GPU 0 FSDPEngineWithLMHead HFServerAdapter HFReplica recipe.papo.position_ids"
