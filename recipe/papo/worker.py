@@ -29,7 +29,7 @@ from verl.workers.utils.padding import response_from_nested
 
 from . import position_ids, register as _register  # noqa: F401  (registries in this process)
 from .config import PapoConfig
-from .masked_inputs import MaskedInputBuilder
+from .masked_inputs import MaskedInputBuilder, rows_with_images
 from .policy_loss import IMAGE_ROW_KEY, MASKED_LOG_PROBS_KEY, papo_ppo_loss
 
 STEP_KEY = "papo_global_step"  # non-tensor: global step, part of the mask seed
@@ -92,13 +92,14 @@ class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
         Returns a TensorDict with ``papo_masked_log_probs`` (nested, response tokens; omitted in
         ``recompute`` mode) and ``papo_has_image`` ``(batch,)`` bool.
         """
+        if self.papo.masked_logprob_mode == "recompute":  # the update masks each micro-batch itself
+            if not self.actor.engine.is_mp_src_rank_with_outputs():
+                return None
+            return TensorDict({IMAGE_ROW_KEY: rows_with_images(data)}, batch_size=data.batch_size)
         masked, has_image = self.masked_input_builder.mask_batch(data, step=int(tu.get(data, STEP_KEY)))
         fields: dict[str, torch.Tensor] = {IMAGE_ROW_KEY: has_image}
-        if self.papo.masked_logprob_mode == "precompute":
-            output = self.actor.infer_batch(masked)
-            if output is None:  # not an output-collecting model-parallel rank
-                return None
-            fields[MASKED_LOG_PROBS_KEY] = response_from_nested(output["log_probs"], data["response_mask"])
-        elif not self.actor.engine.is_mp_src_rank_with_outputs():
+        output = self.actor.infer_batch(masked)
+        if output is None:  # not an output-collecting model-parallel rank
             return None
+        fields[MASKED_LOG_PROBS_KEY] = response_from_nested(output["log_probs"], data["response_mask"])
         return TensorDict(fields, batch_size=data.batch_size).cpu()

@@ -115,3 +115,23 @@ def test_image_space_masking_blackens_raw_images_on_the_original_grid(tiny_proce
     half, _ = MaskedInputBuilder(PapoConfig(mask_space="image", mask_ratio=0.5), tiny_processor).mask_batch(data, 1)
     blackened = black_rows(pixel_values(half, 0), black)
     assert 0 < blackened.sum() < blackened.numel()
+
+
+def test_rollouts_share_one_masked_tensor_equal_to_masking_each_row(tiny_processor):
+    """The n rollouts of a prompt reuse one masked pixel_values, identical to masking each on its own."""
+    builder = MaskedInputBuilder(PapoConfig(mask_ratio=0.5), tiny_processor)
+    picture = image(8)
+    data = make_batch(tiny_processor, ["p", "p", "p"], [picture, picture, picture])
+    masked, _ = builder.mask_batch(data, step=2)
+    assert pixel_values(masked, 0) is pixel_values(masked, 1) is pixel_values(masked, 2)
+    alone = builder.mask_row(tu.get(data, "multi_modal_inputs")[2], "p", 2)
+    assert torch.equal(alone["pixel_values"], pixel_values(masked, 2))
+
+
+def test_same_uid_with_different_pixels_gets_its_own_mask(tiny_processor):
+    builder = MaskedInputBuilder(PapoConfig(mask_ratio=0.5), tiny_processor)
+    data = make_batch(tiny_processor, ["p", "p"], [image(8), image(9)])
+    masked, _ = builder.mask_batch(data, step=2)
+    second = tu.get(data, "multi_modal_inputs")[1]
+    assert torch.equal(pixel_values(masked, 1), builder.mask_row(second, "p", 2)["pixel_values"])
+    assert not torch.equal(pixel_values(masked, 1), pixel_values(masked, 0))

@@ -1,0 +1,265 @@
+"""Step cost of PAPO vs GRPO on the real worker (verl's FSDP2 engine, tiny Qwen2.5-VL, CPU).
+
+Three workers of the same class (``PapoActorRolloutRefWorker``) on the same batch:
+
+* ``GRPO``: every PAPO coefficient 0, so the trainer skips the masked pass and the loss is verl's
+  ``ppo_loss`` untouched. Step = old log-probs + update.
+* ``PAPO``: ``masked_logprob_mode=precompute`` (the default). Step = old log-probs + masked
+  log-probs (masking + one no-grad forward) + update with the PAPO terms.
+* ``PAPO-recompute``: the masked forward runs with gradient inside every update micro-batch.
+  Step = old log-probs + has-image call (masking only, no forward) + update with two branches.
+
+Each phase calls the worker method the v1 trainer calls (``compute_log_prob``,
+``compute_masked_log_prob``, ``update_actor``) with the metadata verl's trainer adds. Repeats are
+interleaved (rotating the variant order) and reported as medians. A fourth probe times one plain
+no-grad forward (``compute_log_prob`` without entropy) on the same batch: the ideal PAPO step is
+the GRPO step plus exactly that, so ``bound = 1 + forward / GRPO step``.
+
+Each variant's code path is checked on the first repeat (PAPO metrics present or absent, where the
+masking runs) and the benchmark fails if a variant does not run the path it names.
+
+    .venv/bin/python benchmarks/bench_step_cost.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_common as bc  # noqa: E402
+
+GOAL_WITHIN_BOUND = 0.05
+VARIANTS = ("GRPO", "PAPO", "PAPO-recompute")
+# PAPO-G 7B coefficients (spec section 3): every PAPO term is computed.
+PAPO_COEFS = ("papo.kl_prcp_coef=0.02", "papo.entropy_ori_coef=0.05", "papo.entropy_aug_coef=0.05")
+GRPO_COEFS = ("papo.kl_prcp_coef=0", "papo.entropy_ori_coef=0", "papo.entropy_aug_coef=0")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, few repeats (smoke test)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 15; quick 2)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed repeats first (default 2; quick 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--prompts", type=int, default=None, help="prompts per step (default 6; quick 2)")
+    parser.add_argument("--n", type=int, default=None, help="rollouts per prompt (default 4; quick 2)")
+    parser.add_argument("--image-side", type=int, default=None, help="image side in pixels (default 448; quick 56)")
+    parser.add_argument("--response-chars", type=int, default=None, help="response length (default 256; quick 16)")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.repeats = args.repeats or (2 if quick else 15)
+    args.warmup = args.warmup if args.warmup is not None else (1 if quick else 2)
+    args.prompts = args.prompts or (2 if quick else 6)
+    args.n = args.n or (2 if quick else 4)
+    args.image_side = args.image_side or (56 if quick else 448)
+    args.response_chars = args.response_chars or (16 if quick else 256)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    bc.configure_threads(args.threads)
+    bc.activate_cpu_backend()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from recipe.papo.demo.tiny_model import TinyQwenSizes, save_tiny_qwen2_5_vl
+    from recipe.papo.policy_loss import COEF_KEYS, IMAGE_ROW_KEY, KL_WEIGHT_KEY, MASKED_LOG_PROBS_KEY
+    from recipe.papo.worker import STEP_KEY
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils.padding import response_from_nested
+
+    rows = args.prompts * args.n
+    # Paper: 3 optimiser steps per rollout step (mini-batch = 1/3 of the prompts) when it divides.
+    mini_prompts = args.prompts // 3 if args.prompts % 3 == 0 else args.prompts
+    micro_rows = max(1, min(args.n, mini_prompts * args.n))
+    side = args.image_side
+    with tempfile.TemporaryDirectory(prefix="bench_step_cost_") as tmp:
+        sizes = TinyQwenSizes(min_pixels=28 * 28 * 4, max_pixels=max(side * side, 28 * 28 * 4))
+        model_dir = save_tiny_qwen2_5_vl(Path(tmp) / "tiny", seed=0, sizes=sizes)
+
+        def config(*overrides):
+            return bc.compose_worker_config(
+                model_dir, prompts=args.prompts, rollout_n=args.n, mini_batch_prompts=mini_prompts,
+                micro_batch_rows=micro_rows, overrides=overrides,
+            )
+
+        workers = {
+            "GRPO": bc.make_worker(config(*GRPO_COEFS)),
+            "PAPO": bc.make_worker(config(*PAPO_COEFS)),
+            "PAPO-recompute": bc.make_worker(config(*PAPO_COEFS, "papo.masked_logprob_mode=recompute")),
+        }
+        assert not workers["GRPO"].papo.enabled and workers["PAPO"].papo.masked_logprob_mode == "precompute"
+
+        grpo = workers["GRPO"]
+        processor, tokenizer = grpo.actor.model_config.processor, grpo.actor.model_config.tokenizer
+        text = "The area is 12. " * (args.response_chars // 16 + 1)
+        # Rollouts of a prompt differ in length (as sampled responses do): 50% to 100% of the maximum.
+        lengths = [args.response_chars * (args.n + k) // (2 * args.n) for k in range(1, args.n + 1)]
+        # Every rollout row carries its own copy of its prompt's image inputs, as verl's agent loop makes them.
+        samples = [
+            ([bc.random_image(p, side, side)], f"prompt-{p}", f"Question {p}: the area{' of the shape' * (p % 3)}?",
+             text[:length])
+            for p in range(args.prompts)
+            for length in lengths
+        ]
+        base = bc.build_batch(processor, tokenizer, samples)
+        image_tokens = int(base["multi_modal_inputs"][0]["image_grid_thw"].prod()) // 4
+        seq_len = sum(len(ids) for ids in base["input_ids"].unbind()) // rows
+
+        # Count masking calls per worker (recompute masks inside the update's forward).
+        mask_calls = {}
+        for name, worker in workers.items():
+            builder = worker.masked_input_builder
+            original = builder.mask_batch
+
+            def counting(data, step, _original=original, _name=name):
+                mask_calls[_name] += 1
+                return _original(data, step)
+
+            builder.mask_batch = counting
+            mask_calls[name] = 0
+
+        advantages = torch.nested.as_nested_tensor(
+            [(1.0 if i % 2 else -1.0) * torch.ones(len(m), dtype=torch.float32) for i, m in
+             enumerate(base["response_mask"].unbind())],
+            layout=torch.jagged,
+        )
+        actor_cfg = grpo.config.actor
+        update_meta = dict(
+            calculate_entropy=bool(actor_cfg.calculate_entropy or actor_cfg.entropy_coeff != 0.0),
+            distillation_use_topk=False,
+            distillation_only=False,
+            global_batch_size=mini_prompts * args.n,
+            mini_batch_size=mini_prompts * args.n,
+            epochs=actor_cfg.ppo_epochs,
+            seed=actor_cfg.data_loader_seed,
+            dataloader_kwargs={"shuffle": actor_cfg.shuffle},
+            temperature=1.0,
+        )
+
+        def log_prob_call(calculate_entropy: bool, step: int):
+            """The batch with the metadata the trainer sets for a no-grad log-prob call."""
+            data = base.copy()
+            tu.assign_non_tensor(data, temperature=1.0, calculate_entropy=calculate_entropy, compute_loss=False,
+                                 **{STEP_KEY: step})
+            return data
+
+        def run_step(name: str, step: int, check: bool) -> dict[str, float]:
+            """One trainer step's worker calls for variant ``name``; returns phase seconds."""
+            worker = workers[name]
+            times = {}
+            with bc.Stopwatch() as sw:
+                old = worker.compute_log_prob(log_prob_call(True, step))
+            times["old log-prob"] = sw.seconds
+            train = base.copy()
+            train["old_log_probs"] = response_from_nested(old["log_probs"], base["response_mask"]).float()
+            train["advantages"] = advantages
+            if worker.papo.enabled:  # what PapoTrainer._compute_old_log_prob / _update_actor add
+                with bc.Stopwatch() as sw:
+                    masked = worker.compute_masked_log_prob(log_prob_call(False, step))
+                times["masked log-prob"] = sw.seconds
+                if MASKED_LOG_PROBS_KEY in masked.keys():
+                    train[MASKED_LOG_PROBS_KEY] = masked[MASKED_LOG_PROBS_KEY]
+                train[IMAGE_ROW_KEY] = masked[IMAGE_ROW_KEY]
+                train[KL_WEIGHT_KEY] = torch.ones(rows)
+                coefs = (worker.papo.kl_prcp_coef, worker.papo.entropy_ori_coef, worker.papo.entropy_aug_coef)
+                tu.assign_non_tensor(train, **dict(zip(COEF_KEYS, coefs, strict=True)), **{STEP_KEY: step})
+            else:
+                times["masked log-prob"] = 0.0
+            tu.assign_non_tensor(train, **update_meta)
+            calls_before = mask_calls[name]
+            with bc.Stopwatch() as sw:
+                output = worker.update_actor(train)
+            times["update"] = sw.seconds
+            times["step"] = sum(times.values())
+            if check:
+                check_path(name, masked if worker.papo.enabled else None, output["metrics"],
+                           mask_calls[name] - calls_before)
+            return times
+
+        def check_path(name, masked_output, metrics, update_mask_calls):
+            """Fail unless variant ``name`` ran the code path it names."""
+            has_papo_metrics = any(key.startswith("papo/kl_prcp") for key in metrics)
+            if name == "GRPO":
+                ok = not has_papo_metrics and mask_calls[name] == 0
+            elif name == "PAPO":
+                ok = has_papo_metrics and MASKED_LOG_PROBS_KEY in masked_output.keys() and update_mask_calls == 0
+            else:
+                ok = has_papo_metrics and MASKED_LOG_PROBS_KEY not in masked_output.keys() and update_mask_calls > 0
+            if not ok:
+                raise SystemExit(f"{name} did not run its code path: papo metrics={has_papo_metrics}, "
+                                 f"masking calls in update={update_mask_calls}")
+            print(f"path check {name}: ok (PAPO loss terms: {has_papo_metrics}, masking calls inside the "
+                  f"update: {update_mask_calls})", flush=True)
+
+        def run_forward(step: int) -> dict[str, float]:
+            with bc.Stopwatch() as sw:
+                grpo.compute_log_prob(log_prob_call(False, step))
+            return {"forward": sw.seconds}
+
+        probes = [*VARIANTS, "forward"]
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in probes}
+        for repeat in range(args.warmup + args.repeats):
+            order = probes[repeat % len(probes):] + probes[: repeat % len(probes)]
+            for name in order:
+                step = repeat + 1
+                times = run_forward(step) if name == "forward" else run_step(name, step, check=repeat == 0)
+                if repeat >= args.warmup:
+                    results[name].append(times)
+
+        def med(name: str, phase: str) -> float:
+            return bc.median([t[phase] for t in results[name]])
+
+        def paired(function) -> float:
+            """Median over rounds of a ratio of times measured in the same round (drift cancels)."""
+            return bc.median([function(*(results[name][r] for name in probes)) for r in range(args.repeats)])
+
+        ratio = paired(lambda grpo_t, papo_t, rec_t, fwd_t: papo_t["step"] / grpo_t["step"])
+        bound = paired(lambda grpo_t, papo_t, rec_t, fwd_t: 1 + fwd_t["forward"] / grpo_t["step"])
+        excess = paired(lambda g, p, r, f: (p["step"] / g["step"]) / (1 + f["forward"] / g["step"]) - 1)
+        ratio_recompute = paired(lambda grpo_t, papo_t, rec_t, fwd_t: rec_t["step"] / grpo_t["step"])
+        bound_recompute = paired(lambda g, p, r, f: 1 + g["update"] / g["step"])
+        masked_vs_forward = paired(lambda g, p, r, f: p["masked log-prob"] / f["forward"])
+        update_papo = paired(lambda g, p, r, f: p["update"] / g["update"])
+        update_recompute = paired(lambda g, p, r, f: r["update"] / g["update"])
+
+        phases = ("old log-prob", "masked log-prob", "update", "step")
+        table = [[phase, *(f"{1000 * med(name, phase):.1f}" for name in VARIANTS)] for phase in phases]
+        table.append(["step / GRPO step (paired)", "1.000", f"{ratio:.3f}", f"{ratio_recompute:.3f}"])
+        table.append(["update / GRPO update (paired)", "1.000", f"{update_papo:.3f}", f"{update_recompute:.3f}"])
+        forward = med("forward", "forward")
+
+        print()
+        print(bc.machine_line())
+        print(f"batch: {args.prompts} prompts x n={args.n} = {rows} rows, one {side}x{side} image each "
+              f"({image_tokens} visual tokens), responses {lengths[0] + 1}-{lengths[-1] + 1} tokens, mean sequence "
+              f"{seq_len} tokens; micro-batch {micro_rows} rows, {args.prompts // mini_prompts} optimiser "
+              f"step(s) per step; float32; {args.repeats} interleaved repeats after {args.warmup} warm-up; times "
+              "are medians, ratios are medians of per-round ratios")
+        print()
+        print(bc.format_table(["median ms", *VARIANTS], table))
+        print()
+        print(f"one no-grad forward (no entropy) on the same batch: {1000 * forward:.1f} ms; "
+              f"bound 1 + forward / GRPO step = {bound:.3f}")
+        print(f"masked log-prob call / no-grad forward = {masked_vs_forward:.3f} (masking + bookkeeping on top "
+              "of the forward)")
+        print(f"recompute: ideal 1 + GRPO update / GRPO step = {bound_recompute:.3f} (one more forward+backward "
+              f"per micro-batch), measured {ratio_recompute:.3f}")
+        verdict = "meets" if excess <= GOAL_WITHIN_BOUND else "misses"
+        bc.print_ratio(
+            "step_cost",
+            f"PAPO/GRPO = {ratio:.3f}, bound 1 + forward share = {bound:.3f}, PAPO is {100 * excess:+.1f}% vs "
+            f"the bound (goal <= +{100 * GOAL_WITHIN_BOUND:.0f}%: {verdict}); PAPO-recompute/GRPO = "
+            f"{ratio_recompute:.3f}",
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
