@@ -11,6 +11,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _select_cpu_backend() -> None:
+    """Every test runs on CPU: switch verl's CPU backend on before any test module imports verl.
+
+    verl fixes its platform the first time something asks for the device name (some verl modules do
+    at import), so switching later in a fixture is too late once another test module has imported verl.
+    """
+    from recipe.papo.cpu.launch import cpu_env  # imports no verl
+
+    env = cpu_env()
+    for key in ("VERL_PLATFORM", "VERL_USE_EXTERNAL_MODULES"):
+        os.environ.setdefault(key, env[key])
+
+
+_select_cpu_backend()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """Directory of a tiny random Qwen2.5-VL (model, tokenizer, PIL processor) built in code."""

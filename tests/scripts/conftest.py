@@ -53,7 +53,9 @@ def script_knobs() -> set[str]:
 def script_env(**overrides: str) -> dict[str, str]:
     """The caller's environment without any script knob (a developer's exports must not leak in),
     this venv's ``bin`` first on PATH (``python3`` is the project's), plus ``overrides``."""
-    env = {key: value for key, value in os.environ.items() if key not in script_knobs()}
+    # The suite's own CPU-backend switch (tests/conftest.py) is not a user's environment either.
+    hidden = script_knobs() | {"VERL_PLATFORM", "VERL_USE_EXTERNAL_MODULES"}
+    env = {key: value for key, value in os.environ.items() if key not in hidden}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(overrides)
     return env

@@ -29,13 +29,11 @@ def _free_port() -> str:
 
 @pytest.fixture(scope="session")
 def cpu_process_group():
-    """Switch the CPU backend on in this process with a world-size-1 distributed environment."""
-    os.environ.update(
-        VERL_PLATFORM="cpu", WORLD_SIZE="1", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=_free_port(),
-    )
+    """A world-size-1 distributed environment for the worker (the CPU backend is selected in tests/conftest.py)."""
     import recipe.papo.cpu as cpu_backend
 
+    assert cpu_backend.is_enabled(), "tests/conftest.py selects the CPU backend before verl is imported"
+    os.environ.update(WORLD_SIZE="1", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=_free_port())
     cpu_backend.activate()
     yield
 
