@@ -17,11 +17,15 @@ def _select_cpu_backend() -> None:
     verl fixes its platform the first time something asks for the device name (some verl modules do
     at import), so switching later in a fixture is too late once another test module has imported verl.
     """
-    from recipe.papo.cpu.launch import cpu_env  # imports no verl
+    import recipe.papo.cpu as cpu_backend
+    from recipe.papo.cpu.launch import cpu_env
 
     env = cpu_env()
     for key in ("VERL_PLATFORM", "VERL_USE_EXTERNAL_MODULES"):
-        os.environ.setdefault(key, env[key])
+        os.environ.setdefault(key, env[key])  # inherited by subprocesses that import verl
+    # recipe.papo.cpu was imported above with the switch still off, so verl's import of it (through
+    # VERL_USE_EXTERNAL_MODULES) would be a no-op in this process: activate it explicitly.
+    cpu_backend.activate()
 
 
 _select_cpu_backend()
