@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "configs"
 
 # Printed before the one-line result of every benchmark; the smoke tests look for it.
 RATIO_PREFIX = "RATIO"
@@ -154,102 +151,29 @@ def random_image(seed: int, width: int, height: int):
 
 
 # --------------------------------------------------------------------------------------------
-# the real PAPO worker in this process, on CPU
+# the real PAPO worker in this process, on CPU: shared with tests/worker
 # --------------------------------------------------------------------------------------------
 
-
-def _free_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
-
-
-def activate_cpu_backend() -> None:
-    """Switch the project's CPU backend on with a world-size-1 gloo environment (idempotent)."""
-    os.environ.update(
-        VERL_PLATFORM="cpu", WORLD_SIZE="1", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-    )
-    os.environ.setdefault("MASTER_PORT", _free_port())
-    import recipe.papo.cpu as cpu_backend
-
-    cpu_backend.activate()
+from recipe.papo.cpu.inprocess import (  # noqa: E402  (after the thread settings above)
+    activate_in_process as activate_cpu_backend,
+    build_batch,
+    make_worker,
+)
 
 
 def compose_worker_config(model_dir: Path, *, prompts: int, rollout_n: int, mini_batch_prompts: int,
                           micro_batch_rows: int, overrides: Sequence[str] = ()):
     """``configs/papo_trainer.yaml`` with the CPU overrides, float32, the given batch sizes, ``overrides``."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    from recipe.papo.cpu.inprocess import compose_config
 
-    from recipe.papo.cpu.launch import cpu_overrides
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        config = compose(
-            "papo_trainer",
-            overrides=[
-                *cpu_overrides(model_dir, "unused.parquet", "unused.parquet", batch_size=prompts, rollout_n=rollout_n),
-                "actor_rollout_ref.actor.fsdp_config.dtype=float32",
-                f"actor_rollout_ref.actor.ppo_mini_batch_size={mini_batch_prompts}",
-                f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro_batch_rows}",
-                f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={micro_batch_rows}",
-                *overrides,
-            ],
-        )
-    OmegaConf.resolve(config)
-    return config
-
-
-def make_worker(config):
-    """An initialised ``PapoActorRolloutRefWorker`` (role ``actor``) for a composed config."""
-    from recipe.papo.worker import PapoActorRolloutRefWorker
-
-    worker = PapoActorRolloutRefWorker(config=config.actor_rollout_ref, role="actor")
-    worker.init_model()
-    return worker
-
-
-def build_batch(processor, tokenizer, samples):
-    """A batch in the v1 trainer's layout from ``(images, uid, question, response_text)`` samples.
-
-    ``multi_modal_inputs`` and mRoPE ``position_ids`` come from verl's own agent-loop code and the
-    rows are stacked with verl's ``list_of_dict_to_tensordict``: what TransferQueue holds.
-    """
-    import torch
-
-    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
-    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
-
-    agent_loop = SimpleNamespace(
-        processor=processor, tokenizer=tokenizer, _get_mm_processor_kwargs=lambda audios=None: {}
+    return compose_config(
+        model_dir,
+        [
+            f"actor_rollout_ref.actor.ppo_mini_batch_size={mini_batch_prompts}",
+            f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro_batch_rows}",
+            f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={micro_batch_rows}",
+            *overrides,
+        ],
+        prompts=prompts,
+        rollout_n=rollout_n,
     )
-    rows = []
-    for images, uid, question, response in samples:
-        content = [*({"type": "image", "image": image} for image in images), {"type": "text", "text": question}]
-        messages = [{"role": "user", "content": content if images else question}]
-        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        prompt_ids = processor(text=[text], images=images or None, return_tensors="pt")["input_ids"][0]
-        response_ids = torch.tensor(tokenizer.encode(response) + [tokenizer.eos_token_id])
-        input_ids = torch.cat([prompt_ids, response_ids])
-        output = SimpleNamespace(multi_modal_data={"images": images} if images else {}, mm_processor_kwargs=None)
-        inputs = AgentLoopWorker._compute_multi_modal_inputs(agent_loop, output, input_ids)
-        ones = torch.ones_like(input_ids)
-        position_ids = AgentLoopWorker._compute_position_ids(agent_loop, input_ids[None], ones[None], inputs)
-        rows.append(
-            dict(
-                prompts=prompt_ids, responses=response_ids, response_mask=torch.ones_like(response_ids),
-                loss_mask=torch.ones_like(response_ids), input_ids=input_ids, attention_mask=ones,
-                position_ids=position_ids.squeeze(0), multi_modal_inputs=inputs, uid=uid,
-            )
-        )
-    batch = list_of_dict_to_tensordict(rows)
-    # verl stacks equal-length rows densely; the trainer's batches are jagged (sampled responses
-    # differ in length), and verl's padding helpers expect prompts and responses alike.
-    for key in SEQUENCE_KEYS:
-        if not batch[key].is_nested:
-            batch[key] = torch.nested.as_nested_tensor([row[key] for row in rows], layout=torch.jagged)
-    return batch
-
-
-SEQUENCE_KEYS = (
-    "prompts", "responses", "response_mask", "loss_mask", "input_ids", "attention_mask", "position_ids"
-)

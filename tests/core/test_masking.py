@@ -156,6 +156,14 @@ def test_masked_pixel_values_change_the_tiny_models_logits(tiny_model_bundle, la
     messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Count."}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     inputs = processor(text=[text], images=[image], return_tensors="pt")
+    # Explicit (text, t, h, w) mRoPE positions, the layout verl passes: valid whether or not verl's
+    # model patches (applied when another test built a verl engine in this process) are active.
+    vision_positions, _ = model.model.get_rope_index(
+        inputs["input_ids"], inputs.pop("mm_token_type_ids"), image_grid_thw=inputs["image_grid_thw"],
+        attention_mask=inputs["attention_mask"],
+    )
+    text_positions = torch.arange(inputs["input_ids"].shape[1]).view(1, 1, -1)
+    inputs["position_ids"] = torch.cat([text_positions, vision_positions], dim=0)
     masked_values, _ = mask_pixel_values(
         inputs["pixel_values"], inputs["image_grid_thw"], layout, 0.6, torch_generator(1)
     )

@@ -38,8 +38,9 @@ SHOWN_METRICS = (
     "papo/kl_prcp_clipfrac",
     "papo/logprob_gap",
     "papo/rows_without_image",
+    "papo/loss",
+    "papo/base_loss",
     "critic/score/mean",
-    "actor/pg_loss",
     "actor/grad_norm",
 )
 
