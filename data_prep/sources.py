@@ -156,7 +156,10 @@ def choose_split(description: str, splits: Sequence[str], split: str | None) -> 
     if split is None:
         if len(splits) == 1:
             return splits[0]
-        raise DataPrepError(f"{description} has splits {', '.join(splits)}; choose one with --split.")
+        raise DataPrepError(
+            f"{description} has splits {', '.join(splits)}; choose one with --split (data_prep.all has no "
+            "--split: run the dataset's own command, or point its --<name>-source at a single split)."
+        )
     if split not in splits:
         raise DataPrepError(f"{description} has no split {split!r}; splits found: {', '.join(splits)}.")
     return split
