@@ -101,12 +101,9 @@ def sample_weights(correct: torch.Tensor, apply_mode: str, incorrect_weight: flo
 
 @dataclass
 class PapoTerms:
-    """The PAPO loss and its parts for one micro-batch (scalars are 0-dim tensors)."""
+    """The PAPO loss of one micro-batch (0-dim tensor, with gradient) and its metrics."""
 
     loss: torch.Tensor
-    kl_prcp: torch.Tensor
-    entropy_ori: torch.Tensor
-    entropy_aug: torch.Tensor
     metrics: dict[str, float]
 
 
@@ -142,9 +139,7 @@ def compute_papo_terms(
     mask = mask.to(torch.bool)
     if not mask.any():
         # No image rows here: contribute an exact zero that still belongs to the autograd graph.
-        zero = (log_prob.sum() + masked_log_prob.sum()) * 0.0
-        return PapoTerms(loss=zero, kl_prcp=zero.detach(), entropy_ori=zero.detach(), entropy_aug=zero.detach(),
-                         metrics={})
+        return PapoTerms(loss=(log_prob.sum() + masked_log_prob.sum()) * 0.0, metrics={})
     kl = perception_kl(log_prob, masked_log_prob, config.kl_estimator)
     clipped = torch.zeros_like(mask)
     if config.kl_clamp_max is not None:
@@ -171,4 +166,4 @@ def compute_papo_terms(
         "kl_prcp_clipfrac": (clipped.sum() / num_tokens).item(),
         "kl_prcp_kept_frac": (keep.sum() / num_tokens).item(),
     }
-    return PapoTerms(loss=loss, kl_prcp=kl_term, entropy_ori=entropy_ori, entropy_aug=entropy_aug, metrics=metrics)
+    return PapoTerms(loss=loss, metrics=metrics)

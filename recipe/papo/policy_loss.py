@@ -97,12 +97,11 @@ def compute_policy_loss_papo(
     loss_agg_mode: str = "token-mean",
     config: Any = None,
     rollout_is_weights: torch.Tensor | None = None,
-    papo_inputs: Optional[PapoLossInputs] = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Base clipped surrogate (verl's ``papo.base_loss_mode`` loss) plus the PAPO terms.
 
-    Shapes are verl's: ``(batch, response_len)`` padded tensors. ``papo_inputs`` defaults to the
-    inputs set by :func:`papo_loss_inputs`.
+    Shapes are verl's: ``(batch, response_len)`` padded tensors. The PAPO inputs are the ones set
+    by :func:`papo_loss_inputs` around the call.
     """
     papo = _papo_config_of(config)
     base_loss_fn = get_policy_loss_fn(papo.base_loss_mode)
@@ -115,7 +114,7 @@ def compute_policy_loss_papo(
         config=config,
         rollout_is_weights=rollout_is_weights,
     )
-    inputs = papo_inputs if papo_inputs is not None else _CURRENT_INPUTS.get()
+    inputs = _CURRENT_INPUTS.get()
     if inputs is None:
         if papo.enabled:
             raise MissingMaskedLogProbsError(
