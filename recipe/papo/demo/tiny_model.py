@@ -1,8 +1,10 @@
-"""Build a tiny random Qwen2.5-VL (model, tokenizer, processor) in code and save it to disk.
+"""Build a tiny random Qwen-VL (model, tokenizer, processor) in code and save it to disk.
 
-The result is the real ``Qwen2_5_VLForConditionalGeneration`` class with small sizes, a byte-level
-tokenizer carrying the Qwen special tokens and a Qwen-style chat template, and the PIL Qwen2-VL
-image processor. It is loaded back with the same ``from_pretrained`` calls a user's model goes
+One builder with a per-family table (:data:`TINY_FAMILIES`): Qwen2.5-VL, Qwen3-VL (dense) and
+Qwen3.5 (dense). The result is the family's real ``*ForConditionalGeneration`` class with small
+sizes, a byte-level tokenizer carrying the Qwen special tokens and a Qwen-style chat template, and
+the PIL Qwen2-VL image processor with the family's patch layout and normalisation
+(``recipe.papo.model_families``). It is loaded back with the same ``from_pretrained`` calls a user's model goes
 through (``AutoTokenizer``, ``AutoProcessor`` with ``trust_remote_code=True``, ``AutoConfig``,
 ``AutoModelForImageTextToText``). No network and no torchvision are needed.
 
@@ -14,10 +16,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from recipe.papo.model_families import FAMILIES, ModelFamily
 
 # Qwen special tokens, in the order they get ids after the 256 byte tokens.
 SPECIAL_TOKENS: tuple[str, ...] = (
@@ -51,7 +56,11 @@ PROCESSOR_MODULE = "processing_papo_tiny"
 
 @dataclass(frozen=True)
 class TinyQwenSizes:
-    """Sizes of the tiny model. Pixel bounds are in pixels (height * width)."""
+    """Sizes of the tiny model. Pixel bounds are in pixels (height * width).
+
+    ``min_pixels`` / ``max_pixels`` left ``None`` become ``min_tokens`` / ``max_tokens`` merged visual
+    tokens of the family (a token covers 28x28 px for Qwen2.5-VL, 32x32 px for Qwen3-VL and Qwen3.5).
+    """
 
     hidden_size: int = 64
     intermediate_size: int = 128
@@ -62,9 +71,17 @@ class TinyQwenSizes:
     vision_hidden_size: int = 32
     vision_intermediate_size: int = 64
     vision_num_heads: int = 2
-    min_pixels: int = 28 * 28 * 4
-    max_pixels: int = 28 * 28 * 16
+    min_tokens: int = 4
+    max_tokens: int = 16
+    min_pixels: int | None = None
+    max_pixels: int | None = None
     max_position_embeddings: int = 4096
+
+    def pixel_bounds(self, family: ModelFamily) -> tuple[int, int]:
+        """``(min_pixels, max_pixels)`` for ``family``'s patch layout."""
+        low = self.min_pixels if self.min_pixels is not None else self.min_tokens * family.token_pixels
+        high = self.max_pixels if self.max_pixels is not None else self.max_tokens * family.token_pixels
+        return low, high
 
 
 def build_tiny_tokenizer():
@@ -93,39 +110,128 @@ def _token_ids(tokenizer) -> dict[str, int]:
     return {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
 
 
-def build_tiny_config(tokenizer, sizes: TinyQwenSizes = TinyQwenSizes()):
-    """A ``Qwen2_5_VLConfig`` with small sizes whose special-token ids match ``tokenizer``."""
-    from transformers import Qwen2_5_VLConfig
+def _qwen2_5_vl_parts(sizes: TinyQwenSizes, family: ModelFamily) -> tuple[dict, dict]:
+    text = dict(
+        # mrope_section sums to head_dim / 2 = (64 / 4) / 2 = 8.
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+    )
+    vision = dict(
+        hidden_size=sizes.vision_hidden_size,
+        num_heads=sizes.vision_num_heads,
+        fullatt_block_indexes=[sizes.vision_depth - 1],
+        window_size=family.patch_size * family.merge_size * 4,
+    )
+    return text, vision
 
+
+def _qwen3_vl_parts(sizes: TinyQwenSizes, family: ModelFamily) -> tuple[dict, dict]:
+    head_dim = sizes.hidden_size // sizes.num_attention_heads
+    text = dict(
+        head_dim=head_dim,
+        # Interleaved mRoPE as in the released Qwen3-VL; the sections sum to head_dim / 2 = 8.
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 5000000.0,
+            "mrope_section": [2, 3, 3],
+            "mrope_interleaved": True,
+        },
+    )
+    vision = dict(
+        hidden_size=sizes.vision_hidden_size,
+        num_heads=sizes.vision_num_heads,
+        # 8 x 8 learned position grid, interpolated to each image's grid.
+        num_position_embeddings=64,
+        deepstack_visual_indexes=[0],
+    )
+    return text, vision
+
+
+def _qwen3_5_parts(sizes: TinyQwenSizes, family: ModelFamily) -> tuple[dict, dict]:
+    text = dict(
+        # One Gated DeltaNet (linear attention) layer and one full-attention layer, as in the released
+        # models' 3:1 pattern cut down to two layers.
+        layer_types=["linear_attention", "full_attention"],
+        head_dim=32,
+        linear_conv_kernel_dim=4,
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        # Partial rotary (1/4 of head_dim = 8 dims): the mRoPE sections sum to 8 / 2 = 4.
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000000.0,
+            "partial_rotary_factor": 0.25,
+            "mrope_section": [2, 1, 1],
+            "mrope_interleaved": True,
+        },
+    )
+    vision = dict(
+        hidden_size=sizes.vision_hidden_size,
+        num_heads=sizes.vision_num_heads,
+        num_position_embeddings=64,
+    )
+    return text, vision
+
+
+@dataclass(frozen=True)
+class TinyFamily:
+    """How to build one family's tiny model.
+
+    Attributes:
+        config_class: ``transformers`` config class name.
+        model_class: ``transformers`` model class name (also in ``ModelFamily.model_class``).
+        parts: ``(sizes, family) -> (text_config, vision_config)`` family-specific keys.
+    """
+
+    config_class: str
+    model_class: str
+    parts: Callable[[TinyQwenSizes, ModelFamily], tuple[dict, dict]]
+
+
+TINY_FAMILIES: dict[str, TinyFamily] = {
+    "qwen2_5_vl": TinyFamily("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration", _qwen2_5_vl_parts),
+    "qwen3_vl": TinyFamily("Qwen3VLConfig", "Qwen3VLForConditionalGeneration", _qwen3_vl_parts),
+    "qwen3_5": TinyFamily("Qwen3_5Config", "Qwen3_5ForConditionalGeneration", _qwen3_5_parts),
+}
+
+
+def _tiny_family(model_type: str) -> tuple[TinyFamily, ModelFamily]:
+    if model_type not in TINY_FAMILIES:
+        raise ValueError(f"no tiny model for model_type {model_type!r}; available: {', '.join(TINY_FAMILIES)}")
+    return TINY_FAMILIES[model_type], FAMILIES[model_type]
+
+
+def build_tiny_config(tokenizer, model_type: str = "qwen2_5_vl", sizes: TinyQwenSizes = TinyQwenSizes()):
+    """The family's config class with small sizes whose special-token ids match ``tokenizer``."""
+    import transformers
+
+    tiny, family = _tiny_family(model_type)
     ids = _token_ids(tokenizer)
-    vocab_size = ((len(tokenizer) + 15) // 16) * 16
+    text_extra, vision_extra = tiny.parts(sizes, family)
     text_config = dict(
-        vocab_size=vocab_size,
+        vocab_size=((len(tokenizer) + 15) // 16) * 16,
         hidden_size=sizes.hidden_size,
         intermediate_size=sizes.intermediate_size,
         num_hidden_layers=sizes.num_hidden_layers,
         num_attention_heads=sizes.num_attention_heads,
         num_key_value_heads=sizes.num_key_value_heads,
         max_position_embeddings=sizes.max_position_embeddings,
-        # mrope_section sums to head_dim / 2 = (64 / 4) / 2 = 8.
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
+        **text_extra,
     )
     vision_config = dict(
         depth=sizes.vision_depth,
-        hidden_size=sizes.vision_hidden_size,
         intermediate_size=sizes.vision_intermediate_size,
-        num_heads=sizes.vision_num_heads,
         out_hidden_size=sizes.hidden_size,
-        fullatt_block_indexes=[sizes.vision_depth - 1],
-        window_size=112,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
+        patch_size=family.patch_size,
+        spatial_merge_size=family.merge_size,
+        temporal_patch_size=family.temporal_patch_size,
+        **vision_extra,
     )
-    config = Qwen2_5_VLConfig(
+    return getattr(transformers, tiny.config_class)(
         text_config=text_config,
         vision_config=vision_config,
         image_token_id=ids["<|image_pad|>"],
@@ -134,53 +240,70 @@ def build_tiny_config(tokenizer, sizes: TinyQwenSizes = TinyQwenSizes()):
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
-    return config
 
 
-def build_tiny_image_processor(sizes: TinyQwenSizes = TinyQwenSizes()):
-    """The PIL (torchvision-free) Qwen2-VL image processor with tiny pixel bounds."""
+def build_tiny_image_processor(model_type: str = "qwen2_5_vl", sizes: TinyQwenSizes = TinyQwenSizes()):
+    """The PIL (torchvision-free) Qwen2-VL image processor with the family's layout, tiny pixel bounds."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    return Qwen2VLImageProcessorPil(min_pixels=sizes.min_pixels, max_pixels=sizes.max_pixels)
+    _, family = _tiny_family(model_type)
+    min_pixels, max_pixels = sizes.pixel_bounds(family)
+    return Qwen2VLImageProcessorPil(
+        size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+        patch_size=family.patch_size,
+        temporal_patch_size=family.temporal_patch_size,
+        merge_size=family.merge_size,
+        image_mean=list(family.image_mean),
+        image_std=list(family.image_std),
+    )
 
 
-def save_tiny_qwen2_5_vl(output_dir: str | Path, seed: int = 0, sizes: TinyQwenSizes = TinyQwenSizes()) -> Path:
-    """Build the tiny model, tokenizer and processor and save them to ``output_dir``.
+def save_tiny_model(
+    output_dir: str | Path, model_type: str, seed: int = 0, sizes: TinyQwenSizes = TinyQwenSizes()
+) -> Path:
+    """Build a family's tiny model, tokenizer and processor and save them to ``output_dir``.
 
     Args:
         output_dir: directory to create (existing files are overwritten).
+        model_type: a key of :data:`TINY_FAMILIES` (``qwen2_5_vl``, ``qwen3_vl``, ``qwen3_5``).
         seed: torch seed for the random weights.
         sizes: model and pixel sizes.
 
     Returns:
-        The directory, loadable with ``from_pretrained(..., trust_remote_code=True)``.
+        The directory, loadable with ``from_pretrained(..., trust_remote_code=True)``; its
+        ``config.json`` says ``model_type``.
     """
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    import transformers
 
+    tiny, family = _tiny_family(model_type)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer()
-    config = build_tiny_config(tokenizer, sizes)
+    config = build_tiny_config(tokenizer, model_type, sizes)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
+    model = getattr(transformers, tiny.model_class)(config).to(torch.float32)
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
-
-    image_processor = build_tiny_image_processor(sizes)
-    image_processor.save_pretrained(output_dir)
+    build_tiny_image_processor(model_type, sizes).save_pretrained(output_dir)
 
     shutil.copyfile(Path(__file__).with_name("remote_processor.py"), output_dir / f"{PROCESSOR_MODULE}.py")
+    processor_class = family.processor_class
     processor_config = {
-        "processor_class": "Qwen2_5_VLProcessor",
-        "auto_map": {"AutoProcessor": f"{PROCESSOR_MODULE}.Qwen2_5_VLProcessor"},
+        "processor_class": processor_class,
+        "auto_map": {"AutoProcessor": f"{PROCESSOR_MODULE}.{processor_class}"},
     }
     (output_dir / "processor_config.json").write_text(json.dumps(processor_config, indent=2))
     (output_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE)
-    _patch_json(output_dir / "preprocessor_config.json", {"processor_class": "Qwen2_5_VLProcessor"})
-    _patch_json(output_dir / "tokenizer_config.json", {"processor_class": "Qwen2_5_VLProcessor"})
+    _patch_json(output_dir / "preprocessor_config.json", {"processor_class": processor_class})
+    _patch_json(output_dir / "tokenizer_config.json", {"processor_class": processor_class})
     return output_dir
+
+
+def save_tiny_qwen2_5_vl(output_dir: str | Path, seed: int = 0, sizes: TinyQwenSizes = TinyQwenSizes()) -> Path:
+    """:func:`save_tiny_model` for Qwen2.5-VL (the demo's family)."""
+    return save_tiny_model(output_dir, "qwen2_5_vl", seed=seed, sizes=sizes)
 
 
 def _patch_json(path: Path, updates: dict) -> None:
@@ -189,7 +312,7 @@ def _patch_json(path: Path, updates: dict) -> None:
     path.write_text(json.dumps(data, indent=2))
 
 
-def load_tiny_qwen2_5_vl(model_dir: str | Path):
+def load_tiny_model(model_dir: str | Path):
     """Load (model, tokenizer, processor) through the same ``from_pretrained`` path as a user model."""
     from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
@@ -198,3 +321,6 @@ def load_tiny_qwen2_5_vl(model_dir: str | Path):
     processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
     return model, tokenizer, processor
+
+
+load_tiny_qwen2_5_vl = load_tiny_model
