@@ -18,11 +18,11 @@ from typing import Any, Optional
 from verl.base_config import BaseConfig
 from verl.workers.config import PolicyLossConfig
 
+from .masking import MASK_SPACES, MASK_UNITS
+
 KL_ESTIMATORS: tuple[str, ...] = ("low_var_kl", "kl", "abs", "mse")
 APPLY_MODES: tuple[str, ...] = ("all", "correct_only", "weighted")
 SCHEDULES: tuple[str, ...] = ("fixed", "annealing")
-MASK_UNITS: tuple[str, ...] = ("patch", "token")
-MASK_SPACES: tuple[str, ...] = ("pixel_values", "image")
 MASKED_LOGPROB_MODES: tuple[str, ...] = ("precompute", "recompute")
 
 

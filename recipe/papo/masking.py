@@ -29,7 +29,9 @@ import torch
 from PIL import Image
 
 MaskUnit = Literal["patch", "token"]
+# The allowed ``papo.mask_unit`` and ``papo.mask_space`` values (validated in ``recipe.papo.config``).
 MASK_UNITS: tuple[str, ...] = ("patch", "token")
+MASK_SPACES: tuple[str, ...] = ("pixel_values", "image")
 
 
 @dataclass(frozen=True)
@@ -158,32 +160,6 @@ def mask_pixel_values(
     black = layout.black_row(dtype=pixel_values.dtype, device=pixel_values.device)
     masked = torch.where(row_mask.unsqueeze(-1), black.unsqueeze(0), pixel_values)
     return masked, row_mask
-
-
-def patch_positions(image_grid_thw: torch.Tensor, merge_size: int) -> torch.Tensor:
-    """Image index and ``(t, h, w)`` patch coordinates of every ``pixel_values`` row.
-
-    Rows are ordered as the Qwen-VL processors emit them: per image, per frame, per merged block
-    (row-major), then the ``merge_size x merge_size`` patches inside the block (row-major).
-
-    Returns:
-        ``(num_rows, 4)`` int64 tensor of ``(image, t, h, w)``.
-    """
-    positions = []
-    for image_index, (t, h, w) in enumerate(image_grid_thw.to(torch.int64).tolist()):
-        frames, block_rows, block_cols, inner_rows, inner_cols = torch.meshgrid(
-            torch.arange(t),
-            torch.arange(h // merge_size),
-            torch.arange(w // merge_size),
-            torch.arange(merge_size),
-            torch.arange(merge_size),
-            indexing="ij",
-        )
-        rows = block_rows * merge_size + inner_rows
-        cols = block_cols * merge_size + inner_cols
-        image_column = torch.full_like(frames, image_index)
-        positions.append(torch.stack([image_column, frames, rows, cols], dim=-1).reshape(-1, 4))
-    return torch.cat(positions, dim=0)
 
 
 def blacken_image_patches(image: Image.Image | np.ndarray, patch_mask: np.ndarray, patch_size: int):

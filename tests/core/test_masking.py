@@ -15,7 +15,6 @@ from recipe.papo.masking import (
     mask_image_patches,
     mask_pixel_values,
     mask_seed,
-    patch_positions,
     torch_generator,
 )
 
@@ -63,7 +62,7 @@ def test_blackened_rows_are_the_chosen_units_and_exactly_black(processed, layout
     assert not torch.equal(pixel_values[row_mask], masked[row_mask])
 
 
-def test_token_unit_blackens_whole_merged_tokens(processed, layout):
+def test_token_unit_blackens_whole_merged_tokens(processed, layout, patch_positions):
     _, pixel_values, grid = processed
     _, row_mask = mask_pixel_values(pixel_values, grid, layout, 0.5, torch_generator(5), unit="token")
     per_token = row_mask.view(-1, layout.merge_size**2)
@@ -121,7 +120,9 @@ def test_inconsistent_grid_is_rejected(processed, layout):
         mask_pixel_values(pixel_values, torch.tensor([[1, 4, 10]]), layout, 0.5, torch_generator(0))
 
 
-def test_image_space_blackening_matches_pixel_values_masking_when_grids_align(processed, layout, tiny_processor):
+def test_image_space_blackening_matches_pixel_values_masking_when_grids_align(
+    processed, layout, tiny_processor, patch_positions
+):
     """Blacken the image in 14-px cells, process it: same rows as masking pixel_values directly."""
     images, pixel_values, grid = processed
     masked, row_mask = mask_pixel_values(pixel_values, grid, layout, 0.5, torch_generator(9))

@@ -1,4 +1,4 @@
-"""The real PAPO worker in-process on CPU: verl's FSDP2 engine over the tiny Qwen2.5-VL.
+"""The real PAPO worker in-process on CPU: verl's FSDP2 engine over each family's tiny model.
 
 A world-size-1 gloo process group is created once per test session (verl's
 ``initialize_global_process_group_ray`` skips re-initialisation); the CPU backend is selected in
@@ -16,14 +16,17 @@ from PIL import Image
 
 
 @pytest.fixture(scope="session")
-def make_worker(tiny_model_dir):
-    """Factory: an initialised ``PapoActorRolloutRefWorker`` (role actor) for PAPO overrides."""
+def make_worker(family_model_dir):
+    """Factory: an initialised ``PapoActorRolloutRefWorker`` (role actor) for PAPO overrides.
+
+    Parametrized through ``family_model_dir``: every worker test runs once per supported family.
+    """
     from recipe.papo.cpu import inprocess
 
     inprocess.activate_in_process()
 
     def make(*overrides: str):
-        return inprocess.make_worker(inprocess.compose_config(tiny_model_dir, overrides))
+        return inprocess.make_worker(inprocess.compose_config(family_model_dir, overrides))
 
     return make
 
