@@ -154,7 +154,8 @@ def random_image(seed: int, width: int, height: int):
 # the real PAPO worker in this process, on CPU: shared with tests/worker
 # --------------------------------------------------------------------------------------------
 
-from recipe.papo.cpu.inprocess import (  # noqa: E402  (after the thread settings above)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
+from papo_inprocess import (  # noqa: E402  (after the thread settings above)
     activate_in_process as activate_cpu_backend,
     build_batch,
     make_worker,
@@ -164,7 +165,7 @@ from recipe.papo.cpu.inprocess import (  # noqa: E402  (after the thread setting
 def compose_worker_config(model_dir: Path, *, prompts: int, rollout_n: int, mini_batch_prompts: int,
                           micro_batch_rows: int, overrides: Sequence[str] = ()):
     """``configs/papo_trainer.yaml`` with the CPU overrides, float32, the given batch sizes, ``overrides``."""
-    from recipe.papo.cpu.inprocess import compose_config
+    from papo_inprocess import compose_config
 
     return compose_config(
         model_dir,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 from recipe.papo.model_families import FAMILIES
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Test support modules (e.g. ``papo_inprocess``), shared with benchmarks/.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -28,7 +28,8 @@ from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from . import position_ids, register as _register  # noqa: F401  (registries in this process)
+from . import register as _register  # noqa: F401  (registries in this process)
+from .compat.verl import install_position_ids_fix
 from .config import PapoConfig, papo_config_from
 from .objective import coefficients_at_step, sample_weights
 from .policy_loss import COEF_KEYS, IMAGE_ROW_KEY, KL_WEIGHT_KEY, MASKED_LOG_PROBS_KEY, METRIC_PREFIX
@@ -61,7 +62,7 @@ class PapoTrainer(PPOTrainerSync):
 
     def __init__(self, config):
         super().__init__(config)
-        position_ids.install()
+        install_position_ids_fix()
         self.papo: PapoConfig = papo_config_from(config.papo)
 
     # verl's base trainer branches on ``trainer_mode == "sync"`` for the replay buffer, exact-refill

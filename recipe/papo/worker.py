@@ -27,7 +27,8 @@ from verl.utils.profiler import DistProfiler
 from verl.workers.engine_workers import ActorRolloutRefWorker
 from verl.workers.utils.padding import response_from_nested
 
-from . import position_ids, register as _register  # noqa: F401  (registries in this process)
+from . import register as _register  # noqa: F401  (registries in this process)
+from .compat.verl import install_position_ids_fix
 from .config import PapoConfig
 from .masked_inputs import MaskedInputBuilder, rows_with_images
 from .policy_loss import IMAGE_ROW_KEY, MASKED_LOG_PROBS_KEY, papo_ppo_loss
@@ -58,7 +59,7 @@ class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self):
-        position_ids.install()
+        install_position_ids_fix()
         super().init_model()
         if "actor" not in self.role:
             return

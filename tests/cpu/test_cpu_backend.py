@@ -45,10 +45,10 @@ GLOO_PROBE = """
 import os, socket
 import torch
 import verl.utils.distributed as distributed
-from recipe.papo.cpu import distributed as cpu_distributed
+from recipe.papo.compat import verl_cpu
 
-cpu_distributed.install()
-cpu_distributed.install()  # idempotent: wrapped once
+verl_cpu.install_process_group_backend()
+verl_cpu.install_process_group_backend()  # idempotent: wrapped once
 assert not getattr(distributed.initialize_global_process_group_ray.__wrapped__, "__papo_cpu_backend__", False)
 with socket.socket() as sock:
     sock.bind(("127.0.0.1", 0))

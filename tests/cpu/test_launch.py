@@ -75,4 +75,4 @@ print(get_device_name(), get_nccl_backend(), get_resource_name(), get_torch_devi
       tu.maybe_fix_3d_position_ids.__module__)
 """
     out = run_probe(code, {**os.environ, **cpu_env()})
-    assert out == "cpu gloo GPU 0 FSDPEngineWithLMHead HFServerAdapter HFReplica recipe.papo.position_ids"
+    assert out == "cpu gloo GPU 0 FSDPEngineWithLMHead HFServerAdapter HFReplica recipe.papo.compat.verl"

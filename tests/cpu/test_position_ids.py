@@ -20,7 +20,7 @@ from tensordict import TensorDict
 from transfer_queue.storage.managers.simple_storage_manager import AsyncSimpleStorageManager
 from transfer_queue.utils import serial_utils
 
-from recipe.papo import position_ids
+from recipe.papo.compat import verl as position_ids
 from verl.utils import tensordict_utils as tu
 
 CHANNELS = 4  # Qwen2/2.5-VL: text positions + 3 mRoPE axes
@@ -67,7 +67,7 @@ def expected_samples(batch: TensorDict) -> dict[int, torch.Tensor]:
 
 @pytest.fixture(autouse=True)
 def fixed():
-    position_ids.install()
+    position_ids.install_position_ids_fix()
 
 
 def test_equal_lengths_come_back_ragged_along_the_wrong_dim():
@@ -118,12 +118,12 @@ def test_two_dim_and_dense_position_ids_are_left_alone():
 
 INSTALL_PROBE = """
 import verl.workers.engine.base as engine_base  # binds verl's function by name before the fix
-from recipe.papo import position_ids
+from recipe.papo.compat import verl as position_ids
 from verl.utils import tensordict_utils as tu
 
 original = tu.maybe_fix_3d_position_ids
-position_ids.install()
-position_ids.install()
+position_ids.install_position_ids_fix()
+position_ids.install_position_ids_fix()
 print(
     tu.maybe_fix_3d_position_ids is engine_base.maybe_fix_3d_position_ids is position_ids.maybe_fix_3d_position_ids,
     position_ids.verl_original is original,

@@ -3,7 +3,7 @@
 A world-size-1 gloo process group is created once per test session (verl's
 ``initialize_global_process_group_ray`` skips re-initialisation); the CPU backend is selected in
 ``tests/conftest.py`` before verl is first imported. Workers and batches come from
-``recipe.papo.cpu.inprocess`` (shared with the step-cost benchmark).
+``tests/support/papo_inprocess.py`` (shared with the step-cost benchmark).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def make_worker(family_model_dir):
 
     Parametrized through ``family_model_dir``: every worker test runs once per supported family.
     """
-    from recipe.papo.cpu import inprocess
+    import papo_inprocess as inprocess
 
     inprocess.activate_in_process()
 
@@ -37,7 +37,7 @@ def random_image(seed: int, size: int = 56) -> Image.Image:
 
 def build_batch(worker, samples):
     """A batch in the v1 trainer's layout from ``(image or None, uid, response_text)`` samples."""
-    from recipe.papo.cpu.inprocess import build_batch as build
+    from papo_inprocess import build_batch as build
 
     rows = [([] if image is None else [image], uid, "How many shapes?", response) for image, uid, response in samples]
     return build(worker.actor.model_config.processor, worker.actor.model_config.tokenizer, rows)

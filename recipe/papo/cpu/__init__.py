@@ -10,15 +10,19 @@ process that imports verl: the driver, the task runner and every Ray actor (Ray 
 environment to its workers). Platform selection is lazy (first ``get_platform()`` call), so the
 "cpu" platform is registered before anything asks for it.
 
-What :func:`activate` installs, one module per concern (each documents the verl code it plugs into):
+What :func:`activate` installs, one module per concern (each documents the verl code it plugs into);
+every patch of verl itself goes through :mod:`recipe.papo.compat` (version-checked, see docs/compat.md):
 
 - :mod:`.platform`: the "cpu" platform (device "cpu", backend "gloo", Ray resource "GPU").
-- :mod:`.distributed`: ``"cpu:gloo"`` as the worker process-group backend.
+- ``"cpu:gloo"`` as the worker process-group backend (:mod:`recipe.papo.compat.verl_cpu`).
 - :mod:`.engines`: verl's FSDP engines registered for device "cpu".
 - :mod:`.hf_replica`, :mod:`.hf_server`, :mod:`.hf_adapter`: the rollout named "hf"
   (HF ``generate`` in a named Ray actor; vision placeholder tokens suppressed).
 - :mod:`.qwen_vl_stub`: a torchvision-free ``qwen_vl_utils`` for images, only if the real one fails.
-- :mod:`recipe.papo.position_ids`: the equal-length mRoPE ``position_ids`` fix (not CPU-specific).
+- :mod:`.varlen_attention`: torch attention over packed sequences, so verl's remove-padding path
+  (``use_remove_padding=True``, also needed by Ulysses sequence parallelism) runs without flash-attn.
+- the reference model's FSDP2 offload without pinned memory (``use_kl_loss=True`` on CPU).
+- the equal-length mRoPE ``position_ids`` repair (not CPU-specific; :mod:`recipe.papo.compat.verl`).
 
 :mod:`.launch` returns the environment and Hydra overrides of a CPU run.
 """
@@ -43,16 +47,18 @@ def activate() -> None:
     global _active
     if _active:
         return
-    from recipe.papo import position_ids
+    from recipe.papo.compat import verl as verl_compat, verl_cpu
 
-    from . import distributed, engines, hf_replica, platform, qwen_vl_stub
+    from . import engines, hf_replica, platform, qwen_vl_stub, varlen_attention
 
     platform.register()  # first: verl modules imported below ask for the device name at import time
-    distributed.install()
+    verl_cpu.install_process_group_backend()
     engines.register()
     hf_replica.register()
     qwen_vl_stub.install()
-    position_ids.install()
+    verl_cpu.install_varlen_attention(varlen_attention.varlen_attention, varlen_attention.dense_attention)
+    verl_cpu.install_unpinned_reference_offload()
+    verl_compat.install_position_ids_fix()
     _active = True
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import warnings
 
+from recipe.papo.compat.verl_cpu import registered_engine_devices
+
 DEVICE = "cpu"
 BACKENDS = ["fsdp", "fsdp2"]
 
@@ -29,7 +31,6 @@ def register() -> None:
         from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
 
     for model_type, engine_cls in (("language_model", FSDPEngineWithLMHead), ("value_model", FSDPEngineWithValueHead)):
-        registered = EngineRegistry._engines.get(model_type, {})
-        missing = [backend for backend in BACKENDS if DEVICE not in registered.get(backend, {})]
+        missing = [backend for backend in BACKENDS if DEVICE not in registered_engine_devices(model_type, backend)]
         if missing:
             EngineRegistry.register(model_type=model_type, backend=missing, device=DEVICE)(engine_cls)

@@ -11,8 +11,8 @@ Plugs into two registries of verl 0.9.1:
   actor-side ``BaseRollout`` by ``(name, mode)``; ``("hf", "async")`` maps to
   :class:`~recipe.papo.cpu.hf_adapter.HFServerAdapter`.
 
-``_ROLLOUT_REGISTRY`` is a module-level dict with no register function in verl 0.9.1, so the entry
-is added to it directly (one key, nothing replaced).
+``_ROLLOUT_REGISTRY`` is a private module-level dict with no register function in verl 0.9.1; the
+entry is added through :func:`recipe.papo.compat.verl_cpu.register_rollout_adapter`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from recipe.papo.compat.verl_cpu import register_rollout_adapter
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry
 
 from .hf_adapter import server_actor_name
@@ -53,7 +54,5 @@ class HFReplica(RolloutReplica):
 
 def register() -> None:
     """Register the "hf" replica and actor-side adapter (idempotent)."""
-    from verl.workers.rollout.base import _ROLLOUT_REGISTRY
-
     RolloutReplicaRegistry.register(ROLLOUT_NAME, lambda: HFReplica)
-    _ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = ADAPTER_FQN
+    register_rollout_adapter(ROLLOUT_NAME, "async", ADAPTER_FQN)

@@ -27,7 +27,8 @@ from typing import Any, Optional
 import psutil
 import torch
 
-from verl.plugin.platform import PlatformBase, PlatformRegistry, platform_manager
+from recipe.papo.compat.verl_cpu import resolved_platform
+from verl.plugin.platform import PlatformBase, PlatformRegistry
 
 PLATFORM_NAME = "cpu"
 
@@ -185,7 +186,7 @@ def register() -> None:
     """
     if PlatformRegistry.get(PLATFORM_NAME) is not PlatformCPU:
         PlatformRegistry.register(platform=PLATFORM_NAME)(PlatformCPU)
-    resolved = platform_manager._current_platform  # verl 0.9.1 keeps the singleton here
+    resolved = resolved_platform()
     if resolved is not None and not isinstance(resolved, PlatformCPU):
         raise RuntimeError(
             f"verl already selected the {resolved.device_name!r} platform in this process; switch the CPU "

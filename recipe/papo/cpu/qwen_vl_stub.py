@@ -130,9 +130,6 @@ def process_vision_info(
 
 def install() -> bool:
     """Register this module as ``qwen_vl_utils`` if the real one cannot be imported; True if it did."""
-    try:
-        import qwen_vl_utils  # noqa: F401
-    except ImportError:
-        sys.modules["qwen_vl_utils"] = sys.modules[__name__]
-        return True
-    return False
+    from recipe.papo.compat.qwen_vl_utils import install_stand_in
+
+    return install_stand_in(sys.modules[__name__])

@@ -1,5 +1,9 @@
 """The real PAPO worker in *this* process on CPU, and batches in the v1 trainer's layout.
 
+Test support, not runtime code: importable as ``papo_inprocess`` once ``tests/support`` is on
+``sys.path`` (``tests/conftest.py`` and ``benchmarks/bench_common.py`` put it there; the verl wheel
+installs its own top-level ``tests`` package, so ``tests.support`` would not resolve to this folder).
+
 Used by the worker-level tests and the step-cost benchmark: no Ray, no rollout, but verl 0.9.1's
 own ``ActorRolloutRefWorker`` machinery (FSDP2 engine on a world-size-1 gloo group), composed from
 ``configs/papo_trainer.yaml`` with the CPU overrides. Batches are built with verl's own agent-loop
@@ -15,9 +19,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from .launch import cpu_overrides
+from recipe.papo.cpu.launch import cpu_overrides
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 # Per-row sequence fields; the trainer's batches keep them jagged.
 SEQUENCE_KEYS = ("prompts", "responses", "response_mask", "loss_mask", "input_ids", "attention_mask", "position_ids")
 
@@ -38,7 +42,7 @@ def activate_in_process() -> None:
     os.environ.update(
         VERL_PLATFORM="cpu", WORLD_SIZE="1", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=_free_port()
     )
-    from . import activate
+    from recipe.papo.cpu import activate
 
     activate()
 

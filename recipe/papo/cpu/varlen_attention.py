@@ -1,0 +1,109 @@
+"""Pure-torch stand-ins for the flash-attn kernels verl's remove-padding attention calls.
+
+verl's remove-padding path (``actor_rollout_ref.model.use_remove_padding=True``) packs a
+micro-batch into one row of ``total_nnz`` tokens and hands attention the per-token position ids;
+its attention forward then calls flash-attn's variable-length kernel with ``cu_seqlens`` (the
+sequence boundaries, where the position ids restart at 0). flash-attn does not exist on CPU, so the
+CPU backend installs the two functions below in its place (see :mod:`recipe.papo.compat.verl_cpu`).
+Both compute exact causal softmax attention with ``torch.nn.functional.scaled_dot_product_attention``
+(SDPA), one packed sequence at a time, in the dtype they are given.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def _reject_unsupported(window_size: Any, softcap: Optional[float]) -> None:
+    if window_size not in (None, (-1, -1)) or softcap not in (None, 0.0):
+        raise NotImplementedError(
+            f"the CPU backend's variable-length attention supports neither sliding windows nor soft-capping "
+            f"(got window_size={window_size}, softcap={softcap}); run this model on a GPU with flash-attn"
+        )
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout_p: float, scale: Optional[float]):
+    """SDPA over ``(..., seq, heads, head_dim)`` inputs; k/v may have fewer heads (GQA)."""
+    q, k, v = (t.transpose(-3, -2) for t in (q, k, v))  # (..., heads, seq, head_dim)
+    out = F.scaled_dot_product_attention(
+        q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale, enable_gqa=k.shape[-3] != q.shape[-3]
+    )
+    return out.transpose(-3, -2)
+
+
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: Any = None,
+    max_seqlen_k: Any = None,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: Any = (-1, -1),
+    softcap: Optional[float] = None,
+    deterministic: bool = False,
+    **unused: Any,
+) -> torch.Tensor:
+    """flash-attn's ``flash_attn_varlen_func`` contract, self-attention only.
+
+    Args:
+        q: ``(total_q, heads, head_dim)`` packed queries.
+        k, v: ``(total_k, kv_heads, head_dim)``; ``heads`` must be a multiple of ``kv_heads``.
+        cu_seqlens_q, cu_seqlens_k: ``(num_seqs + 1,)`` int offsets of each sequence (equal: self-attention).
+        max_seqlen_q, max_seqlen_k: unused (the kernel's launch hints).
+        dropout_p: attention dropout probability.
+        softmax_scale: default ``head_dim ** -0.5``.
+        causal: causal mask within each sequence.
+
+    Returns:
+        ``(total_q, heads, head_dim)``, each token attending only to tokens of its own sequence.
+    """
+    _reject_unsupported(window_size, softcap)
+    if not torch.equal(cu_seqlens_q.cpu(), cu_seqlens_k.cpu()):
+        raise NotImplementedError("the CPU backend's variable-length attention supports self-attention only")
+    bounds = cu_seqlens_q.tolist()
+    out = torch.empty_like(q)
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end > start:
+            out[start:end] = _sdpa(q[start:end], k[start:end], v[start:end], causal, dropout_p, softmax_scale)
+    return out
+
+
+def dense_attention(
+    query_states: torch.Tensor,
+    key_states: torch.Tensor,
+    value_states: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    query_length: int,
+    is_causal: bool,
+    dropout: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    sliding_window: Optional[int] = None,
+    softcap: Optional[float] = None,
+    **unused: Any,
+) -> torch.Tensor:
+    """transformers' ``_flash_attention_forward`` contract for unpadded input (``attention_mask=None``).
+
+    verl's packed attention takes this branch when the packed row holds a single sequence (its
+    position ids never restart). Padded input is not supported: the remove-padding path never has any.
+
+    Args:
+        query_states: ``(batch, seq, heads, head_dim)``.
+        key_states, value_states: ``(batch, seq, kv_heads, head_dim)``.
+        attention_mask: must be None.
+        query_length: ``seq`` (unused beyond the contract).
+        is_causal: causal mask over the whole row.
+
+    Returns:
+        ``(batch, seq, heads, head_dim)``.
+    """
+    if attention_mask is not None:
+        raise NotImplementedError("the CPU backend's flash-attention stand-in takes unpadded input only")
+    _reject_unsupported(None if sliding_window is None else (sliding_window, sliding_window), softcap)
+    return _sdpa(query_states, key_states, value_states, is_causal, dropout, softmax_scale)

@@ -1,0 +1,114 @@
+"""Every patch in recipe/papo/compat refuses a verl it does not know, or steps aside when not needed."""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from recipe.papo.compat import _guard, qwen_vl_utils, verl as verl_compat, verl_cpu
+from recipe.papo.compat._guard import UnsupportedVersionError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_require_version_names_the_patch_and_both_versions():
+    with pytest.raises(UnsupportedVersionError, match=r"'demo patch'.*verl 0\.0\.1.*verl \d") as info:
+        _guard.require_version("verl", ("0.0.1",), "demo patch")
+    assert "recipe/papo/compat/" in str(info.value)
+    assert _guard.require_version("verl", verl_cpu.SUPPORTED_VERL, "demo patch") == "0.9.1"
+
+
+CPU_PATCHES = {
+    "process group backend": verl_cpu.install_process_group_backend,
+    "rollout registry": lambda: verl_cpu.register_rollout_adapter("hf", "async", "recipe.papo.cpu.hf_adapter.HFServerAdapter"),
+    "engine registry": lambda: verl_cpu.registered_engine_devices("language_model", "fsdp2"),
+    "platform singleton": verl_cpu.resolved_platform,
+    "varlen attention": lambda: verl_cpu.install_varlen_attention(print, print),
+    "reference offload": verl_cpu.install_unpinned_reference_offload,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CPU_PATCHES))
+def test_cpu_patches_refuse_an_unknown_verl(name, monkeypatch):
+    monkeypatch.setattr(_guard, "installed_version", lambda distribution: "0.10.0")
+    with pytest.raises(UnsupportedVersionError, match="verl 0.10.0 is installed"):
+        CPU_PATCHES[name]()
+
+
+def test_cpu_patches_are_in_place_after_activation():
+    """The session conftest activated the CPU backend: every patch applied, idempotently."""
+    from verl.models.transformers import qwen2_vl
+    from verl.workers.engine.fsdp import transformer_impl
+
+    from recipe.papo.cpu import varlen_attention
+
+    for name, patch in CPU_PATCHES.items():
+        if name != "varlen attention":  # the real functions are passed below
+            patch()
+    verl_cpu.install_varlen_attention(varlen_attention.varlen_attention, varlen_attention.dense_attention)
+    assert qwen2_vl.flash_attn_varlen_func is varlen_attention.varlen_attention
+    assert qwen2_vl._flash_attention_forward is varlen_attention.dense_attention
+    assert transformer_impl.CPUOffloadPolicy(pin_memory=True).pin_memory is False
+    assert "cpu" in verl_cpu.registered_engine_devices("language_model", "fsdp2")
+
+
+def test_varlen_attention_refuses_when_flash_attn_is_bound(monkeypatch):
+    from verl.models.transformers import qwen2_vl
+
+    monkeypatch.setattr(qwen2_vl, "flash_attn_varlen_func", lambda *args, **kwargs: None)
+    with pytest.raises(RuntimeError, match="already has flash-attn kernels bound"):
+        verl_cpu.install_varlen_attention(print, print)
+
+
+def test_rollout_registry_refuses_to_replace_another_adapter():
+    with pytest.raises(ValueError, match="already registered"):
+        verl_cpu.register_rollout_adapter("hf", "async", "somewhere.Else")
+
+
+def test_position_ids_fix_detects_the_defect_in_verl_0_9_1():
+    assert verl_compat.verl_original is not None
+    assert verl_compat.corrupts_equal_length_batches(verl_compat.verl_original)
+    assert not verl_compat.corrupts_equal_length_batches(verl_compat.maybe_fix_3d_position_ids)
+
+
+def test_position_ids_fix_steps_aside_when_verl_is_fixed(monkeypatch):
+    from verl.utils import tensordict_utils as tu
+
+    def upstream_fixed(data):  # a verl whose own function handles equal lengths
+        verl_compat.maybe_fix_3d_position_ids(data)
+
+    monkeypatch.setattr(tu, "maybe_fix_3d_position_ids", upstream_fixed)
+    monkeypatch.setattr(verl_compat, "verl_original", verl_compat.verl_original)
+    assert verl_compat.install_position_ids_fix() is False
+    assert tu.maybe_fix_3d_position_ids is upstream_fixed
+
+
+def test_position_ids_fix_refuses_a_verl_without_the_function(monkeypatch):
+    from verl.utils import tensordict_utils as tu
+
+    monkeypatch.delattr(tu, "maybe_fix_3d_position_ids")
+    with pytest.raises(UnsupportedVersionError, match="maybe_fix_3d_position_ids"):
+        verl_compat.install_position_ids_fix()
+
+
+def test_qwen_vl_utils_stand_in_steps_aside_when_the_real_package_imports(monkeypatch):
+    real = types.ModuleType("qwen_vl_utils")
+    monkeypatch.setitem(sys.modules, "qwen_vl_utils", real)
+    assert qwen_vl_utils.install_stand_in(types.ModuleType("stand_in")) is False
+    assert sys.modules["qwen_vl_utils"] is real
+
+
+def test_no_patch_of_another_package_outside_compat():
+    """Only recipe/papo/compat sets attributes on modules or writes sys.modules."""
+    offenders = []
+    for path in [*REPO.joinpath("recipe").rglob("*.py"), *REPO.joinpath("data_prep").rglob("*.py")]:
+        if "compat" in path.relative_to(REPO).parts:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"\bsetattr\(|sys\.modules\[[^\]]*\]\s*=|sys\.modules\.(update|setdefault)\(", line):
+                offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    assert offenders == []
