@@ -10,14 +10,20 @@ For each row the masked inputs come from, in order of precedence:
    ``mask_patch_size`` cells, the authors' order of operations;
 3. ``papo.mask_space=pixel_values`` (default): random patch rows of ``pixel_values`` blackened.
 
-Paths 1 and 2 re-run the image processor on images resized (bicubic, as ``qwen_vl_utils`` does) to
-the exact size the original grid implies, with the processor's own resize off, so the grid, the
-number of image tokens and the position ids never change; a grid mismatch is an error naming the row.
+Paths 1 and 2 rebuild ``pixel_values`` through verl's own image chain: the RGB conversion of
+``qwen_vl_utils`` (transparent pixels on white, :mod:`.image_rgb`), then
+``qwen_vl_utils.process_vision_info`` (resize to a multiple of ``patch_size * 2`` within its pixel
+bounds, with the row's per-image options) and the processor with ``data.mm_processor_kwargs``.
+Path 2 blackens cells of the raw image after the RGB conversion and before the resize. So at mask
+ratio 0 the masked input equals the original bit for bit, and otherwise it differs only where
+blackened cells reach after resizing. The grid never changes (a mismatch is an error naming the row),
+so neither do the number of image tokens and the position ids.
 Rows without images keep their inputs and are reported in ``has_image``.
 """
 
 from __future__ import annotations
 
+import base64
 from io import BytesIO
 from typing import Any, Optional
 
@@ -27,8 +33,10 @@ from PIL import Image
 from tensordict import TensorDict
 
 from verl.utils import tensordict_utils as tu
+from verl.utils.tokenizer import build_multimodal_processor_inputs
 
 from .config import PapoConfig
+from .image_rgb import to_rgb
 from .masking import PatchLayout, mask_image_patches, mask_pixel_values, mask_seed, torch_generator
 
 MULTI_MODAL_INPUTS_KEY = "multi_modal_inputs"
@@ -50,26 +58,51 @@ def rows_with_images(data: TensorDict) -> torch.Tensor:
     return torch.tensor([row_has_image(inputs) for inputs in rows], dtype=torch.bool)
 
 
+IMAGE_SOURCE_KEYS = ("image", "image_url", "bytes", "path")
+
+
 def _decode_image(item: Any) -> Image.Image:
+    """Open an image as ``qwen_vl_utils.fetch_image`` reads a content item's source.
+
+    Accepts a PIL image, a ``{bytes, path}`` dict (a dataset cell), or a chat content item holding
+    ``image`` / ``image_url`` (a PIL image, a local path, ``file://`` or a ``data:image`` base64 URI).
+    """
     if isinstance(item, Image.Image):
         return item
-    if isinstance(item, dict) and item.get("bytes") is not None:
-        return Image.open(BytesIO(item["bytes"]))
-    if isinstance(item, dict) and item.get("image") is not None:
-        return _decode_image(item["image"])
-    if isinstance(item, dict) and item.get("path"):
-        return Image.open(item["path"])
+    if isinstance(item, dict):
+        source = item.get("image", item.get("image_url"))
+        if source is not None:
+            return _decode_image(source)
+        if item.get("bytes") is not None:
+            return Image.open(BytesIO(item["bytes"]))
+        if item.get("path"):
+            return Image.open(item["path"])
+    if isinstance(item, str) and item.startswith("data:image") and "base64," in item:
+        return Image.open(BytesIO(base64.b64decode(item.split("base64,", 1)[1])))
+    if isinstance(item, str) and not item.startswith(("http://", "https://")):
+        return Image.open(item.removeprefix("file://"))
     raise MaskedInputError(f"cannot read an image from {type(item).__name__} {str(item)[:80]!r}")
 
 
-def raw_images(raw_prompt: list[dict]) -> list[Image.Image]:
-    """The images of a chat prompt in order (content items of type ``image``)."""
-    images = []
+def image_items(raw_prompt: Optional[list[dict]]) -> list[dict]:
+    """The image content items of a chat prompt in order (type ``image``, or holding ``image`` / ``image_url``)."""
+    items = []
     for message in raw_prompt or []:
         content = message.get("content")
         if isinstance(content, list):
-            images.extend(_decode_image(item) for item in content if isinstance(item, dict) and item.get("type") == "image")
-    return images
+            items.extend(
+                item
+                for item in content
+                if isinstance(item, dict)
+                and (item.get("type") == "image" or "image" in item or "image_url" in item)
+                and "video" not in item
+            )
+    return items
+
+
+def raw_images(raw_prompt: list[dict]) -> list[Image.Image]:
+    """The images of a chat prompt in order, as read from their sources (not converted)."""
+    return [_decode_image(item) for item in image_items(raw_prompt)]
 
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -100,12 +133,18 @@ class MaskedInputBuilder:
     Args:
         papo: PAPO options (ratio, unit, space, patch size, seed).
         processor: the model's multimodal processor (patch layout, normalisation, image processor).
+        mm_processor_kwargs: the run's ``data.mm_processor_kwargs``, passed to the processor as verl's
+            agent loop passes them when it builds the original ``multi_modal_inputs``.
     """
 
-    def __init__(self, papo: PapoConfig, processor: Any):
+    def __init__(self, papo: PapoConfig, processor: Any, mm_processor_kwargs: Optional[dict] = None):
         self.papo = papo
         self.processor = processor
+        self.mm_processor_kwargs = dict(mm_processor_kwargs or {})
         self.layout = PatchLayout.from_processor(processor)
+        # verl's agent loop calls qwen_vl_utils with the image processor's patch size; qwen_vl_utils
+        # then resizes to multiples of patch_size * 2 (its spatial merge), i.e. 28 px for Qwen2.5-VL.
+        self.image_patch_size = int(getattr(getattr(processor, "image_processor", None), "patch_size", 14))
 
     def mask_row(
         self,
@@ -121,12 +160,15 @@ class MaskedInputBuilder:
         seed = mask_seed(self.papo.mask_seed, step, uid)
         masked = dict(inputs)
         if images_aug is not None and len(images_aug) > 0:
-            masked["pixel_values"] = self._reprocess([_decode_image(i) for i in images_aug], inputs, uid, "images_aug")
+            images = [to_rgb(_decode_image(item)) for item in images_aug]
+            masked["pixel_values"] = self._reprocess(images, raw_prompt, inputs, uid, "images_aug")
         elif self.papo.mask_space == "image":
             rng = np.random.default_rng(seed)
-            originals = raw_images(raw_prompt)
-            blackened = [mask_image_patches(im, self.papo.mask_ratio, self.papo.mask_patch_size, rng)[0] for im in originals]
-            masked["pixel_values"] = self._reprocess(blackened, inputs, uid, "raw_prompt images")
+            blackened = [
+                mask_image_patches(to_rgb(image), self.papo.mask_ratio, self.papo.mask_patch_size, rng)[0]
+                for image in raw_images(raw_prompt)
+            ]
+            masked["pixel_values"] = self._reprocess(blackened, raw_prompt, inputs, uid, "raw_prompt images")
         else:
             masked["pixel_values"], _ = mask_pixel_values(
                 inputs["pixel_values"],
@@ -138,26 +180,49 @@ class MaskedInputBuilder:
             )
         return masked
 
-    def _reprocess(self, images: list[Image.Image], inputs: dict, uid: str, source: str) -> torch.Tensor:
-        """``pixel_values`` of ``images`` on exactly the original grid (shape and dtype preserved)."""
+    def _reprocess(
+        self, images: list[Image.Image], raw_prompt: Optional[list[dict]], inputs: dict, uid: str, source: str
+    ) -> torch.Tensor:
+        """``pixel_values`` of raw-size RGB ``images`` through verl's own image chain.
+
+        The chain is the one that built the row's original inputs: ``qwen_vl_utils.process_vision_info``
+        (resize to a multiple of its factor within its pixel bounds, with the per-image options of the
+        row's content items such as ``min_pixels`` / ``max_pixels``) and then the processor with
+        ``mm_processor_kwargs``. At mask ratio 0 the result equals the original bit for bit.
+        Returns a ``(rows, row_width)`` tensor with the original's dtype and device.
+        """
+        from qwen_vl_utils import process_vision_info  # the real one, or the CPU backend's stand-in
+
         grid = inputs["image_grid_thw"].to(torch.int64)
         if len(images) != grid.shape[0]:
             raise MaskedInputError(
                 f"row uid={uid}: {source} has {len(images)} image(s) but the prompt was processed with "
                 f"{grid.shape[0]}; images_aug must have the same count and sizes as images."
             )
-        patch = self.layout.patch_size
-        resized = []
-        for image, (_, rows, cols) in zip(images, grid.tolist(), strict=True):
-            image = image.convert("RGB")
-            size = (cols * patch, rows * patch)
-            resized.append(image if image.size == size else image.resize(size, Image.Resampling.BICUBIC))
-        image_processor = getattr(self.processor, "image_processor", self.processor)
-        out = image_processor(images=resized, do_resize=False, return_tensors="pt")
+        items = image_items(raw_prompt) or [{"type": "image"}] * len(images)
+        if len(items) != len(images):
+            raise MaskedInputError(
+                f"row uid={uid}: {source} has {len(images)} image(s) but raw_prompt has {len(items)} image item(s)"
+            )
+        content = [
+            {**{key: value for key, value in item.items() if key not in IMAGE_SOURCE_KEYS}, "image": image}
+            for item, image in zip(items, images, strict=True)
+        ]
+        fetched, _ = process_vision_info([{"role": "user", "content": content}], image_patch_size=self.image_patch_size)
+        image_token = getattr(self.processor, "image_token", None)
+        if image_token is None:
+            raise MaskedInputError(f"{type(self.processor).__name__} has no image_token; cannot rebuild image inputs")
+        out = build_multimodal_processor_inputs(
+            self.processor,
+            text=[image_token * len(fetched)],
+            images=fetched,
+            mm_processor_kwargs=self.mm_processor_kwargs,
+        )
         if not torch.equal(out["image_grid_thw"].to(torch.int64), grid):
             raise MaskedInputError(
                 f"row uid={uid}: {source} processed to grid {out['image_grid_thw'].tolist()} but the original "
-                f"grid is {grid.tolist()}"
+                f"grid is {grid.tolist()}; {source} must have the sizes of the row's images, and the masked "
+                "pass must use the run's data.mm_processor_kwargs"
             )
         original = inputs["pixel_values"]
         return out["pixel_values"].to(dtype=original.dtype, device=original.device)
@@ -173,7 +238,8 @@ class MaskedInputBuilder:
         rows = tu.get(data, MULTI_MODAL_INPUTS_KEY) or [None] * batch_size
         uids = [str(uid) for uid in tu.get(data, "uid")]
         images_aug = tu.get(data, IMAGES_AUG_KEY) or [None] * batch_size
-        raw_prompts = tu.get(data, "raw_prompt") if self.papo.mask_space == "image" else [None] * batch_size
+        uses_images = self.papo.mask_space == "image" or any(aug is not None and len(aug) > 0 for aug in images_aug)
+        raw_prompts = (tu.get(data, "raw_prompt") if uses_images else None) or [None] * batch_size
         # In pixel_values space a row's masked pixels are a pure function of (uid, step, pixel_values,
         # grid). The n rollouts of a prompt share the uid and carry equal pixel values, so the masked
         # tensor is computed once per prompt and shared (read-only) instead of n times: n times less

@@ -21,23 +21,44 @@ def image(seed: int, size=(84, 56)) -> Image.Image:
     return Image.fromarray(rng.integers(1, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
-def png_dict(picture: Image.Image) -> dict:
+def png_dict(picture: Image.Image, fmt: str = "PNG") -> dict:
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
+    picture.save(buffer, format=fmt)
     return {"bytes": buffer.getvalue(), "path": None}
 
 
-def make_batch(processor, uids, pictures, images_aug=None):
-    """A TensorDict laid out like verl 0.9.1's batch: NonTensorStack columns of per-row objects."""
+def verl_image_item(cell: dict, **options) -> dict:
+    """A prompt content item as verl's ``RLHFDataset._build_messages`` makes it from a ``{bytes, path}`` cell."""
+    return {"type": "image", **cell, "image": Image.open(io.BytesIO(cell["bytes"])), **options}
+
+
+def verl_inputs(processor, items: list[dict]) -> dict:
+    """``multi_modal_inputs`` as verl 0.9.1's agent loop builds them: qwen_vl_utils, then the processor."""
+    from qwen_vl_utils import process_vision_info
+
+    from verl.utils.tokenizer import build_multimodal_processor_inputs
+
+    patch_size = processor.image_processor.patch_size
+    images, _ = process_vision_info([{"role": "user", "content": items}], image_patch_size=patch_size)
+    out = build_multimodal_processor_inputs(processor, text=[processor.image_token * len(images)], images=images)
+    return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+
+
+def make_batch(processor, uids, pictures, images_aug=None, fmt="PNG"):
+    """A TensorDict laid out like verl 0.9.1's batch: NonTensorStack columns of per-row objects.
+
+    Each picture is stored as an encoded ``{bytes, path}`` cell (as in the parquet) and goes through
+    verl's own image chain for the original inputs.
+    """
     rows, prompts = [], []
     for picture in pictures:
         if picture is None:
             rows.append({})
             prompts.append([{"role": "user", "content": "text only"}])
             continue
-        out = processor.image_processor(images=[picture], return_tensors="pt")
-        rows.append({"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]})
-        prompts.append([{"role": "user", "content": [{"type": "image", "image": picture}, {"type": "text", "text": "?"}]}])
+        item = verl_image_item(png_dict(picture, fmt))
+        rows.append(verl_inputs(processor, [item]))
+        prompts.append([{"role": "user", "content": [item, {"type": "text", "text": "?"}]}])
     data = TensorDict({"response_mask": torch.ones(len(uids), 3)}, batch_size=[len(uids)])
     tu.assign_non_tensor_stack(data, "multi_modal_inputs", rows)
     tu.assign_non_tensor_stack(data, "uid", list(uids))
@@ -135,3 +156,130 @@ def test_same_uid_with_different_pixels_gets_its_own_mask(tiny_processor):
     second = tu.get(data, "multi_modal_inputs")[1]
     assert torch.equal(pixel_values(masked, 1), builder.mask_row(second, "p", 2)["pixel_values"])
     assert not torch.equal(pixel_values(masked, 1), pixel_values(masked, 0))
+
+
+# --- fidelity to verl's own image chain (transparency, resize chain, image modes) ----------------
+
+MODES = ("RGB", "L", "P", "RGBA", "LA", "CMYK", "I;16", "I")
+# (width, height): inside the tiny processor's pixel bounds on the 28-px grid, off the grid, above the
+# processor's max_pixels (qwen_vl_utils keeps it, the processor shrinks it), large, and below min_pixels.
+SIZES = ((84, 56), (97, 61), (300, 200), (2000, 1500), (20, 30))
+
+
+def picture_in_mode(mode: str, size=(97, 61), seed: int = 0) -> tuple[Image.Image, str]:
+    """A random picture in ``mode`` (RGBA / LA with fully and partly transparent regions) and its file format."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    rgb = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    if mode in ("RGBA", "LA"):
+        picture = rgb.convert(mode)
+        alpha = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        alpha[:, : width // 2] = 0  # a transparent background
+        picture.putalpha(Image.fromarray(alpha))
+        return picture, "PNG"
+    if mode in ("I;16", "I"):
+        values = rng.integers(0, 65536, (height, width)).astype(np.uint16 if mode == "I;16" else np.int32)
+        picture = Image.fromarray(values)  # uint16 -> I;16, int32 -> I
+        assert picture.mode == mode
+        return picture, "PNG" if mode == "I;16" else "TIFF"
+    if mode == "P":
+        return rgb.quantize(16), "PNG"
+    return rgb.convert(mode), "TIFF" if mode == "CMYK" else "PNG"
+
+
+def qwen_vl_utils_function(name: str):
+    """``name`` from the installed qwen_vl_utils source, compiled without its torchvision import."""
+    import ast
+    import base64 as base64_module
+    import copy
+    import math
+    import site
+    import typing
+    from pathlib import Path
+
+    candidates = [Path(p) / "qwen_vl_utils" / "vision_process.py" for p in site.getsitepackages()]
+    source = next(path for path in candidates if path.exists()).read_text()
+    wanted = {"smart_resize", "round_by_factor", "ceil_by_factor", "floor_by_factor", "to_rgb", "fetch_image"}
+    constants = {"MAX_RATIO", "SPATIAL_MERGE_SIZE", "IMAGE_MIN_TOKEN_NUM", "IMAGE_MAX_TOKEN_NUM"}
+    nodes = [
+        node
+        for node in ast.parse(source).body
+        if (isinstance(node, ast.FunctionDef) and node.name in wanted)
+        or (isinstance(node, ast.Assign) and any(getattr(t, "id", None) in constants for t in node.targets))
+    ]
+    namespace = {"math": math, "Image": Image, "BytesIO": io.BytesIO, "copy": copy, "base64": base64_module}
+    namespace |= {name: getattr(typing, name) for name in ("Optional", "Tuple", "Dict", "Union", "List", "Any")}
+    exec(compile(ast.Module(body=nodes, type_ignores=[]), "qwen_vl_utils/vision_process.py", "exec"), namespace)
+    return namespace[name]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rgb_conversion_and_stand_in_fetch_image_equal_the_real_qwen_vl_utils(mode):
+    """The conversion the masked pass uses, and the CPU stand-in's fetch_image, are qwen_vl_utils' own."""
+    from recipe.papo.cpu import qwen_vl_stub
+    from recipe.papo.image_rgb import to_rgb
+
+    real_to_rgb, real_fetch = qwen_vl_utils_function("to_rgb"), qwen_vl_utils_function("fetch_image")
+    picture, fmt = picture_in_mode(mode)
+    assert np.array_equal(np.asarray(to_rgb(picture)), np.asarray(real_to_rgb(picture)))
+    for size in SIZES:
+        picture, fmt = picture_in_mode(mode, size)
+        decoded = Image.open(io.BytesIO(png_dict(picture, fmt)["bytes"]))
+        for patch_size in (14, 16):
+            ours = qwen_vl_stub.fetch_image({"image": decoded}, image_patch_size=patch_size)
+            theirs = real_fetch({"image": decoded}, image_patch_size=patch_size)
+            assert ours.size == theirs.size and np.array_equal(np.asarray(ours), np.asarray(theirs)), (size, patch_size)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_image_paths_at_ratio_zero_equal_the_original_bit_for_bit(tiny_processor, mode):
+    """mask_space=image and images_aug at ratio 0 rebuild the original pixel_values exactly, any size and mode."""
+    image_space = MaskedInputBuilder(PapoConfig(mask_space="image", mask_ratio=0.0), tiny_processor)
+    online = MaskedInputBuilder(PapoConfig(mask_ratio=0.0), tiny_processor)
+    for size in SIZES:
+        picture, fmt = picture_in_mode(mode, size, seed=size[0])
+        data = make_batch(tiny_processor, ["a"], [picture], images_aug=[[png_dict(picture, fmt)]], fmt=fmt)
+        original = pixel_values(data, 0)
+        from_aug, _ = online.mask_batch(data, step=3)
+        assert torch.equal(pixel_values(from_aug, 0), original), f"images_aug {mode} {size}"
+        data = make_batch(tiny_processor, ["a"], [picture], fmt=fmt)
+        from_image, _ = image_space.mask_batch(data, step=3)
+        assert torch.equal(pixel_values(from_image, 0), original), f"mask_space=image {mode} {size}"
+
+
+def drawn_cell_mask(seed: int, step: int, uid: str, ratio: float, cell: int, size) -> np.ndarray:
+    """The cell mask the builder draws for a one-image row, recomputed from the seed."""
+    from recipe.papo.masking import mask_seed
+
+    width, height = size
+    return np.random.default_rng(mask_seed(seed, step, uid)).random((-(-height // cell), -(-width // cell))) < ratio
+
+
+def reach_of(cell_mask: np.ndarray, cell: int, size, sizes_after) -> np.ndarray:
+    """Pixels of the final image that a blackened cell can reach through the chain's bicubic resizes."""
+    width, height = size
+    pixels = np.repeat(np.repeat(cell_mask, cell, 0), cell, 1)[:height, :width].astype(np.float32)
+    reach = Image.fromarray(pixels, mode="F")
+    for target in sizes_after:
+        reach = reach.resize(target, Image.Resampling.BICUBIC)
+    return np.abs(np.asarray(reach)) > 0
+
+
+@pytest.mark.parametrize("size", SIZES[:4])
+def test_image_space_masking_changes_only_rows_blackened_cells_reach(tiny_processor, patch_positions, size):
+    from qwen_vl_utils import smart_resize
+
+    papo = PapoConfig(mask_space="image", mask_ratio=0.3, mask_patch_size=14)
+    picture, _ = picture_in_mode("RGBA", size)
+    data = make_batch(tiny_processor, ["u"], [picture])
+    masked, _ = MaskedInputBuilder(papo, tiny_processor).mask_batch(data, step=5)
+    grid = tu.get(data, "multi_modal_inputs")[0]["image_grid_thw"]
+    changed = (pixel_values(masked, 0) != pixel_values(data, 0)).any(-1)
+    cells = drawn_cell_mask(papo.mask_seed, 5, "u", 0.3, 14, size)
+    fetched = smart_resize(size[1], size[0], factor=28)[::-1]
+    final = (int(grid[0, 2]) * 14, int(grid[0, 1]) * 14)
+    reach = reach_of(cells, 14, size, [fetched, final])
+    positions = patch_positions(grid, merge_size=2)
+    reachable = torch.tensor([reach[h * 14 : (h + 1) * 14, w * 14 : (w + 1) * 14].any() for _, _, h, w in positions.tolist()])
+    assert cells.any() and changed.any()
+    assert not (changed & ~reachable).any(), f"{int((changed & ~reachable).sum())} rows changed beyond the cells' reach"
