@@ -16,13 +16,29 @@ EVAL_DIR = "/data/eval"
 MODEL = "/models/merged_step200"
 
 
-def test_dry_run_is_a_validation_only_avg_at_8_run(dry_runs, tmp_path):
+def merged_checkpoint(root: Path, *parts: str) -> Path:
+    """A folder ``root/parts...`` holding the ``config.json`` of a merged Qwen2.5-VL checkpoint (the
+    start-up checks read its ``model_type``)."""
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> Path:
+    """A folder of merged checkpoints laid out as verl saves and merges them."""
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+def test_dry_run_is_a_validation_only_avg_at_8_run(dry_runs, checkpoints, tmp_path):
+    model = merged_checkpoint(checkpoints, "papo", "exp", "global_step_200", "hf")
     out_dir = tmp_path / "results"
-    summary = dry_runs.get("eval_papo.sh", MODEL_PATH=MODEL, EVAL_DIR=EVAL_DIR, OUT_DIR=str(out_dir)).summary
+    summary = dry_runs.get("eval_papo.sh", MODEL_PATH=str(model), EVAL_DIR=EVAL_DIR, OUT_DIR=str(out_dir)).summary
     files = [f"{EVAL_DIR}/{benchmark}.parquet" for benchmark in EVAL_BENCHMARKS]
     assert summary["data.val_files"] == files
     assert summary["data.train_files"] == files[0]  # read once by verl's dataset set-up, never trained on
-    assert summary["model.path"] == MODEL
+    assert summary["model.path"] == str(model)
     expected = {
         "trainer.val_only": True,
         "trainer.val_before_train": True,
@@ -100,7 +116,7 @@ def faked_eval(run_bash, fake_python, tmp_path):
         for benchmark in present:
             (eval_dir / f"{benchmark}.parquet").write_bytes(b"")  # only their presence is checked before verl
         record = tmp_path / "record.json"
-        env = dict(PYTHON=str(fake_python), MODEL_PATH=MODEL, EVAL_DIR=str(eval_dir), FAKE_RECORD=str(record)) | env
+        env = {"PYTHON": str(fake_python), "MODEL_PATH": MODEL, "EVAL_DIR": str(eval_dir), "FAKE_RECORD": str(record)} | env
         return run_bash("eval_papo.sh", *args, cwd=tmp_path, **env), eval_dir, record
 
     return run
@@ -142,6 +158,7 @@ def test_run_builds_the_table_from_the_file_logger(faked_eval, tmp_path):
 def test_failed_run_leaves_no_stale_table(faked_eval, tmp_path):
     out = tmp_path / "results"
     out.mkdir()
+    (out / "checkpoint.txt").write_text(MODEL + "\n")  # an earlier evaluation of the same checkpoint
     stale = {"step": 0, "data": {"val-core/papo/We_Math/acc/mean@8": 0.9}}
     (out / "metrics.jsonl").write_text(json.dumps(stale) + "\n")
     run, _, record = faked_eval(EVAL_BENCHMARKS, OUT_DIR=str(out), FAKE_FAIL="1")
@@ -163,3 +180,82 @@ def test_logger_without_file_is_rejected(run_bash, tmp_path):
     assert run.returncode == 2
     assert "lacks the file logger" in run.stderr
 
+
+
+def _merged_checkpoint(root: Path, experiment: str, step: int) -> Path:
+    """A checkpoint of ``experiment`` merged to ``.../global_step_<step>/actor/hf`` as verl lays it out."""
+    return merged_checkpoint(root, "checkpoints", "papo", experiment, f"global_step_{step}", "actor", "hf")
+
+
+def _metrics(accuracy: float) -> str:
+    return json.dumps({f"val-core/papo/{b}/acc/mean@8": accuracy for b in EVAL_BENCHMARKS})
+
+
+def test_default_results_folder_is_unique_per_checkpoint(faked_eval, tmp_path):
+    """Two merged checkpoints whose paths both end in /hf evaluate into two folders, each named
+    after its experiment and step, each recording the checkpoint that wrote it."""
+    first = _merged_checkpoint(tmp_path, "papo_g_7b", 200)
+    second = _merged_checkpoint(tmp_path, "grpo_7b", 200)
+    run, _, _ = faked_eval(EVAL_BENCHMARKS, MODEL_PATH=str(first), FAKE_METRICS=_metrics(0.25))
+    assert run.returncode == 0, run.stderr[-3000:]
+    (tmp_path / "eval").rename(tmp_path / "eval_first")  # faked_eval writes a fresh EVAL_DIR per call
+    run, _, _ = faked_eval(EVAL_BENCHMARKS, MODEL_PATH=str(second), FAKE_METRICS=_metrics(0.75))
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = tmp_path / "eval_results"
+    assert sorted(p.name for p in results.iterdir()) == ["grpo_7b__global_step_200", "papo_g_7b__global_step_200"]
+    for name, checkpoint, accuracy in (
+        ("papo_g_7b__global_step_200", first, 0.25),
+        ("grpo_7b__global_step_200", second, 0.75),
+    ):
+        assert (results / name / "checkpoint.txt").read_text() == f"{checkpoint}\n"
+        table = json.loads((results / name / "eval_table.json").read_text())
+        assert table["averages"]["overall"]["accuracy"] == pytest.approx(accuracy)
+
+
+@pytest.mark.parametrize(
+    ("model_path", "name"),
+    [
+        ("Qwen/Qwen2.5-VL-7B-Instruct", "Qwen__Qwen2.5-VL-7B-Instruct"),
+        ("papo/exp/global_step_202/hf", "exp__global_step_202"),
+        ("papo/exp/global_step_202/actor/huggingface/", "exp__global_step_202"),
+        ("models/merged_step200", "models__merged_step200"),
+    ],
+)
+def test_default_results_folder_name(dry_runs, checkpoints, model_path, name):
+    if not model_path.startswith("Qwen/"):  # a hub id; the others are local folders
+        model_path = f"{merged_checkpoint(checkpoints, *model_path.rstrip('/').split('/'))}/"
+    summary = dry_runs.get("eval_papo.sh", MODEL_PATH=model_path, EVAL_DIR=EVAL_DIR).summary
+    assert summary["trainer.validation_data_dir"].endswith(f"/eval_results/{name}/generations")
+    assert summary["trainer.experiment_name"] == f"eval_{name}"
+
+
+def test_refuses_to_overwrite_another_checkpoints_results(faked_eval, tmp_path):
+    first = _merged_checkpoint(tmp_path, "papo_g_7b", 200)
+    second = _merged_checkpoint(tmp_path, "papo_g_7b_seed2", 200)
+    out = tmp_path / "shared_results"
+    run, _, _ = faked_eval(EVAL_BENCHMARKS, MODEL_PATH=str(first), OUT_DIR=str(out), FAKE_METRICS=_metrics(0.5))
+    assert run.returncode == 0, run.stderr[-3000:]
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    (tmp_path / "eval").rename(tmp_path / "eval_first")
+    (tmp_path / "record.json").unlink()
+    run, _, record = faked_eval(EVAL_BENCHMARKS, MODEL_PATH=str(second), OUT_DIR=str(out), FAKE_METRICS=_metrics(0.1))
+    assert run.returncode == 2
+    assert f"OUT_DIR {out} holds the results of MODEL_PATH {first}" in run.stderr
+    assert not record.exists()  # refused before verl started
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # The same checkpoint may re-evaluate into its own folder.
+    (tmp_path / "eval").rename(tmp_path / "eval_second")
+    run, _, _ = faked_eval(EVAL_BENCHMARKS, MODEL_PATH=str(first), OUT_DIR=str(out), FAKE_METRICS=_metrics(0.75))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((out / "eval_table.json").read_text())["averages"]["overall"]["accuracy"] == pytest.approx(0.75)
+
+
+def test_refuses_results_of_an_unknown_checkpoint(faked_eval, tmp_path):
+    out = tmp_path / "old_results"
+    out.mkdir()
+    (out / "eval_table.json").write_text("{}")  # written before folders recorded their checkpoint
+    run, _, record = faked_eval(EVAL_BENCHMARKS, OUT_DIR=str(out), FAKE_METRICS=_metrics(0.5))
+    assert run.returncode == 2
+    assert "without" in run.stderr and "checkpoint.txt" in run.stderr
+    assert not record.exists()
+    assert (out / "eval_table.json").read_text() == "{}"
