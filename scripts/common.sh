@@ -18,6 +18,26 @@ case "$DRY_RUN" in
     exit 2
     ;;
 esac
+# SMOKE=1: run this script's configuration for 2 training steps plus one validation pass on a tiny
+# random model of the same family and the built-in tiny task, on this machine (CPU or CUDA); only
+# sizes change. Writes $SMOKE_OUT/<script>/{metrics.jsonl,config.yaml} and fails on unhealthy
+# papo/* metrics. See docs/smoke.md.
+SMOKE=${SMOKE:-0}
+case "$SMOKE" in
+0 | 1) ;;
+*)
+    echo "SMOKE must be 0 or 1, got '$SMOKE'" >&2
+    exit 2
+    ;;
+esac
+if [[ "$SMOKE" == 1 && "$DRY_RUN" == 1 ]]; then
+    echo "SMOKE=1 and DRY_RUN=1 exclude each other: DRY_RUN only validates the configuration, SMOKE runs it" >&2
+    exit 2
+fi
+SMOKE_OUT=${SMOKE_OUT:-$PWD/smoke_output}
+# The user's own `key=value` arguments (this file is sourced, so "$@" is the script's command line):
+# in a smoke run they are applied after the smoke sizes, so they win over those too.
+USER_ARGS=("$@")
 
 MODEL_PATH=${MODEL_PATH:-$DEFAULT_MODEL_PATH}
 # Output of `python -m data_prep.all --out "$DATA_DIR"`.
@@ -123,6 +143,15 @@ DAPO_ARGS=(
     algorithm.filter_groups.metric=acc
     reward.reward_manager.name=dapo
 )
+# Qwen3-VL and Qwen3.5 (16-px patches, 2x2 merge: one visual token is 32x32 px): the paper's budget
+# of 256..1280 visual tokens per image is 262144..1310720 pixels (256*32*32, 1280*32*32); verl's
+# data.image_patch_size and the image-space mask cells follow the 16-px patches.
+PATCH16_ARGS=(
+    data.image_patch_size=16
+    ++data.mm_processor_kwargs.min_pixels=262144
+    ++data.mm_processor_kwargs.max_pixels=1310720
+    papo.mask_patch_size=16
+)
 # PAPO off: the run is exactly the base algorithm, still through main_papo (same code path).
 PAPO_OFF_ARGS=(
     papo.kl_prcp_coef=0
@@ -130,7 +159,13 @@ PAPO_OFF_ARGS=(
     papo.entropy_aug_coef=0
 )
 
-# Run the PAPO entry point with the given overrides (DRY_RUN=1: validate and print, no GPU).
+# Run the PAPO entry point with the given overrides (DRY_RUN=1: validate and print, no GPU). The
+# last len(USER_ARGS) arguments are the user's; SMOKE=1 hands them to recipe.papo.smoke separately.
 papo_main() {
-    PAPO_DRY_RUN="$DRY_RUN" "$PYTHON" -m recipe.papo.main_papo "$@"
+    if [[ "$SMOKE" == 1 ]]; then
+        "$PYTHON" -m recipe.papo.smoke --script "$(basename "$0")" --out "$SMOKE_OUT" \
+            --user-args "${#USER_ARGS[@]}" -- "$@"
+    else
+        PAPO_DRY_RUN="$DRY_RUN" "$PYTHON" -m recipe.papo.main_papo "$@"
+    fi
 }

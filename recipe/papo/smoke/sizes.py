@@ -1,0 +1,173 @@
+"""The overrides a smoke run adds between a script's own arguments and the user's.
+
+Three groups, each touching only what its name says:
+
+* :func:`size_overrides`: batch, mini- and micro-batch sizes, prompt/response lengths, pixel
+  bounds, steps, data-loading workers, one validation pass. Every worker runs at least 2
+  micro-batches per optimiser step, and the script's optimiser steps per training step are kept.
+* :func:`machine_overrides`: what the machine needs. CPU: 2 workers (FSDP2 over gloo), the
+  project's "hf" rollout (``recipe.papo.cpu``), logical Ray resources. CUDA: the script's own
+  rollout engine and worker count, capped to the GPUs present, and a small memory share.
+* :func:`task_overrides`: the tiny model, the built-in task and its reward, the output paths.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from recipe.papo.demo.reward import reward_overrides
+from recipe.papo.model_families import FAMILIES
+
+TRAINING_STEPS = 2
+CPU_WORKERS = 2
+# Token budgets of the tiny task: its prompts (chat template + question + <= 16 visual tokens) fit 192.
+MAX_PROMPT_LENGTH = 192
+MAX_RESPONSE_LENGTH = 16
+# Visual tokens per image: 4..16 merged tokens (the paper's bounds give 256..1280).
+MIN_VISUAL_TOKENS = 4
+MAX_VISUAL_TOKENS = 16
+GPU_MEMORY_UTILIZATION = 0.3
+# Rows of the tiny task: enough for 2 steps even when group filtering discards most groups.
+TRAIN_ROWS = 256
+VAL_ROWS = 4
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Where the smoke run trains.
+
+    Attributes:
+        device: ``"cpu"`` or ``"cuda"``.
+        world_size: training workers (processes), one per GPU on CUDA.
+    """
+
+    device: str
+    world_size: int
+
+
+def detect_machine(script_gpus: int) -> Machine:
+    """CUDA with ``min(script_gpus, GPUs present)`` workers if a GPU is visible, else CPU with 2."""
+    import torch
+
+    if torch.cuda.is_available():
+        return Machine("cuda", max(1, min(script_gpus, torch.cuda.device_count())))
+    return Machine("cpu", CPU_WORKERS)
+
+
+def data_parallel_size(config: DictConfig, world_size: int) -> int:
+    """Data-parallel ranks of the actor: workers divided by the Ulysses sequence-parallel size."""
+    sp = int(config.actor_rollout_ref.actor.get("ulysses_sequence_parallel_size", 1) or 1)
+    if world_size % sp:
+        raise ValueError(
+            f"actor_rollout_ref.actor.ulysses_sequence_parallel_size={sp} does not divide the smoke run's "
+            f"{world_size} workers"
+        )
+    return world_size // sp
+
+
+def micro_batches_per_worker(config: DictConfig) -> int:
+    """Micro-batches each data-parallel rank runs per optimiser step (fixed-size micro-batches).
+
+    ``ppo_mini_batch_size`` counts prompts; a rank's share of a mini-batch is
+    ``mini * rollout.n / dp`` responses, split into micro-batches of ``ppo_micro_batch_size_per_gpu``.
+    """
+    actor = config.actor_rollout_ref.actor
+    dp = data_parallel_size(config, config.trainer.n_gpus_per_node * config.trainer.nnodes)
+    responses = actor.ppo_mini_batch_size * config.actor_rollout_ref.rollout.n // dp
+    return math.ceil(responses / actor.ppo_micro_batch_size_per_gpu)
+
+
+def largest_divisor_at_most(total: int, cap: int) -> int:
+    """The largest divisor of ``total`` that is <= ``cap`` (at least 1)."""
+    return max(d for d in range(1, max(1, min(cap, total)) + 1) if total % d == 0)
+
+
+def size_overrides(config: DictConfig, machine: Machine, model_type: str) -> list[str]:
+    """Size overrides for the script's composed ``config`` on ``machine``.
+
+    verl 0.9.1 splits a rank's share of a batch into equal micro-batches
+    (``verl/workers/engine/utils.py::prepare_micro_batches`` asserts divisibility), so:
+
+    * mini-batch = ``2 * dp`` prompts: each data-parallel rank gets ``2 * n`` responses per
+      optimiser step, split into micro-batches of the largest divisor of ``2 * n`` that is at most
+      the script's ``ppo_micro_batch_size_per_gpu`` and at most ``n`` (>= 2 micro-batches per rank;
+      5 of 2 with n=5 and the scripts' 4);
+    * train batch = mini-batch times the script's ``train_batch_size // ppo_mini_batch_size``
+      optimiser steps per training step (3 in the paper's settings);
+    * log-prob micro-batches (rollout and reference): the largest divisor of a rank's share of the
+      train batch that is at most the script's size and at most half the share (>= 2 per rank).
+    """
+    actor = config.actor_rollout_ref.actor
+    n = config.actor_rollout_ref.rollout.n
+    dp = data_parallel_size(config, machine.world_size)
+    mini = 2 * dp
+    train = mini * max(1, config.data.train_batch_size // actor.ppo_mini_batch_size)
+    micro = largest_divisor_at_most(2 * n, min(actor.ppo_micro_batch_size_per_gpu, n))
+    share = train * n // dp
+    rollout_micro = config.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu
+    ref_micro = config.actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu
+    token_pixels = FAMILIES[model_type].token_pixels
+    return [
+        f"data.train_batch_size={train}",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={mini}",
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu="
+        f"{largest_divisor_at_most(share, min(rollout_micro or share, share // 2))}",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu="
+        f"{largest_divisor_at_most(share, min(ref_micro or share, share // 2))}",
+        f"data.max_prompt_length={MAX_PROMPT_LENGTH}",
+        f"data.max_response_length={MAX_RESPONSE_LENGTH}",
+        f"++data.mm_processor_kwargs.min_pixels={MIN_VISUAL_TOKENS * token_pixels}",
+        f"++data.mm_processor_kwargs.max_pixels={MAX_VISUAL_TOKENS * token_pixels}",
+        f"trainer.total_training_steps={TRAINING_STEPS}",
+        # One validation pass: verl validates at the last step when test_freq > 0.
+        "trainer.val_before_train=False",
+        f"trainer.test_freq={TRAINING_STEPS}",
+        "data.filter_overlong_prompts_workers=1",
+        "data.dataloader_num_workers=0",
+    ]
+
+
+def machine_overrides(config: DictConfig, machine: Machine) -> list[str]:
+    """What ``machine`` needs; the script's rollout engine stays on CUDA."""
+    common = ["trainer.nnodes=1", f"trainer.n_gpus_per_node={machine.world_size}"]
+    if machine.device == "cuda":
+        return [*common, f"actor_rollout_ref.rollout.gpu_memory_utilization={GPU_MEMORY_UTILIZATION}"]
+    return [
+        *common,
+        "trainer.device=cpu",
+        # FSDP2 runs over gloo; torch.compile has no CPU path here.
+        "actor_rollout_ref.actor.strategy=fsdp2",
+        "actor_rollout_ref.actor.use_torch_compile=False",
+        "actor_rollout_ref.actor.fsdp_config.use_torch_compile=False",
+        "actor_rollout_ref.ref.fsdp_config.use_torch_compile=False",
+        # The project's CPU rollout (HF generate in a Ray actor, recipe.papo.cpu).
+        "actor_rollout_ref.rollout.name=hf",
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+        "actor_rollout_ref.rollout.agent.num_workers=1",
+        "reward.num_workers=1",
+        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+        # Logical Ray resources so every placement bundle fits a small machine; one "GPU" slot per worker.
+        "ray_kwargs.ray_init.num_cpus=16",
+        f"++ray_kwargs.ray_init.num_gpus={machine.world_size}",
+        "++ray_kwargs.ray_init.include_dashboard=False",
+    ]
+
+
+def task_overrides(model_dir: Path, train: Path, val: Path, out: Path, metrics: Path) -> list[str]:
+    """The tiny model, the built-in task and reward, and the outputs under ``out``."""
+    return [
+        f"actor_rollout_ref.model.path={model_dir}",
+        "actor_rollout_ref.model.trust_remote_code=True",  # the tiny model ships its processor (auto_map)
+        "data.trust_remote_code=True",
+        f"data.train_files={train}",
+        f"data.val_files={val}",
+        # The PAPO reward scores math answers; a random model never earns one, so the task's own reward.
+        *reward_overrides(),
+        f"trainer.default_local_dir={out / 'checkpoints'}",
+        f"++ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={metrics}",
+    ]
