@@ -1,4 +1,4 @@
-"""The PAPO reward (spec section 4) as a verl 0.9 custom reward function.
+"""The PAPO reward (arXiv 2507.06448: accuracy plus format) as a verl 0.9 custom reward function.
 
 Select it with::
 
@@ -20,6 +20,10 @@ The response is first normalised by deleting whitespace around every ``<``, ``>`
   else 0.0. ``extract_boxed_content`` takes the LAST ``\\boxed{`` and its brace-balanced content,
   stripped; it returns the string ``"None"`` when there is no box or the box is not closed.
 - ``score`` = 0.9 * acc + 0.1 * format.
+
+Every row is scored whatever its ``data_source`` (as the authors' reward does): a user who selects
+this reward wants it applied. Rows not prepared by ``data_prep`` may lack the ``<think>``/``\\boxed{}``
+instruction in their prompt, in which case ``format`` (and ``acc``, which needs a box) stay 0.
 """
 
 from __future__ import annotations
@@ -28,9 +32,6 @@ import re
 from typing import Any
 
 from mathruler.grader import extract_boxed_content, grade_answer
-
-# Absolute import: verl may load this file by path (spec_from_file_location), outside the package.
-from recipe.papo.prompt import DATA_SOURCE_PREFIX
 
 ACCURACY_WEIGHT = 0.9
 FORMAT_WEIGHT = 0.1
@@ -70,17 +71,9 @@ def compute_score(
 ) -> dict[str, float]:
     """verl entry point: the PAPO reward of ``solution_str`` for a row prepared by ``data_prep``.
 
-    ``extra_info`` is accepted because verl always passes it; the reward does not use it.
-    Rows whose ``data_source`` does not start with ``"papo/"`` are rejected: they were not written
-    by this project's data preparation, so neither the format instruction in their prompt nor the
-    form of their ground truth is known to match what this reward checks.
+    Every ``data_source`` is scored; it only names the row in errors. ``extra_info`` is accepted
+    because verl always passes it; the reward does not use it.
     """
-    if not str(data_source).startswith(DATA_SOURCE_PREFIX):
-        raise ValueError(
-            f"PAPO reward got a row with data_source={data_source!r}; it only scores rows prepared by "
-            f"data_prep, whose data_source starts with {DATA_SOURCE_PREFIX!r}. Prepare the dataset with "
-            "data_prep, so that its prompt asks for the <think>/\\boxed{} format this reward checks."
-        )
     if not isinstance(ground_truth, str):
         raise TypeError(
             f"PAPO reward needs reward_model.ground_truth to be a string, got {type(ground_truth).__name__} "

@@ -114,10 +114,12 @@ def test_every_benchmark_data_source_is_accepted(benchmark: str) -> None:
     assert result == {"score": 1.0, "acc": 1.0, "format": 1.0}
 
 
-@pytest.mark.parametrize("bad_source", ["hiyouga/geometry3k", "geo3k", "PAPO/We_Math", ""])
-def test_rows_not_prepared_by_data_prep_are_rejected(bad_source: str) -> None:
-    with pytest.raises(ValueError, match=r"data_source=.*'papo/'"):
-        compute_score(bad_source, THINK + "\\boxed{5}", "5", extra_info={})
+@pytest.mark.parametrize("other_source", ["hiyouga/geometry3k", "geo3k", "PAPO/We_Math", "", None])
+def test_rows_from_any_data_source_are_scored(other_source) -> None:
+    """The reward applies to every row (issue 11.3): a right answer scores 1.0, a wrong one 0.1."""
+    assert compute_score(other_source, THINK + "\\boxed{5}", "5", extra_info={}) == {"score": 1.0, "acc": 1.0, "format": 1.0}
+    wrong = compute_score(other_source, THINK + "\\boxed{6}", "5", extra_info={})
+    assert wrong == {"score": pytest.approx(0.1), "acc": 0.0, "format": 1.0}
 
 
 def test_non_string_ground_truth_is_rejected_with_the_column_name() -> None:
