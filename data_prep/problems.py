@@ -6,6 +6,7 @@ from __future__ import annotations
 SKIP_REASONS: dict[str, str] = {
     "corrupt_image": "image bytes cannot be decoded",
     "missing_image_file": "an image path points to no file (searched folders and zip archives)",
+    "ambiguous_image_path": "an image path's longest matching suffix ends several different images",
     "invalid_image_entry": "an image entry is not bytes, {bytes, path}, a path or a PIL image, "
     "or the images value is not a list",
     "image_count_mismatch": "number of <image> placeholders differs from the number of images",

@@ -1,16 +1,18 @@
-"""ShareGPT-style evaluation splits (the layout of ``PAPO-Galaxy/PAPO_eval``).
+"""ShareGPT-style evaluation rows (the rows of ``PAPO-Galaxy/PAPO_eval``).
 
-A split is a JSON list (or JSONL) of objects with
+A row has
 
 * ``messages``: ``[{role, content}, ...]`` with exactly one ``user`` turn (the question, with one
   ``<image>`` per image) and the answer in the last ``assistant`` turn (system turns are ignored:
   the PAPO prompt replaces them);
-* ``images``: image paths relative to the JSON file or the dataset root, found in extracted
-  folders or zip archives (:mod:`data_prep.resolver`);
-* optionally ``id``.
+* ``images``: image paths (relative, with a prefix that depends on where the images were
+  extracted), found in folders or zip archives by :class:`data_prep.resolver.ImageResolver`; or
+  ``{bytes, path}`` images;
+* optionally ``id`` (added by the hub upload).
 
-The split file is ``<split>.json`` / ``<split>.jsonl`` anywhere under the root, or the
-``file_name`` that a LLaMA-Factory ``dataset_info.json`` at the root gives for the split.
+A split stored as JSON is ``<split>.json`` / ``<split>.jsonl`` anywhere under the root (such as the
+authors' ``papo/<split>.json``), or the ``file_name`` that a LLaMA-Factory ``dataset_info.json`` at
+the root gives for the split. Where the splits are in each layout: :mod:`data_prep.eval_layouts`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from data_prep.problem_answer import resolve_image_paths, source_id
+from data_prep.problem_answer import source_id
 from data_prep.problems import DataPrepError, RowProblem
 from data_prep.resolver import ImageResolver
 from data_prep.rows import RawRow, Skip
@@ -50,8 +52,9 @@ def locate_split_file(root: Path, split: str) -> Path:
     if not matches:
         found = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.json*") if p.name != "dataset_info.json")
         raise DataPrepError(
-            f"no {split}.json or {split}.jsonl under {root}; JSON files found: {', '.join(found[:20]) or '(none)'}. "
-            "Pass the PAPO_eval folder (or choose other --splits)."
+            f"no {split}.json or {split}.jsonl under {root} (and no hub layout: README.md with a configs block "
+            f"or data/*.parquet); JSON files found: {', '.join(found[:20]) or '(none)'}. Pass a copy of the "
+            "PAPO_eval repository folder (or choose other --splits)."
         )
     raise DataPrepError(f"several files for split {split} under {root}: {', '.join(map(str, matches))}; keep one.")
 
@@ -83,6 +86,31 @@ def unbox(answer: Any) -> Any:
     return answer
 
 
+def resolve_images(images: Any, resolver: ImageResolver, base_dir: Path | None) -> Any:
+    """``images`` with every path entry (a string, or ``{bytes: None, path}``) replaced by ``{bytes, path}``.
+
+    Other entries, and a value that is not a list, pass through (checked when the row is written).
+
+    Raises:
+        RowProblem: ``missing_image_file`` or ``ambiguous_image_path`` (:meth:`ImageResolver.find`).
+    """
+    if not isinstance(images, list):
+        return images
+    resolved = []
+    for position, entry in enumerate(images):
+        path = entry if isinstance(entry, str) else None
+        if isinstance(entry, dict) and entry.get("bytes") is None and isinstance(entry.get("path"), str):
+            path = entry["path"]
+        if path is None:
+            resolved.append(entry)
+            continue
+        try:
+            resolved.append(resolver.find(path, base_dir))
+        except RowProblem as problem:
+            raise RowProblem(problem.reason, f"image {position}: {problem.detail}") from None
+    return resolved
+
+
 def sharegpt_rows(table: TableSource, batch_size: int, resolver: ImageResolver) -> Iterator[RawRow | Skip]:
     """The rows of a ShareGPT split as :class:`RawRow` (or :class:`Skip`), in order."""
     index = 0
@@ -93,9 +121,9 @@ def sharegpt_rows(table: TableSource, batch_size: int, resolver: ImageResolver) 
                 if isinstance(row, RowProblem):
                     raise row
                 question, answer = parse_messages(row["messages"])
+                images = resolve_images(row["images"], resolver, table.base_dir)
             except RowProblem as problem:
                 yield Skip(index=index, id=row_id, reason=problem.reason, detail=problem.detail)
             else:
-                images = resolve_image_paths(row["images"], resolver, table.base_dir)
                 yield RawRow(index=index, id=row_id, question=question, answer=answer, images=images)
             index += 1

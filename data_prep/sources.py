@@ -197,7 +197,7 @@ def _open_file(path: Path) -> TableSource:
     raise DataPrepError(f"source file {path} has an unsupported type; use .parquet, .json or .jsonl.")
 
 
-def _arrow_table_source(dataset, description: str) -> TableSource:
+def dataset_table_source(dataset, description: str) -> TableSource:
     """A :class:`TableSource` over a ``datasets.Dataset`` (memory-mapped Arrow, read in batches)."""
 
     def read_batches(columns: Sequence[str], batch_size: int) -> Iterator[list[Row]]:
@@ -219,7 +219,7 @@ def _open_hub(hub_id: str, split: str | None) -> TableSource:
         raise
     except Exception as error:
         raise hub_error(hub_id, split, error) from None
-    return _arrow_table_source(dataset, f"hub dataset {hub_id} (split {chosen})")
+    return dataset_table_source(dataset, f"hub dataset {hub_id} (split {chosen})")
 
 
 def _open_saved(path: Path, split: str | None) -> TableSource:
@@ -231,9 +231,9 @@ def _open_saved(path: Path, split: str | None) -> TableSource:
         raise DataPrepError(f"cannot read saved dataset {path}: {type(error).__name__}: {error}") from None
     if isinstance(loaded, datasets.DatasetDict):
         chosen = choose_split(f"saved dataset {path}", list(loaded), split)
-        return _arrow_table_source(loaded[chosen], f"saved dataset {path} (split {chosen})")
+        return dataset_table_source(loaded[chosen], f"saved dataset {path} (split {chosen})")
     _single_split(f"saved dataset {path}", split)
-    return _arrow_table_source(loaded, f"saved dataset {path}")
+    return dataset_table_source(loaded, f"saved dataset {path}")
 
 
 def _open_parquet(files: list[Path], description: str) -> TableSource:

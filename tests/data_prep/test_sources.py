@@ -89,9 +89,9 @@ def test_directory_without_data(tmp_path, capsys):
 
 def test_unreadable_zip_archive(fx, tmp_path, capsys):
     fx.write_sharegpt(tmp_path, "We_Math", zipped=False)
-    (tmp_path / "images" / "extra.zip").write_bytes(b"not a zip")
+    (tmp_path / "We-Math_We-Math_images.zip").write_bytes(b"not a zip")  # the benchmark's archive
     code, err = run(papo_eval, ["--source", tmp_path, "--out", tmp_path / "out", "--splits", "We_Math"], capsys)
-    assert code == 2 and f"cannot read zip archive {tmp_path / 'images' / 'extra.zip'}" in err
+    assert code == 2 and f"cannot read zip archive {tmp_path / 'We-Math_We-Math_images.zip'}" in err
 
 
 def test_hub_id_offline_says_to_pass_a_local_path(tmp_path, capsys, monkeypatch):
