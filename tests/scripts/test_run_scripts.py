@@ -37,6 +37,7 @@ QWEN25_3B, QWEN25_7B, QWEN3_8B = (
     "Qwen/Qwen2.5-VL-7B-Instruct",
     "Qwen/Qwen3-VL-8B-Instruct",
 )
+QWEN3_2B, QWEN3_4B, QWEN35_9B = "Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-4B-Instruct", "Qwen/Qwen3.5-9B"
 
 # script -> (variant, default model, default GPUs per node: 3B on 2 GPUs, 7B/8B on 4)
 EXPECTED: dict[str, tuple[Variant, str, int]] = {
@@ -50,8 +51,13 @@ EXPECTED: dict[str, tuple[Variant, str, int]] = {
     "run_qwen2_5_vl_7b_papo_g_no_ref_kl.sh": (PAPO_G_NO_REF_KL, QWEN25_7B, 4),
     "run_qwen2_5_vl_7b_dapo.sh": (DAPO, QWEN25_7B, 4),
     "run_qwen2_5_vl_7b_papo_d.sh": (PAPO_D, QWEN25_7B, 4),
-    # No published Qwen3-VL settings: the PAPO-G 7B row (documented in the script header).
+    # No published Qwen3-VL / Qwen3.5 settings: the 7B rows (documented in each script header).
+    "run_qwen3_vl_2b_papo_g.sh": (PAPO_G_7B, QWEN3_2B, 2),
+    "run_qwen3_vl_4b_papo_g.sh": (PAPO_G_7B, QWEN3_4B, 2),
     "run_qwen3_vl_8b_papo_g.sh": (PAPO_G_7B, QWEN3_8B, 4),
+    "run_qwen3_vl_8b_papo_d.sh": (PAPO_D, QWEN3_8B, 4),
+    "run_qwen3_5_9b_papo_g.sh": (PAPO_G_7B, QWEN35_9B, 4),
+    "run_qwen3_5_9b_papo_d.sh": (PAPO_D, QWEN35_9B, 4),
 }
 PLAIN = [name for name, (variant, _, _) in EXPECTED.items() if variant in (GRPO, DAPO)]
 
@@ -120,7 +126,7 @@ OVERRIDE_ARGS = (
     "trainer.total_epochs=1",
 )
 OVERRIDE_ENV = dict(
-    MODEL_PATH="/models/qwen-vl",
+    MODEL_PATH="/models/Qwen2.5-VL-7B-Instruct",
     TRAIN_FILE="/d/train.parquet",
     VAL_FILE="/d/val.parquet",
     NNODES="2",
@@ -160,7 +166,8 @@ def test_every_run_script_has_a_row():
 def test_dry_run_resolves_the_spec_settings(dry_runs, name):
     variant, model, gpus = EXPECTED[name]
     summary = summary_of(dry_runs, name)
-    mismatches = {key: (summary.get(key, "<absent>"), want) for key, want in COMMON.items() if summary.get(key) != want}
+    expected = {**COMMON, "data.mm_processor_kwargs": family_pixel_bounds(model)}
+    mismatches = {key: (summary.get(key, "<absent>"), want) for key, want in expected.items() if summary.get(key) != want}
     assert not mismatches, f"{name}: (resolved, spec) = {mismatches}"
     assert summary["actor.optim.lr_warmup_steps"] <= 0  # so verl uses the (zero) warmup ratio
     assert summary["model.path"] == model
@@ -221,9 +228,22 @@ def test_no_ref_kl(dry_runs, name):
     assert summary["algorithm.filter_groups.enable"] is False
 
 
-def test_qwen3_vl_uses_its_patch_size(dry_runs):
-    assert summary_of(dry_runs, "run_qwen3_vl_8b_papo_g.sh")["data.image_patch_size"] == 16
-    assert summary_of(dry_runs, "run_qwen2_5_vl_7b_papo_g.sh")["data.image_patch_size"] == 14
+def family_pixel_bounds(model: str) -> dict:
+    """The paper's 256..1280 visual tokens per image in pixels of ``model``'s family (28- or 32-px tokens)."""
+    from recipe.papo.model_families import FAMILIES, family_of_model_name
+
+    family = FAMILIES[family_of_model_name(model)]
+    return {"min_pixels": family.min_pixels, "max_pixels": family.max_pixels}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_script_uses_its_familys_patch_size(dry_runs, name):
+    from recipe.papo.model_families import FAMILIES, family_of_model_name
+
+    family = FAMILIES[family_of_model_name(EXPECTED[name][1])]
+    summary = summary_of(dry_runs, name)
+    assert summary["data.image_patch_size"] == family.patch_size
+    assert summary["papo.mask_patch_size"] == family.patch_size
 
 
 def test_env_knobs_and_trailing_overrides_win(dry_runs):
@@ -236,7 +256,7 @@ def test_env_knobs_and_trailing_overrides_win(dry_runs):
     assert summary["data.mm_processor_kwargs"] == {"min_pixels": 200704, "max_pixels": 802816}
     assert summary["rollout.val_kwargs.n"] == 4
     assert summary["trainer.total_epochs"] == 1
-    assert summary["model.path"] == "/models/qwen-vl"
+    assert summary["model.path"] == "/models/Qwen2.5-VL-7B-Instruct"
     assert (summary["data.train_files"], summary["data.val_files"]) == ("/d/train.parquet", "/d/val.parquet")
     assert (summary["trainer.nnodes"], summary["trainer.n_gpus_per_node"]) == (2, 8)
     assert summary["rollout.name"] == "sglang"
@@ -260,7 +280,8 @@ def compose(*overrides: str):
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(SCRIPTS.parent / "configs"), version_base=None):
-        return hydra_compose(config_name="papo_trainer", overrides=list(overrides))
+        # verl's default model.path is a text-only LLM, which the supported-family check rejects.
+        return hydra_compose(config_name="papo_trainer", overrides=[f"actor_rollout_ref.model.path={QWEN25_7B}", *overrides])
 
 
 @pytest.mark.parametrize(
