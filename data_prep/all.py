@@ -4,7 +4,9 @@ Writes ``DIR/virl39k_train.parquet`` (train), ``DIR/mmk12_val.parquet`` (validat
 ``DIR/eval/<benchmark>.parquet`` (the nine evaluation splits) and ``DIR/geometry3k_<split>.parquet``,
 each with its ``.summary.json`` and ``.skipped.jsonl``, then ``DIR/all.summary.json`` and a table of
 every split. A dataset that fails (bad source, or ``--strict`` with skipped rows) is reported and the
-others still run; the exit code is then 2 (bad input) or 1 (``--strict``).
+others still run; the exit code is then 2 (bad input) or 1 (``--strict``). Interrupted (SIGINT /
+SIGTERM), the split being written keeps its previous outputs and ``all.summary.json`` is removed
+(the run did not complete).
 ``--precompute-masks`` applies to the training set (virl39k) only: the other sets are not trained on.
 """
 
@@ -17,7 +19,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from data_prep import geometry3k, mmk12, papo_eval, virl39k
-from data_prep.cli import add_run_arguments, run_options
+from data_prep.cli import add_run_arguments, interrupted_exit, run_options
+from data_prep.interrupts import Terminated, terminate_raises
 from data_prep.pipeline import RowMapper, RunOptions
 from data_prep.problems import DataPrepError, StrictModeError
 from data_prep.writer import SplitSummary
@@ -71,17 +74,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     summaries: list[SplitSummary] = []
     failures: dict[str, str] = {}
     exit_code = 0
-    with RowMapper(options.num_proc) as mapper:
-        for name, step in plan(args, options).items():
-            try:
-                summaries += step(mapper)
-            except (DataPrepError, StrictModeError) as error:
-                failures[name] = str(error)
-                print(f"error: {name}: {error}", file=sys.stderr)
-                exit_code = max(exit_code, 2 if isinstance(error, DataPrepError) else 1)
+    combined_path = options.out_dir / "all.summary.json"
+    try:
+        with terminate_raises(), RowMapper(options.num_proc) as mapper:
+            for name, step in plan(args, options).items():
+                try:
+                    summaries += step(mapper)
+                except (DataPrepError, StrictModeError) as error:
+                    failures[name] = str(error)
+                    print(f"error: {name}: {error}", file=sys.stderr)
+                    exit_code = max(exit_code, 2 if isinstance(error, DataPrepError) else 1)
+    except (Terminated, KeyboardInterrupt) as error:
+        combined_path.unlink(missing_ok=True)
+        return interrupted_exit(error)
     options.out_dir.mkdir(parents=True, exist_ok=True)
     combined = {"splits": [summary.to_json() for summary in summaries], "failures": failures}
-    (options.out_dir / "all.summary.json").write_text(json.dumps(combined, indent=2) + "\n")
+    combined_path.write_text(json.dumps(combined, indent=2) + "\n")
     print(render_table(summaries, failures))
     return exit_code
 

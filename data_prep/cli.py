@@ -1,7 +1,8 @@
 """Command-line options shared by every ``python -m data_prep.<name>`` command, and its exit codes.
 
 Exit codes: 0 success; 1 ``--strict`` and rows were skipped; 2 bad input or flags (the message
-names the file, split or column and what to do).
+names the file, split or column and what to do); 130 / 143 interrupted by SIGINT (Ctrl-C) / SIGTERM
+(the split being written keeps its previous outputs, see :mod:`data_prep.writer`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from data_prep.images import MaskOptions
+from data_prep.interrupts import Terminated, terminate_raises
 from data_prep.pipeline import RowMapper, RunOptions
 from data_prep.problems import DataPrepError, StrictModeError
+from recipe.papo.prompt import DEFAULT_PROMPT_TEMPLATE, PromptTemplateError, check_prompt_template
 
 DEFAULT_MASK_RATIO = 0.6
 DEFAULT_PATCH_SIZE = 14
 DEFAULT_SEED = 0
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
 
 
 def positive_int(text: str) -> int:
@@ -35,7 +40,7 @@ def ratio(text: str) -> float:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, masks: bool) -> None:
-    """Add ``--out``, ``--num-proc``, ``--max-rows``, ``--strict``, ``--row-group-size``.
+    """Add ``--out``, ``--num-proc``, ``--max-rows``, ``--strict``, ``--row-group-size``, ``--prompt-template``.
 
     With ``masks``, also ``--precompute-masks``, ``--mask-ratio``, ``--patch-size`` and ``--seed``.
     """
@@ -48,6 +53,14 @@ def add_run_arguments(parser: argparse.ArgumentParser, masks: bool) -> None:
         type=positive_int,
         default=256,
         help="rows per parquet row group and read batch (default 256)",
+    )
+    parser.add_argument(
+        "--prompt-template",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="text file with the user turn, {question} where the trimmed question goes (default: the "
+        "question, a blank line, then the <think>/\\boxed{} instruction; see docs/prompt.md)",
     )
     if masks:
         group = parser.add_argument_group("pre-computed masks (images_aug column)")
@@ -88,6 +101,25 @@ def mask_options(args: argparse.Namespace) -> MaskOptions | None:
     )
 
 
+def prompt_template(path: Path | None) -> str:
+    """The template in file ``path`` (one trailing newline dropped), or the default; checked.
+
+    Raises:
+        DataPrepError: the file cannot be read, or has no ``{question}`` or another ``{name}`` placeholder.
+    """
+    if path is None:
+        return DEFAULT_PROMPT_TEMPLATE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataPrepError(f"--prompt-template {path}: cannot read it ({error}); pass a UTF-8 text file.") from None
+    text = text[:-1] if text.endswith("\n") else text
+    try:
+        return check_prompt_template(text, where=f"--prompt-template {path}")
+    except PromptTemplateError as error:
+        raise DataPrepError(str(error)) from None
+
+
 def run_options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(
         out_dir=args.out,
@@ -96,13 +128,27 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         strict=args.strict,
         row_group_size=args.row_group_size,
         masks=mask_options(args),
+        prompt_template=prompt_template(args.prompt_template),
     )
 
 
+def interrupted_exit(error: BaseException) -> int:
+    """Report an interruption on stderr; the exit code of :class:`Terminated` or ``KeyboardInterrupt``."""
+    print(
+        f"interrupted ({'SIGTERM' if isinstance(error, Terminated) else 'SIGINT'}): the split being written "
+        "keeps its previous outputs (or none); splits finished before it are complete.",
+        file=sys.stderr,
+    )
+    return EXIT_SIGTERM if isinstance(error, Terminated) else EXIT_SIGINT
+
+
 def run_command(body: Callable[[], object]) -> int:
-    """Run ``body`` and turn the project's errors into a message on stderr and an exit code."""
+    """Run ``body`` and turn the project's errors and SIGINT / SIGTERM into a message and an exit code."""
     try:
-        body()
+        with terminate_raises():
+            body()
+    except (Terminated, KeyboardInterrupt) as error:
+        return interrupted_exit(error)
     except DataPrepError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
 Source images come as encoded bytes, ``{bytes, path}`` dicts (the Hugging Face ``Image`` storage),
 file paths, PIL images, or :class:`MissingImage` markers left by a reader that could not find a
 file. Original encoded bytes are kept unchanged (no re-encoding, no quality loss); only PIL input
-is encoded, losslessly as PNG.
+is encoded, losslessly as PNG, and 16-bit images are rewritten as 8-bit PNG (:func:`to_eight_bit`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ from data_prep.problems import RowProblem
 
 # Modes PIL can write to PNG as they are; anything else is converted to RGB first.
 PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"})
+# Integer modes wider than 8 bits. verl's image path (qwen_vl_utils' convert("RGB")) clips their
+# values to 255, which turns a 16-bit image almost entirely white.
+WIDE_INTEGER_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+SIXTEEN_BIT_MAX = 65535
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,9 @@ class MissingImage:
 class MaskOptions:
     """Pre-computed mask settings: blacken each ``patch_size``-px cell with probability ``ratio``.
 
-    ``seed`` and a stable row key (the source ``id``, else the row index) seed each row's generator,
-    so masks are reproducible and differ across rows.
+    ``seed`` and a stable row key (``<id>@<row index>``, or the row index without an id;
+    :func:`data_prep.rows.mask_row_key`) seed each row's generator, so masks are reproducible and
+    differ across rows, including rows that share an id.
     """
 
     ratio: float
@@ -122,19 +127,48 @@ def decode_image(blob: ImageBlob, position: int) -> Image.Image:
     return image
 
 
+def to_eight_bit(blob: ImageBlob, image: Image.Image, position: int) -> tuple[ImageBlob, Image.Image]:
+    """A 16-bit grey image (``I;16*``, or ``I`` with values in [0, 65535]) as an 8-bit ``L`` PNG.
+
+    Values are scaled linearly, ``round(v * 255 / 65535)``, so the training path sees the picture
+    instead of a white sheet. Other modes are returned unchanged. The blob keeps its ``path``.
+
+    Raises:
+        RowProblem: ``corrupt_image`` for an ``I`` image with values outside [0, 65535].
+    """
+    if image.mode not in WIDE_INTEGER_MODES:
+        return blob, image
+    import numpy as np
+
+    values = np.asarray(image).astype(np.int64)
+    low, high = int(values.min(initial=0)), int(values.max(initial=0))
+    if low < 0 or high > SIXTEEN_BIT_MAX:
+        where = f" ({blob.path})" if blob.path else ""
+        raise RowProblem(
+            "corrupt_image",
+            f"image {position}{where}: mode {image.mode} with values in [{low}, {high}], outside the 16-bit range "
+            "[0, 65535]; convert it to an 8-bit image first",
+        )
+    eight_bit = Image.fromarray(np.rint(values * (255 / SIXTEEN_BIT_MAX)).astype(np.uint8))
+    return ImageBlob(encode_png(eight_bit), blob.path), eight_bit
+
+
 def masked_blobs(images: list[Image.Image], masks: MaskOptions, row_key: str) -> list[ImageBlob]:
     """PNG-encoded masked copies of ``images`` (same count, same sizes, RGB, masked cells exactly 0).
 
-    One generator per row, seeded with ``mask_seed(masks.seed, 0, row_key)``, draws the cell masks
-    of the row's images in order.
+    Each image is first converted to RGB as verl's image path converts the original (transparent
+    pixels on white, :func:`recipe.papo.image_rgb.to_rgb`), so unmasked pixels equal what training
+    sees. One generator per row, seeded with ``mask_seed(masks.seed, 0, row_key)``, draws the cell
+    masks of the row's images in order.
     """
     import numpy as np
 
+    from recipe.papo.image_rgb import to_rgb
     from recipe.papo.masking import mask_image_patches, mask_seed
 
     rng = np.random.default_rng(mask_seed(masks.seed, 0, row_key))
     blobs = []
     for image in images:
-        masked, _ = mask_image_patches(image, masks.ratio, masks.patch_size, rng)
+        masked, _ = mask_image_patches(to_rgb(image), masks.ratio, masks.patch_size, rng)
         blobs.append(ImageBlob(encode_png(masked), None))
     return blobs

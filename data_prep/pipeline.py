@@ -8,6 +8,7 @@ pure function, so the output does not depend on ``--num-proc``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import multiprocessing
@@ -22,7 +23,9 @@ from data_prep.images import MaskOptions
 from data_prep.problems import StrictModeError
 from data_prep.rows import RawRow, RowSpec, Skip, convert_row
 from data_prep.schema import output_schema
-from data_prep.writer import RecordWriter, SkipLog, SplitSummary, output_paths
+from data_prep.interrupts import worker_signals
+from data_prep.writer import RecordWriter, SkipLog, SplitOutputs, SplitSummary
+from recipe.papo.prompt import DEFAULT_PROMPT_TEMPLATE
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class RunOptions:
         strict: fail (exit 1, no parquet) if any row is skipped.
         row_group_size: rows per parquet row group, also the read batch size.
         masks: pre-compute ``images_aug`` with these settings, or ``None``.
+        prompt_template: the user turn, ``{question}`` replaced by the trimmed question (checked).
     """
 
     out_dir: Path
@@ -44,6 +48,7 @@ class RunOptions:
     strict: bool = False
     row_group_size: int = 256
     masks: MaskOptions | None = None
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
 
     def summary_options(self) -> dict[str, Any]:
         """The options recorded in each summary JSON."""
@@ -55,6 +60,7 @@ class RunOptions:
             "mask_ratio": masks.ratio if masks else None,
             "patch_size": masks.patch_size if masks else None,
             "seed": masks.seed if masks else None,
+            "prompt_template": self.prompt_template,
         }
 
 
@@ -72,14 +78,17 @@ class RowMapper:
         self.pool = None
         if num_proc > 1:
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            self.pool = multiprocessing.get_context(method).Pool(num_proc)
+            self.pool = multiprocessing.get_context(method).Pool(num_proc, initializer=worker_signals)
 
     def __enter__(self) -> RowMapper:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
         if self.pool is not None:
-            self.pool.close()
+            if exc_type is None:
+                self.pool.close()
+            else:  # interrupted or failed: do not wait for queued work
+                self.pool.terminate()
             self.pool.join()
 
     def map(self, function, items: list) -> list:
@@ -123,19 +132,28 @@ def convert_split(
 
     Raises:
         StrictModeError: ``options.strict`` and at least one row was skipped (no parquet is left).
+
+    The outputs are written beside the previous ones and swapped in only when the split completes
+    (see :mod:`data_prep.writer`); an exception or signal leaves the previous outputs as they were.
     """
     options.out_dir.mkdir(parents=True, exist_ok=True)
-    paths = output_paths(options.out_dir, stem)
-    summary = SplitSummary(dataset, spec.split, source, paths, options.summary_options())
+    outputs = SplitOutputs(options.out_dir, stem)
+    outputs.discard()  # stale staging files of a run that was killed outright
+    summary = SplitSummary(dataset, spec.split, source, outputs.final, options.summary_options())
     if options.max_rows is not None:
         rows = itertools.islice(rows, options.max_rows)
         total = min(total, options.max_rows)
+    spec = dataclasses.replace(spec, prompt_template=options.prompt_template)
     convert = functools.partial(convert_row, spec=spec)
-    writer = RecordWriter(paths["parquet"], output_schema(spec.masks is not None), options.row_group_size)
-    skip_log = SkipLog(paths["skipped"])
+    schema = output_schema(spec.masks is not None)
+    writer, skip_log = None, None
     try:
+        writer = RecordWriter(outputs.staging["parquet"], schema, options.row_group_size)
+        skip_log = SkipLog(outputs.staging["skipped"])
         with tqdm(total=total, desc=f"{dataset} {spec.split}", unit="row") as progress:
             for batch in batched(rows, options.row_group_size):
+                for row in batch:
+                    summary.note_id(row.id, row.index)
                 for result in mapper.map(convert, batch):
                     if isinstance(result, Skip):
                         summary.add_skip(result)
@@ -144,23 +162,25 @@ def convert_split(
                         writer.add(result)
                 summary.rows_in += len(batch)
                 progress.update(len(batch))
+        writer.close()
+        skip_log.close()
         if options.strict and summary.rows_skipped:
             summary.status = f"failed: --strict and {summary.rows_skipped} row(s) skipped"
-            writer.abort()
         else:
-            writer.commit()
             summary.rows_written, summary.row_groups = writer.rows_written, writer.row_groups
+        summary.save(outputs.staging["summary"])
+        outputs.commit(with_parquet=summary.status == "ok")
     except BaseException:
-        writer.abort()
+        for handle in (writer, skip_log):
+            if handle is not None:
+                handle.abandon()
+        outputs.discard()
         raise
-    finally:
-        skip_log.close()
-    summary.save()
     print(summary.render(), flush=True)
     if summary.status != "ok":
         raise StrictModeError(
             f"{dataset} [{spec.split}]: {summary.rows_skipped} row(s) skipped with --strict "
             f"({', '.join(f'{r}={n}' for r, n in sorted(summary.skipped_by_reason.items()))}); "
-            f"see {paths['skipped']}. Fix the source or drop --strict."
+            f"see {outputs.final['skipped']}. Fix the source or drop --strict."
         )
     return summary

@@ -8,12 +8,13 @@ function of its arguments, so it can run in worker processes and its output is d
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from data_prep.images import MaskOptions, decode_image, entry_to_blob, masked_blobs
+from data_prep.images import MaskOptions, decode_image, entry_to_blob, masked_blobs, to_eight_bit
 from data_prep.problems import RowProblem
-from recipe.papo.prompt import format_question
+from recipe.papo.prompt import DEFAULT_PROMPT_TEMPLATE, format_question
 
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -63,6 +64,8 @@ class RowSpec:
             ``None`` otherwise.
         ability: ``ability`` column value.
         masks: pre-computed mask settings, or ``None`` for no ``images_aug`` column.
+        prompt_template: the user turn, ``{question}`` replaced by the trimmed question (set from
+            the run's ``--prompt-template`` by :func:`data_prep.pipeline.convert_split`).
     """
 
     data_source: str
@@ -71,6 +74,7 @@ class RowSpec:
     group: str | None
     ability: str
     masks: MaskOptions | None = None
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
 
 
 def skip_from(raw: RawRow, problem: RowProblem) -> Skip:
@@ -86,15 +90,31 @@ def clean_question(question: Any) -> str:
 
 
 def clean_answer(answer: Any) -> str:
-    """The answer as a trimmed non-empty string (numbers are converted with ``str``)."""
+    """The answer as a trimmed non-empty string (numbers are converted with ``str``).
+
+    A NaN (how pandas and some readers store a missing value) is a missing answer; an infinite
+    number is an invalid one. Neither is written as the text ``nan`` / ``inf``.
+    """
     if isinstance(answer, bool) or not isinstance(answer, str | int | float):
         if answer is None:
             raise RowProblem("missing_answer", "answer is None")
         raise RowProblem("invalid_answer", f"answer has type {type(answer).__name__}: {answer!r:.80}")
+    if isinstance(answer, float) and math.isnan(answer):
+        raise RowProblem("missing_answer", "answer is NaN (a missing value in the source)")
+    if isinstance(answer, float) and math.isinf(answer):
+        raise RowProblem("invalid_answer", f"answer is {answer!r}, not a finite number")
     text = str(answer).strip()
     if not text:
         raise RowProblem("missing_answer", f"answer is {answer!r}")
     return text
+
+
+def mask_row_key(raw: RawRow) -> str:
+    """The key that seeds a row's pre-computed masks: ``<id>@<index>``, or ``<index>`` without an id.
+
+    The row index makes rows that share an id (duplicates in the source) get different masks.
+    """
+    return str(raw.index) if raw.id is None else f"{raw.id}@{raw.index}"
 
 
 def convert_row(raw: RawRow | Skip, spec: RowSpec) -> dict[str, Any] | Skip:
@@ -102,6 +122,7 @@ def convert_row(raw: RawRow | Skip, spec: RowSpec) -> dict[str, Any] | Skip:
 
     Checks, in order: question, answer, that images is a list, placeholder count == image count,
     then every image is found and decodes. The first failing check names the skip reason.
+    16-bit images are rewritten as 8-bit PNG (:func:`data_prep.images.to_eight_bit`).
     """
     if isinstance(raw, Skip):
         return raw
@@ -120,12 +141,14 @@ def convert_row(raw: RawRow | Skip, spec: RowSpec) -> dict[str, Any] | Skip:
             )
         blobs = [entry_to_blob(entry, position) for position, entry in enumerate(entries)]
         decoded = [decode_image(blob, position) for position, blob in enumerate(blobs)]
+        converted = [to_eight_bit(blob, image, position) for position, (blob, image) in enumerate(zip(blobs, decoded))]
+        blobs, decoded = [blob for blob, _ in converted], [image for _, image in converted]
     except RowProblem as problem:
         return skip_from(raw, problem)
 
     record: dict[str, Any] = {
         "data_source": spec.data_source,
-        "prompt": [{"role": "user", "content": format_question(question)}],
+        "prompt": [{"role": "user", "content": format_question(question, spec.prompt_template)}],
         "images": [blob.to_json() for blob in blobs],
         "ability": spec.ability,
         "reward_model": {"style": "rule", "ground_truth": answer},
@@ -138,6 +161,5 @@ def convert_row(raw: RawRow | Skip, spec: RowSpec) -> dict[str, Any] | Skip:
         },
     }
     if spec.masks is not None:
-        row_key = raw.id if raw.id is not None else str(raw.index)
-        record["images_aug"] = [blob.to_json() for blob in masked_blobs(decoded, spec.masks, row_key)]
+        record["images_aug"] = [blob.to_json() for blob in masked_blobs(decoded, spec.masks, mask_row_key(raw))]
     return record

@@ -2,13 +2,17 @@
 
 For a split written as ``<out>/<stem>.parquet``:
 
-* the parquet is written to ``<stem>.parquet.partial`` one row group at a time and renamed when
-  complete, so an interrupted or ``--strict``-failed run never leaves a half file under the final
-  name;
-* ``<stem>.skipped.jsonl`` gets one line per skipped row (``index``, ``id``, ``reason``, ``detail``),
-  streamed as rows are skipped;
-* ``<stem>.summary.json`` holds the counts (rows in, written, skipped by reason), a few examples
-  per reason and the options used. It has no timestamps, so it is reproducible too.
+* the parquet, one row group at a time;
+* ``<stem>.skipped.jsonl``: one line per skipped row (``index``, ``id``, ``reason``, ``detail``);
+* ``<stem>.summary.json``: the counts (rows in, written, skipped by reason), a few examples per
+  reason, rows that reuse an earlier row's ``id``, and the options used. It has no timestamps, so
+  it is reproducible too.
+
+All three are written beside the old ones as ``<name>.partial`` and swapped in together by
+:meth:`SplitOutputs.commit` when the run completes (with SIGINT/SIGTERM held back during the swap).
+An interrupted or failed run deletes its ``.partial`` files, so the folder keeps the previous run's
+three files untouched (or none). A ``--strict`` failure is a completed run: its summary and skip log
+replace the old ones and the old parquet is removed.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_prep.interrupts import signals_deferred
 from data_prep.rows import Skip
 
 EXAMPLES_PER_REASON = 5
+DUPLICATE_EXAMPLES = 5
+OUTPUT_KINDS = ("parquet", "skipped", "summary")
 
 
 def output_paths(out_dir: Path, stem: str) -> dict[str, Path]:
@@ -36,6 +43,35 @@ def output_paths(out_dir: Path, stem: str) -> dict[str, Path]:
     }
 
 
+def staging_path(path: Path) -> Path:
+    """Where the new version of ``path`` is written before it is swapped in."""
+    return path.with_name(path.name + ".partial")
+
+
+class SplitOutputs:
+    """The staging and final paths of one split's three output files."""
+
+    def __init__(self, out_dir: Path, stem: str):
+        self.final = output_paths(out_dir, stem)
+        self.staging = {kind: staging_path(path) for kind, path in self.final.items()}
+
+    def discard(self) -> None:
+        """Delete the staging files (the final files are not touched)."""
+        for path in self.staging.values():
+            path.unlink(missing_ok=True)
+
+    def commit(self, with_parquet: bool) -> None:
+        """Swap the staged files in; without ``with_parquet`` the old parquet is removed instead."""
+        with signals_deferred():
+            if with_parquet:
+                self.staging["parquet"].replace(self.final["parquet"])
+            else:
+                self.final["parquet"].unlink(missing_ok=True)
+                self.staging["parquet"].unlink(missing_ok=True)
+            self.staging["skipped"].replace(self.final["skipped"])
+            self.staging["summary"].replace(self.final["summary"])
+
+
 class RecordWriter:
     """Buffers records and writes them as parquet row groups of ``row_group_size`` rows.
 
@@ -45,13 +81,12 @@ class RecordWriter:
 
     def __init__(self, path: Path, schema: pa.Schema, row_group_size: int):
         self.path = path
-        self.partial = path.with_name(path.name + ".partial")
         self.schema = schema
         self.row_group_size = row_group_size
         self.buffer: list[dict[str, Any]] = []
         self.rows_written = 0
         self.row_groups = 0
-        self.writer = pq.ParquetWriter(self.partial, schema)
+        self.writer = pq.ParquetWriter(path, schema)
 
     def add(self, record: dict[str, Any]) -> None:
         self.buffer.append(record)
@@ -67,17 +102,15 @@ class RecordWriter:
         self.row_groups += 1
         self.buffer = []
 
-    def commit(self) -> None:
-        """Write the last row group and move the file to its final name."""
+    def close(self) -> None:
+        """Write the last row group and close the file."""
         self._flush()
         self.writer.close()
-        self.partial.replace(self.path)
 
-    def abort(self) -> None:
-        """Close and delete the partial file; remove a stale final file from an earlier run too."""
+    def abandon(self) -> None:
+        """Close the file without writing the buffered rows (the caller deletes it)."""
+        self.buffer = []
         self.writer.close()
-        self.partial.unlink(missing_ok=True)
-        self.path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -95,10 +128,23 @@ class SplitSummary:
     skipped_by_reason: Counter = field(default_factory=Counter)
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     status: str = "ok"
+    duplicate_id_rows: int = 0
+    duplicate_examples: list[dict[str, Any]] = field(default_factory=list)
+    first_index_of_id: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def rows_skipped(self) -> int:
         return sum(self.skipped_by_reason.values())
+
+    def note_id(self, row_id: str | None, index: int) -> None:
+        """Count row ``index`` as a duplicate if an earlier row of the split has the same ``row_id``."""
+        if row_id is None:
+            return
+        first = self.first_index_of_id.setdefault(row_id, index)
+        if first != index:
+            self.duplicate_id_rows += 1
+            if len(self.duplicate_examples) < DUPLICATE_EXAMPLES:
+                self.duplicate_examples.append({"id": row_id, "first_index": first, "index": index})
 
     def add_skip(self, skip: Skip) -> None:
         self.skipped_by_reason[skip.reason] += 1
@@ -119,12 +165,15 @@ class SplitSummary:
             "row_groups": self.row_groups,
             "skipped_by_reason": dict(sorted(self.skipped_by_reason.items())),
             "skipped_examples": {reason: self.examples[reason] for reason in sorted(self.examples)},
+            "duplicate_id_rows": self.duplicate_id_rows,
+            "duplicate_id_examples": self.duplicate_examples,
             "skipped_rows_file": str(self.paths["skipped"]),
             "options": self.options,
         }
 
-    def save(self) -> None:
-        self.paths["summary"].write_text(json.dumps(self.to_json(), indent=2) + "\n")
+    def save(self, path: Path) -> None:
+        """Write the summary JSON to ``path`` (the staging file; :class:`SplitOutputs` swaps it in)."""
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
 
     def render(self) -> str:
         """The human-readable summary printed after each split."""
@@ -141,6 +190,12 @@ class SplitSummary:
                 f"    {reason:<22}{count:>8}   e.g. row {self.examples[reason][0]['index']}: "
                 f"{self.examples[reason][0]['detail'][:100]}"
             )
+        if self.duplicate_id_rows:
+            example = self.duplicate_examples[0]
+            lines.append(
+                f"  duplicate ids{self.duplicate_id_rows:>8}   rows reuse an earlier row's id (e.g. id "
+                f"{example['id']!r} at rows {example['first_index']} and {example['index']}); kept, masks differ per row"
+            )
         lines.append(f"  status       {self.status}")
         lines.append(f"  summary      {self.paths['summary']}")
         return "\n".join(lines)
@@ -156,4 +211,8 @@ class SkipLog:
         self.handle.write(json.dumps(skip.to_json(), sort_keys=True) + "\n")
 
     def close(self) -> None:
+        self.handle.close()
+
+    def abandon(self) -> None:
+        """Close the log (the caller deletes it)."""
         self.handle.close()

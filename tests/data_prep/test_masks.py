@@ -8,6 +8,7 @@ import numpy as np
 
 from data_prep import geometry3k, virl39k
 from recipe.papo.masking import mask_seed
+from recipe.papo.prompt import DEFAULT_PROMPT_TEMPLATE
 
 PATCH = 4
 
@@ -43,11 +44,13 @@ def test_masks_are_black_cells_over_unchanged_pixels(fx, tmp_path):
         "mask_ratio": 0.6,
         "patch_size": PATCH,
         "seed": 3,
+        "prompt_template": DEFAULT_PROMPT_TEMPLATE,
     }
     masked_cells = total_cells = 0
     for record in records:
         assert len(record["images_aug"]) == len(record["images"]) > 0
-        rng = np.random.default_rng(mask_seed(3, 0, record["extra_info"]["id"]))
+        key = f"{record['extra_info']['id']}@{record['extra_info']['index']}"
+        rng = np.random.default_rng(mask_seed(3, 0, key))
         for image, aug in zip(record["images"], record["images_aug"], strict=True):
             original_image, aug_image = fx.decode(image), fx.decode(aug)
             assert aug_image.format == "PNG" and aug_image.mode == "RGB"
@@ -55,7 +58,7 @@ def test_masks_are_black_cells_over_unchanged_pixels(fx, tmp_path):
             original = np.asarray(original_image.convert("RGB"))
             states = cell_states(original, np.asarray(aug_image), PATCH)
             expected = rng.random(states.shape) < 0.6
-            assert np.array_equal(states, expected), "mask must come from mask_seed(seed, 0, row id)"
+            assert np.array_equal(states, expected), "mask must come from mask_seed(seed, 0, '<id>@<index>')"
             masked_cells += int(states.sum())
             total_cells += states.size
     assert 0 < masked_cells < total_cells
