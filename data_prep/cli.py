@@ -16,7 +16,11 @@ from data_prep.images import MaskOptions
 from data_prep.interrupts import Terminated, terminate_raises
 from data_prep.pipeline import RowMapper, RunOptions
 from data_prep.problems import DataPrepError, StrictModeError
-from recipe.papo.prompt import DEFAULT_PROMPT_TEMPLATE, PromptTemplateError, check_prompt_template
+from recipe.papo.prompt import (
+    DEFAULT_PROMPT_TEMPLATE,
+    PromptTemplateError,
+    check_prompt_template,
+)
 
 DEFAULT_MASK_RATIO = 0.6
 DEFAULT_PATCH_SIZE = 14
@@ -113,7 +117,7 @@ def prompt_template(path: Path | None) -> str:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise DataPrepError(f"--prompt-template {path}: cannot read it ({error}); pass a UTF-8 text file.") from None
-    text = text[:-1] if text.endswith("\n") else text
+    text = text.removesuffix("\n")
     try:
         return check_prompt_template(text, where=f"--prompt-template {path}")
     except PromptTemplateError as error:

@@ -20,10 +20,10 @@ from typing import Any
 from tqdm import tqdm
 
 from data_prep.images import MaskOptions
+from data_prep.interrupts import worker_signals
 from data_prep.problems import StrictModeError
 from data_prep.rows import RawRow, RowSpec, Skip, convert_row
 from data_prep.schema import output_schema
-from data_prep.interrupts import worker_signals
 from data_prep.writer import RecordWriter, SkipLog, SplitOutputs, SplitSummary
 from recipe.papo.prompt import DEFAULT_PROMPT_TEMPLATE
 

@@ -12,7 +12,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from data_prep.images import MaskOptions, decode_image, entry_to_blob, masked_blobs, to_eight_bit
+from data_prep.images import (
+    MaskOptions,
+    decode_image,
+    entry_to_blob,
+    masked_blobs,
+    to_eight_bit,
+)
 from data_prep.problems import RowProblem
 from recipe.papo.prompt import DEFAULT_PROMPT_TEMPLATE, format_question
 

@@ -25,19 +25,24 @@ from __future__ import annotations
 
 import base64
 from io import BytesIO
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from tensordict import TensorDict
-
 from verl.utils import tensordict_utils as tu
 from verl.utils.tokenizer import build_multimodal_processor_inputs
 
 from .config import PapoConfig
 from .image_rgb import to_rgb
-from .masking import PatchLayout, mask_image_patches, mask_pixel_values, mask_seed, torch_generator
+from .masking import (
+    PatchLayout,
+    mask_image_patches,
+    mask_pixel_values,
+    mask_seed,
+    torch_generator,
+)
 
 MULTI_MODAL_INPUTS_KEY = "multi_modal_inputs"
 IMAGES_AUG_KEY = "images_aug"
@@ -47,7 +52,7 @@ class MaskedInputError(ValueError):
     """A row's masked inputs cannot be built consistently with its original inputs."""
 
 
-def row_has_image(inputs: Optional[dict]) -> bool:
+def row_has_image(inputs: dict | None) -> bool:
     """True iff a row's ``multi_modal_inputs`` carry at least one image patch row."""
     return bool(inputs) and "pixel_values" in inputs and inputs["pixel_values"].shape[0] > 0
 
@@ -84,7 +89,7 @@ def _decode_image(item: Any) -> Image.Image:
     raise MaskedInputError(f"cannot read an image from {type(item).__name__} {str(item)[:80]!r}")
 
 
-def image_items(raw_prompt: Optional[list[dict]]) -> list[dict]:
+def image_items(raw_prompt: list[dict] | None) -> list[dict]:
     """The image content items of a chat prompt in order (type ``image``, or holding ``image`` / ``image_url``)."""
     items = []
     for message in raw_prompt or []:
@@ -137,7 +142,7 @@ class MaskedInputBuilder:
             agent loop passes them when it builds the original ``multi_modal_inputs``.
     """
 
-    def __init__(self, papo: PapoConfig, processor: Any, mm_processor_kwargs: Optional[dict] = None):
+    def __init__(self, papo: PapoConfig, processor: Any, mm_processor_kwargs: dict | None = None):
         self.papo = papo
         self.processor = processor
         self.mm_processor_kwargs = dict(mm_processor_kwargs or {})
@@ -148,12 +153,12 @@ class MaskedInputBuilder:
 
     def mask_row(
         self,
-        inputs: Optional[dict],
+        inputs: dict | None,
         uid: str,
         step: int,
-        images_aug: Optional[list] = None,
-        raw_prompt: Optional[list[dict]] = None,
-    ) -> Optional[dict]:
+        images_aug: list | None = None,
+        raw_prompt: list[dict] | None = None,
+    ) -> dict | None:
         """The masked copy of one row's ``multi_modal_inputs`` (the input dict is not modified)."""
         if not row_has_image(inputs):
             return inputs
@@ -181,7 +186,7 @@ class MaskedInputBuilder:
         return masked
 
     def _reprocess(
-        self, images: list[Image.Image], raw_prompt: Optional[list[dict]], inputs: dict, uid: str, source: str
+        self, images: list[Image.Image], raw_prompt: list[dict] | None, inputs: dict, uid: str, source: str
     ) -> torch.Tensor:
         """``pixel_values`` of raw-size RGB ``images`` through verl's own image chain.
 
@@ -191,7 +196,9 @@ class MaskedInputBuilder:
         ``mm_processor_kwargs``. At mask ratio 0 the result equals the original bit for bit.
         Returns a ``(rows, row_width)`` tensor with the original's dtype and device.
         """
-        from qwen_vl_utils import process_vision_info  # the real one, or the CPU backend's stand-in
+        from qwen_vl_utils import (
+            process_vision_info,  # the real one, or the CPU backend's stand-in
+        )
 
         grid = inputs["image_grid_thw"].to(torch.int64)
         if len(images) != grid.shape[0]:

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 from tensordict import TensorDict
+from verl.utils import tensordict_utils as tu
 
 from recipe.papo.config import PapoConfig
 from recipe.papo.masked_inputs import MaskedInputBuilder, MaskedInputError
 from recipe.papo.masking import PatchLayout
-from verl.utils import tensordict_utils as tu
 
 
 def image(seed: int, size=(84, 56)) -> Image.Image:
@@ -35,7 +35,6 @@ def verl_image_item(cell: dict, **options) -> dict:
 def verl_inputs(processor, items: list[dict]) -> dict:
     """``multi_modal_inputs`` as verl 0.9.1's agent loop builds them: qwen_vl_utils, then the processor."""
     from qwen_vl_utils import process_vision_info
-
     from verl.utils.tokenizer import build_multimodal_processor_inputs
 
     patch_size = processor.image_processor.patch_size
@@ -209,7 +208,7 @@ def qwen_vl_utils_function(name: str):
     ]
     namespace = {"math": math, "Image": Image, "BytesIO": io.BytesIO, "copy": copy, "base64": base64_module}
     namespace |= {name: getattr(typing, name) for name in ("Optional", "Tuple", "Dict", "Union", "List", "Any")}
-    exec(compile(ast.Module(body=nodes, type_ignores=[]), "qwen_vl_utils/vision_process.py", "exec"), namespace)
+    exec(compile(ast.Module(body=nodes, type_ignores=[]), "qwen_vl_utils/vision_process.py", "exec"), namespace)  # noqa: S102  the installed package's own code
     return namespace[name]
 
 
