@@ -49,7 +49,7 @@ class ModelFamily:
         merge_size: spatial merge factor; ``merge_size**2`` rows form one visual token.
         image_mean: per-channel normalisation mean, [0, 1] units.
         image_std: per-channel normalisation std.
-        tested: how the family is tested (shown in docs/models.md).
+        tested: how the family is tested (the "Tested how" column of docs/models.md, checked by a test).
     """
 
     model_type: str
@@ -80,7 +80,7 @@ class ModelFamily:
         return MAX_VISUAL_TOKENS * self.token_pixels
 
 
-TESTED_ON_CPU = "CPU: tiny random model (masking, worker, SMOKE end to end)"
+TESTED_ON_CPU = "CPU: tiny random model (masking, worker, `SMOKE=1` end to end)"
 
 FAMILIES: dict[str, ModelFamily] = {
     family.model_type: family
@@ -96,7 +96,7 @@ FAMILIES: dict[str, ModelFamily] = {
             merge_size=2,
             image_mean=CLIP_MEAN,
             image_std=CLIP_STD,
-            tested=TESTED_ON_CPU + "; GPU: the paper's 3B/7B settings",
+            tested=TESTED_ON_CPU,
         ),
         ModelFamily(
             model_type="qwen3_vl",
