@@ -4,6 +4,7 @@
   default and its entry in the dataclass docstring (``recipe/papo/config.py``), so every option is
   documented once, in the code; ``configs/papo_trainer.yaml`` has the same keys and defaults, each
   with its comment.
+- Every skip reason of ``data_prep.problems.SKIP_REASONS`` has its row in ``docs/data_prep.md``.
 - Every relative link (and ``#anchor``) in README.md and docs/*.md resolves; README.md links every
   docs page and stays a front page (at most 400 lines).
 - No page refers to a "spec": users do not have one (cite arXiv 2507.06448 or state the fact).
@@ -265,6 +266,17 @@ def test_readme_is_a_front_page():
     count = len(README.read_text(encoding="utf-8").splitlines())
     assert count <= README_MAX_LINES, (
         f"README.md has {count} lines (at most {README_MAX_LINES}): move reference material into docs/"
+    )
+
+
+def test_every_skip_reason_is_documented():
+    from data_prep.problems import SKIP_REASONS
+
+    text = (DOCS / "data_prep.md").read_text(encoding="utf-8")
+    missing = [reason for reason in SKIP_REASONS if f"| `{reason}` |" not in text]
+    assert not missing, (
+        f"docs/data_prep.md has no row for the skip reason(s) {missing} of data_prep.problems.SKIP_REASONS: "
+        "add `| `<reason>` | <what the row has wrong> |` to its skip-reason table"
     )
 
 
