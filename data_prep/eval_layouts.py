@@ -56,6 +56,11 @@ OFFLINE_HINT = (
 )
 
 
+def describe_error(error: Exception) -> str:
+    """``Type: message`` of ``error``, without a trailing full stop (messages add their own)."""
+    return f"{type(error).__name__}: {str(error).rstrip('.')}"
+
+
 def archive_names(benchmark: str) -> tuple[str, ...]:
     """File names of ``benchmark``'s image zip: the hub's name, then ``<benchmark>.zip``."""
     return (IMAGE_ZIPS[benchmark], f"{benchmark}.zip")
@@ -111,7 +116,7 @@ class HubDownloads:
             return hub_rows(self.repo_id, benchmark)
         except Exception as error:
             raise DataPrepError(
-                f"cannot load split {benchmark!r} of hub dataset {self.repo_id!r}: {type(error).__name__}: {str(error).rstrip('.')}. "
+                f"cannot load split {benchmark!r} of hub dataset {self.repo_id!r}: {describe_error(error)}. "
                 + OFFLINE_HINT
             ) from None
 
@@ -123,7 +128,7 @@ class HubDownloads:
         except Exception as error:
             raise DataPrepError(
                 f"cannot download {name} (the images of {benchmark}) from hub dataset {self.repo_id!r}: "
-                f"{type(error).__name__}: {str(error).rstrip('.')}. " + OFFLINE_HINT
+                f"{describe_error(error)}. " + OFFLINE_HINT
             ) from None
 
 
@@ -139,7 +144,7 @@ class FolderFiles:
         except Exception as error:
             raise DataPrepError(
                 f"cannot load split {benchmark!r} from the hub-layout folder {self.root} (README.md configs / "
-                f"data/*.parquet): {type(error).__name__}: {str(error).rstrip('.')}. Copy the whole repository folder, or choose "
+                f"data/*.parquet): {describe_error(error)}. Copy the whole repository folder, or choose "
                 "other --splits."
             ) from None
 

@@ -116,7 +116,8 @@ def faked_eval(run_bash, fake_python, tmp_path):
         for benchmark in present:
             (eval_dir / f"{benchmark}.parquet").write_bytes(b"")  # only their presence is checked before verl
         record = tmp_path / "record.json"
-        env = {"PYTHON": str(fake_python), "MODEL_PATH": MODEL, "EVAL_DIR": str(eval_dir), "FAKE_RECORD": str(record)} | env
+        defaults = {"PYTHON": str(fake_python), "MODEL_PATH": MODEL, "EVAL_DIR": str(eval_dir)}
+        env = defaults | {"FAKE_RECORD": str(record)} | env
         return run_bash("eval_papo.sh", *args, cwd=tmp_path, **env), eval_dir, record
 
     return run
