@@ -56,7 +56,7 @@ def docstring_attributes(cls: type) -> dict[str, str]:
     entries: dict[str, list[str]] = {}
     indent = None
     current = None
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.strip():
             continue
         depth = len(line) - len(line.lstrip())
@@ -119,7 +119,7 @@ def documented_rows(text: str) -> dict[str, str]:
     lines = text.splitlines()
     assert TABLE_HEADER in lines, f"docs/options.md: no table with the header line {TABLE_HEADER!r}"
     rows: dict[str, str] = {}
-    for line in lines[lines.index(TABLE_HEADER) + 2:]:
+    for line in lines[lines.index(TABLE_HEADER) + 2 :]:
         if not line.startswith("|"):
             break
         match = re.match(r"\| `(\w+)` \|", line)
@@ -148,7 +148,9 @@ def test_options_table_matches_papo_config():
         if documented.get(name) != row:
             verb = "is missing" if name not in documented else "is out of date"
             problems.append(f"row for `{name}` {verb}; it must read:\n{row}")
-    problems += [f"row for `{name}` names no PapoConfig field: delete it" for name in documented if name not in expected]
+    problems += [
+        f"row for `{name}` names no PapoConfig field: delete it" for name in documented if name not in expected
+    ]
     if list(documented) != list(expected) and not problems:
         problems.append("rows are not in PapoConfig's field order")
     assert not problems, (
@@ -166,7 +168,7 @@ def papo_yaml_block() -> tuple[dict[str, Any], dict[str, bool]]:
     lines = text.splitlines()
     start = lines.index("papo:")
     previous = ""
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if line and not line.startswith(" "):
             break
         match = re.match(r"  (\w+):", line)
@@ -208,7 +210,13 @@ def test_docstring_parser_reads_continuation_lines():
 
     assert docstring_attributes(Sample) == {"alpha": "first line continues here.", "beta": "``code`` | pipe."}
     assert render_description("``code`` | pipe.") == "`code` \\| pipe."
-    assert [render_default(v) for v in (None, True, 0.02, "low_var_kl", 14)] == ["null", "true", "0.02", "low_var_kl", "14"]
+    assert [render_default(v) for v in (None, True, 0.02, "low_var_kl", 14)] == [
+        "null",
+        "true",
+        "0.02",
+        "low_var_kl",
+        "14",
+    ]
 
 
 # --- links, length, wording ------------------------------------------------------------------------
@@ -218,18 +226,22 @@ def pages() -> list[Path]:
     return [README, *sorted(DOCS.glob("*.md"))]
 
 
+def _without_fences(text: str) -> str:
+    """The text with fenced code blocks removed (a ``# comment`` in a shell block is no heading)."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.DOTALL | re.MULTILINE)
+
+
 def _prose(text: str) -> str:
     """The text with fenced code blocks and inline code spans blanked (links in code are not links)."""
-    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
-    return re.sub(r"`[^`\n]*`", "``", text)
+    return re.sub(r"`[^`\n]*`", "``", _without_fences(text))
 
 
 def heading_anchors(path: Path) -> set[str]:
     """GitHub's anchors for the headings of a Markdown file."""
     anchors: set[str] = set()
     seen: dict[str, int] = {}
-    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.S | re.M)
-    for match in re.finditer(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, flags=re.M):
+    text = _without_fences(path.read_text(encoding="utf-8"))
+    for match in re.finditer(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, flags=re.MULTILINE):
         slug = re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-")
         count = seen.get(slug, 0)
         seen[slug] = count + 1
@@ -257,7 +269,10 @@ def test_every_relative_link_resolves():
 
 
 def test_readme_links_every_docs_page():
-    linked = {(README.parent / t.partition("#")[0]).resolve() for t in LINK.findall(_prose(README.read_text(encoding="utf-8")))}
+    linked = {
+        (README.parent / t.partition("#")[0]).resolve()
+        for t in LINK.findall(_prose(README.read_text(encoding="utf-8")))
+    }
     unlinked = [p.relative_to(ROOT).as_posix() for p in sorted(DOCS.glob("*.md")) if p.resolve() not in linked]
     assert not unlinked, f"README.md links no page {unlinked}: add each to its 'Documentation' list"
 
@@ -285,7 +300,7 @@ def test_no_page_refers_to_a_spec():
         f"{page.relative_to(ROOT)}:{number}: {line.strip()}"
         for page in pages()
         for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1)
-        if re.search(r"\bspec(s|'s)?\b", line, flags=re.I)
+        if re.search(r"\bspec(s|'s)?\b", line, flags=re.IGNORECASE)
     ]
     assert not hits, (
         "users have no 'spec': cite the paper (arXiv 2507.06448, its section or table) or state the fact:\n"
