@@ -5,8 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.papo-installed
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k masking"`.
 PYTEST_ARGS ?=
+# Arguments of `make experiment`, e.g. `make experiment EXPERIMENT_ARGS="--quick --out quick_output"`.
+EXPERIMENT_ARGS ?= --out experiment_output
 
-.PHONY: install test demo clean-venv
+.PHONY: install test demo experiment clean-venv
 
 install: $(STAMP)
 
@@ -26,6 +28,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m recipe.papo.demo.run_demo
+
+experiment: $(STAMP)
+	$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install --quiet -e '.[experiments]' --config-settings editable_mode=compat
+	$(PY) -m recipe.papo.experiments.dynamics $(EXPERIMENT_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

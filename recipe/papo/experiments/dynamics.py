@@ -1,0 +1,128 @@
+"""PAPO's training dynamics at toy scale on CPU: KL_prcp, both entropies and reward per arm.
+
+    python -m recipe.papo.experiments.dynamics --out DIR [--quick] [--seeds N] [--steps N]
+    python -m recipe.papo.experiments.dynamics --out DIR --quick --sweep-gammas 0.02,0.1,1
+
+For every seed: build the tiny Qwen2.5-VL, warm it up on the answer format
+(:mod:`~recipe.papo.experiments.warmup`), write the counting task
+(:mod:`~recipe.papo.experiments.task`); then train every arm (:mod:`~recipe.papo.experiments.arms`)
+from that same warmed-up model on the same data with ``python -m recipe.papo.main_papo`` on CPU.
+Writes ``DIR/summary.json`` (:mod:`~recipe.papo.experiments.summary`), ``DIR/dynamics.png`` and
+per run ``DIR/seed<S>/<arm>/{train.log,metrics.jsonl}``. With ``--sweep-gammas`` the arms are
+PAPO-G without entropy terms at each gamma instead of the four arms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from recipe.papo.experiments.arms import ARMS, Arm, sweep_arm
+from recipe.papo.experiments.plot import plot_dynamics
+from recipe.papo.experiments.run import RunSize, run_arm
+from recipe.papo.experiments.summary import aggregate, all_finite, curves, write_summary
+from recipe.papo.experiments.task import write_task
+from recipe.papo.experiments.warmup import WarmupConfig, warm_up_model
+
+QUICK = RunSize(steps=12)
+FULL = RunSize(steps=40)
+QUICK_SEEDS = 1
+FULL_SEEDS = 2
+NUM_TRAIN_ROWS = 512
+NUM_VAL_ROWS = 16
+
+
+def _parse_gammas(text: str) -> list[float]:
+    try:
+        gammas = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sweep-gammas wants comma-separated numbers, got {text!r}") from None
+    if not gammas or any(g <= 0 for g in gammas):
+        raise argparse.ArgumentTypeError(f"--sweep-gammas wants positive numbers, got {text!r}")
+    return gammas
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="output directory (created)")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK.steps} steps, {QUICK_SEEDS} seed (< 10 min)")
+    parser.add_argument("--seeds", type=_positive, help=f"seeds 0..N-1 (default {FULL_SEEDS}; --quick {QUICK_SEEDS})")
+    parser.add_argument("--steps", type=_positive, help=f"training steps per run (default {FULL.steps})")
+    parser.add_argument(
+        "--warmup-steps", type=_positive, default=WarmupConfig().steps, help="format warm-up steps before RL"
+    )
+    parser.add_argument("--sweep-gammas", type=_parse_gammas, help="run PAPO-G without entropy at these gammas")
+    return parser
+
+
+def run_experiment(
+    out: Path, arms: tuple[Arm, ...], seeds: int, size: RunSize, warmup: WarmupConfig, command: str
+) -> dict:
+    """Train every arm at seeds ``0..seeds-1``; write and return the summary, and the figure."""
+    out.mkdir(parents=True, exist_ok=True)
+    per_seed: dict[str, dict[int, dict[str, list[float]]]] = {arm.name: {} for arm in arms}
+    seconds: dict[str, float] = {}
+    warmup_losses: dict[str, list[float]] = {}
+    for seed in range(seeds):
+        seed_dir = out / f"seed{seed}"
+        started = time.monotonic()
+        losses = warm_up_model(seed_dir / "model", seed, warmup)
+        warmup_losses[str(seed)] = [round(loss, 4) for loss in losses]
+        train, val = write_task(seed_dir / "data", NUM_TRAIN_ROWS, NUM_VAL_ROWS, seed)
+        seconds[f"seed{seed}/warmup"] = round(time.monotonic() - started, 1)
+        print(f"[dynamics] seed {seed}: warm-up loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
+        for arm in arms:
+            started = time.monotonic()
+            records = run_arm(arm, seed, seed_dir / "model", train, val, seed_dir / arm.name, size)
+            per_seed[arm.name][seed] = curves(records)
+            seconds[f"seed{seed}/{arm.name}"] = round(time.monotonic() - started, 1)
+            kl = per_seed[arm.name][seed]["papo/kl_prcp"]
+            score = per_seed[arm.name][seed]["critic/score/mean"]
+            print(
+                f"[dynamics] seed {seed} {arm.name}: {seconds[f'seed{seed}/{arm.name}']:.0f} s, "
+                f"kl_prcp {kl[0]:.4g} -> {kl[-1]:.4g}, score {score[0]:.3f} -> {score[-1]:.3f}",
+                flush=True,
+            )
+    run = {
+        "command": command,
+        "seeds": list(range(seeds)),
+        "size": vars(size),
+        "warmup": {**vars(warmup), "losses": warmup_losses},
+        "arms": {arm.name: {"overrides": list(arm.overrides), "description": arm.description} for arm in arms},
+        "seconds": seconds,
+    }
+    summary = aggregate(per_seed, run)
+    write_summary(summary, out / "summary.json")
+    title = f"tiny Qwen2.5-VL, counting task, {size.steps} steps, {seeds} seed(s) (mean, band = +- std)"
+    plot_dynamics(summary, out / "dynamics.png", title=title)
+    if not all_finite(summary):
+        raise RuntimeError(f"non-finite values in {out / 'summary.json'}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    size = QUICK if args.quick else FULL
+    if args.steps is not None:
+        size = replace(size, steps=args.steps)
+    seeds = args.seeds or (QUICK_SEEDS if args.quick else FULL_SEEDS)
+    arms = tuple(sweep_arm(g) for g in args.sweep_gammas) if args.sweep_gammas else ARMS
+    command = "python -m recipe.papo.experiments.dynamics " + " ".join(sys.argv[1:] if argv is None else argv)
+    started = time.monotonic()
+    run_experiment(args.out.resolve(), arms, seeds, size, WarmupConfig(steps=args.warmup_steps), command)
+    print(f"[dynamics] done in {time.monotonic() - started:.0f} s: {args.out / 'summary.json'}, {args.out / 'dynamics.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""``dynamics.png``: one panel per metric, one line per arm (mean over seeds, band = +- one std)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+PANELS: tuple[tuple[str, str], ...] = (
+    ("papo/kl_prcp", "KL_prcp (original vs masked image)"),
+    ("papo/entropy_ori", "H_ori (entropy est., original image)"),
+    ("papo/entropy_aug", "H_aug (entropy est., masked image)"),
+    ("critic/score/mean", "reward (mean score)"),
+    ("actor/kl_loss", "reference KL (low_var_kl)"),
+    ("response_length/mean", "response length (tokens)"),
+)
+LOG_SCALE = ("papo/kl_prcp",)  # spans orders of magnitude between arms
+
+
+def plot_dynamics(summary: dict[str, Any], path: Path, title: str = "") -> Path:
+    """Draw the summary's curves into ``path`` (PNG). Panels whose metric no arm has are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    panels = [(m, label) for m, label in PANELS if any(m in arm for arm in summary["arms"].values())]
+    cols = 3
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax, (metric, label) in zip(axes.flat, panels):
+        for arm, arm_curves in summary["arms"].items():
+            if metric not in arm_curves:
+                continue
+            mean = np.asarray(arm_curves[metric])
+            std = np.asarray(summary["spread"][arm][metric])
+            steps = np.arange(1, len(mean) + 1)
+            (line,) = ax.plot(steps, mean, label=arm, linewidth=1.6)
+            if std.any():
+                ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15, linewidth=0)
+        if metric in LOG_SCALE:
+            ax.set_yscale("log")
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95 if title else 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

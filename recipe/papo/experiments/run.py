@@ -1,0 +1,111 @@
+"""Run one arm of the experiment for one seed through ``python -m recipe.papo.main_papo`` on CPU.
+
+Each run is a fresh process (verl's real v1 trainer, Ray, FSDP2 on gloo, the CPU "hf" rollout)
+whose metrics are read back from verl's ``file`` logger.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from recipe.papo.cpu.launch import cpu_env, cpu_overrides
+from recipe.papo.demo.reward import reward_overrides
+from recipe.papo.experiments.arms import Arm
+
+# GRPO as in PAPO-G (arXiv 2507.06448, section 3 settings): low_var_kl reference-KL loss 0.01, clip
+# 0.2 / 0.3. The learning rate is the toy scale's (the paper's 1e-6 moves a tiny model nowhere).
+BASE_OVERRIDES: tuple[str, ...] = (
+    "actor_rollout_ref.actor.use_kl_loss=True",
+    "actor_rollout_ref.actor.kl_loss_type=low_var_kl",
+    "actor_rollout_ref.actor.kl_loss_coef=0.01",
+    "actor_rollout_ref.actor.clip_ratio_low=0.2",
+    "actor_rollout_ref.actor.clip_ratio_high=0.3",
+    "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.0",
+    "actor_rollout_ref.actor.optim.weight_decay=0.01",
+    "actor_rollout_ref.rollout.temperature=1.0",
+    "algorithm.filter_groups.enable=False",
+)
+
+
+@dataclass(frozen=True)
+class RunSize:
+    """Size of one run.
+
+    Attributes:
+        steps: training steps (one rollout batch and one optimiser step each).
+        batch_size: prompts per step.
+        rollout_n: responses per prompt (the GRPO group).
+        max_response_length: response budget in tokens (an answer is a digit and ``<|im_end|>``).
+        lr: actor learning rate (AdamW, constant).
+    """
+
+    steps: int
+    batch_size: int = 8
+    rollout_n: int = 5
+    max_response_length: int = 8
+    lr: float = 5e-4
+
+
+def arm_command(arm: Arm, seed: int, model_dir: Path, train: Path, val: Path, run_dir: Path, size: RunSize) -> list[str]:
+    """The ``main_papo`` command line of ``arm`` at ``seed``."""
+    overrides = cpu_overrides(
+        model_dir,
+        train,
+        val,
+        total_training_steps=size.steps,
+        batch_size=size.batch_size,
+        rollout_n=size.rollout_n,
+        max_prompt_length=128,
+        max_response_length=size.max_response_length,
+        output_dir=run_dir / "checkpoints",
+        project_name="papo_dynamics",
+        experiment_name=f"{arm.name}_seed{seed}",
+    )
+    seeded = (f"data.seed={seed}", f"papo.mask_seed={seed}", f"actor_rollout_ref.actor.optim.lr={size.lr}")
+    return [
+        sys.executable,
+        "-m",
+        "recipe.papo.main_papo",
+        *overrides,
+        *reward_overrides(),
+        *BASE_OVERRIDES,
+        *seeded,
+        *arm.overrides,
+    ]
+
+
+def read_metric_records(path: Path) -> list[dict]:
+    """verl's file-logger records ``{"step", "data"}`` in order (empty if the file is missing)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_arm(arm: Arm, seed: int, model_dir: Path, train: Path, val: Path, run_dir: Path, size: RunSize) -> list[dict]:
+    """Train ``arm`` at ``seed``; returns its per-step metric records. The log is ``run_dir/train.log``.
+
+    Raises:
+        RuntimeError: the trainer exited with an error or logged fewer steps than asked for.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)
+    command = arm_command(arm, seed, model_dir, train, val, run_dir, size)
+    env = {**os.environ, **cpu_env(file_logger_path=metrics_path)}
+    log_path = run_dir / "train.log"
+    with log_path.open("w") as log:
+        log.write(" ".join(command) + "\n")
+        log.flush()
+        result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+    records = [r for r in read_metric_records(metrics_path) if "critic/score/mean" in r["data"]]
+    if result.returncode != 0 or len(records) < size.steps:
+        raise RuntimeError(
+            f"arm {arm.name} seed {seed}: trainer exit code {result.returncode}, {len(records)} of {size.steps} "
+            f"steps logged; see {log_path}"
+        )
+    return records

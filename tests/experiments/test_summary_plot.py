@@ -1,0 +1,56 @@
+"""Summary aggregation and the figure, on hand-made metric records (no training)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from recipe.papo.experiments.plot import plot_dynamics
+from recipe.papo.experiments.summary import REQUIRED_METRICS, aggregate, all_finite, curves
+
+
+def _records(values: dict[int, float], extra: dict | None = None) -> list[dict]:
+    """File-logger records with every required metric set to ``values[step]`` (steps out of order)."""
+    return [
+        {"step": step, "data": {**{m: value for m in REQUIRED_METRICS}, **(extra or {})}}
+        for step, value in sorted(values.items(), reverse=True)
+    ]
+
+
+def test_curves_are_in_step_order_and_keep_optional_metrics_only_when_logged_every_step():
+    records = _records({1: 0.5, 2: 1.5, 3: 2.5}, extra={"actor/kl_loss": 0.1})
+    del records[0]["data"]["actor/kl_loss"]  # step 3 lacks it
+    result = curves(records)
+    assert result["papo/kl_prcp"] == [0.5, 1.5, 2.5]
+    assert "actor/kl_loss" not in result
+
+
+def test_curves_name_the_missing_required_metric_and_step():
+    records = _records({1: 0.0, 2: 0.0})
+    del records[0]["data"]["papo/entropy_aug"]  # records[0] is step 2
+    with pytest.raises(KeyError, match=r"papo/entropy_aug.*step 2"):
+        curves(records)
+
+
+def test_aggregate_mean_and_population_std_over_seeds():
+    per_seed = {"a": {0: {"papo/kl_prcp": [1.0, 2.0]}, 1: {"papo/kl_prcp": [3.0, 6.0]}}}
+    summary = aggregate(per_seed, run={"note": "x"})
+    assert summary["arms"]["a"]["papo/kl_prcp"] == [2.0, 4.0]
+    assert summary["spread"]["a"]["papo/kl_prcp"] == [1.0, 2.0]  # sqrt(((1-2)^2 + (3-2)^2) / 2), same at step 2
+    assert summary["per_seed"]["a"]["1"]["papo/kl_prcp"] == [3.0, 6.0]
+    assert summary["steps"] == [1, 2]
+    assert summary["run"] == {"note": "x"}
+
+
+def test_all_finite_catches_nan():
+    summary = aggregate({"a": {0: {"m": [1.0, 2.0]}}}, run={})
+    assert all_finite(summary)
+    summary["arms"]["a"]["m"][1] = math.nan
+    assert not all_finite(summary)
+
+
+def test_plot_writes_a_png(tmp_path):
+    per_seed = {arm: {0: curves(_records({1: 0.1, 2: 0.2 + i}))} for i, arm in enumerate(("grpo", "papo"))}
+    path = plot_dynamics(aggregate(per_seed, run={}), tmp_path / "fig.png", title="t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
