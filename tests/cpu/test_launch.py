@@ -22,7 +22,8 @@ def test_overrides_compose_and_validate_against_verl_ppo_trainer(tmp_path):
         config = compose("ppo_trainer", overrides=[*overrides, "algorithm.adv_estimator=grpo", *reward_overrides()])
     validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     assert config.trainer.device == "cpu" and config.actor_rollout_ref.rollout.name == "hf"
-    assert config.actor_rollout_ref.model.override_config.attn_implementation == "eager"
+    assert config.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
+    assert config.actor_rollout_ref.model.use_remove_padding  # verl's default, left to the caller
     assert config.ray_kwargs.ray_init.num_gpus == 1
     assert config.trainer.default_local_dir == str(tmp_path)
 

@@ -8,9 +8,11 @@ verl.trainer.main_ppo``, or a recipe entry point built on it)::
            "algorithm.adv_estimator=grpo", *reward_overrides()]
     subprocess.run(cmd, env=env, check=True)
 
-The overrides only make the run fit a CPU (fsdp2 on gloo, eager attention, no padding removal, no
-torch.compile, the "hf" rollout, one agent-loop and one reward worker, Ray with one logical GPU
-slot per rank, no dashboard) and set its size; the algorithm and the reward are the caller's.
+The overrides only make the run fit a CPU (fsdp2 on gloo, torch SDPA attention instead of
+flash-attn, no torch.compile or gradient checkpointing, the "hf" rollout, one agent-loop and one
+reward worker, Ray with one logical GPU slot per rank, no dashboard) and set its size; the
+algorithm, the reward, remove-padding (``actor_rollout_ref.model.use_remove_padding``, verl's
+default True works on CPU), Ulysses sequence parallelism and the reference model are the caller's.
 """
 
 from __future__ import annotations
@@ -96,12 +98,12 @@ def cpu_overrides(
         "data.filter_overlong_prompts=False",
         "data.dataloader_num_workers=0",
         "data.trust_remote_code=True",
-        # model: eager attention and padded inputs (no flash-attn kernels on CPU)
+        # model: torch SDPA attention (verl's default, flash_attention_2, does not load without
+        # flash-attn; with use_remove_padding the CPU backend's packed attention replaces flash-attn's)
         f"actor_rollout_ref.model.path={model_dir}",
         "actor_rollout_ref.model.trust_remote_code=True",
-        "actor_rollout_ref.model.use_remove_padding=False",
         "actor_rollout_ref.model.enable_gradient_checkpointing=False",
-        "++actor_rollout_ref.model.override_config.attn_implementation=eager",
+        "++actor_rollout_ref.model.override_config.attn_implementation=sdpa",
         # actor / reference: FSDP2 on gloo, no torch.compile
         "actor_rollout_ref.actor.strategy=fsdp2",
         "actor_rollout_ref.actor.use_torch_compile=False",

@@ -88,22 +88,33 @@ def dense_attention(
     softcap: Optional[float] = None,
     **unused: Any,
 ) -> torch.Tensor:
-    """transformers' ``_flash_attention_forward`` contract for unpadded input (``attention_mask=None``).
+    """transformers' ``_flash_attention_forward`` contract: causal attention over whole rows.
 
     verl's packed attention takes this branch when the packed row holds a single sequence (its
-    position ids never restart). Padded input is not supported: the remove-padding path never has any.
+    position ids never restart), with ``attention_mask=None``. A padded batch (verl patches the
+    attention class, so a padded model built later in the same process lands here too) passes a
+    ``(batch, seq)`` 0/1 mask: padding keys are excluded (padding queries attend to themselves).
 
     Args:
         query_states: ``(batch, seq, heads, head_dim)``.
         key_states, value_states: ``(batch, seq, kv_heads, head_dim)``.
-        attention_mask: must be None.
+        attention_mask: None or ``(batch, seq)`` with 1 for real tokens.
         query_length: ``seq`` (unused beyond the contract).
         is_causal: causal mask over the whole row.
 
     Returns:
         ``(batch, seq, heads, head_dim)``.
     """
-    if attention_mask is not None:
-        raise NotImplementedError("the CPU backend's flash-attention stand-in takes unpadded input only")
     _reject_unsupported(None if sliding_window is None else (sliding_window, sliding_window), softcap)
-    return _sdpa(query_states, key_states, value_states, is_causal, dropout, softmax_scale)
+    if attention_mask is None:
+        return _sdpa(query_states, key_states, value_states, is_causal, dropout, softmax_scale)
+    length = query_states.shape[1]
+    allowed = attention_mask.bool()[:, None, None, :]  # (batch, 1, 1, seq): real keys
+    if is_causal:
+        allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=allowed.device).tril()
+    allowed = allowed | torch.eye(length, dtype=torch.bool, device=allowed.device)  # no empty rows
+    q, k, v = (t.transpose(1, 2) for t in (query_states, key_states, value_states))
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=allowed, dropout_p=dropout, scale=softmax_scale, enable_gqa=k.shape[1] != q.shape[1]
+    )
+    return out.transpose(1, 2)
