@@ -23,6 +23,13 @@ def test_warm_up_lowers_the_answer_loss_and_saves_a_loadable_model(tmp_path):
     assert losses[-1] < losses[0] - 1.0  # from about ln(272) = 5.6 nats
     model, _, _ = load_tiny_model(tmp_path / "model")
     assert model is not None
+    # The same seed and config reuse the warmed-up directory; another config warms up afresh.
+    weights = tmp_path / "model" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert warm_up_model(tmp_path / "model", seed=0, config=WarmupConfig(steps=8, batch_size=8)) == losses
+    assert weights.stat().st_mtime_ns == stamp
+    assert len(warm_up_model(tmp_path / "model", seed=0, config=WarmupConfig(steps=2, batch_size=8))) == 2
+    assert weights.stat().st_mtime_ns != stamp
 
 
 def test_answer_digits_are_the_task_answers():

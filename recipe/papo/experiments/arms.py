@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-GAMMA_MODERATE = 0.1
-GAMMA_HIGH = 1.0
+GAMMA_MODERATE = 2.0
+GAMMA_HIGH = 20.0
 ENTROPY_PER_GAMMA = 2.5  # the paper's PAPO-G 7B setting: eta_ori = eta_aug = 0.05 at gamma 0.02
 
 

@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--warmup-steps", type=_positive, default=WarmupConfig().steps, help="format warm-up steps before RL"
     )
+    parser.add_argument("--lr", type=float, help=f"actor learning rate (default {FULL.lr})")
     parser.add_argument("--sweep-gammas", type=_parse_gammas, help="run PAPO-G without entropy at these gammas")
     return parser
 
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     size = QUICK if args.quick else FULL
     if args.steps is not None:
         size = replace(size, steps=args.steps)
+    if args.lr is not None:
+        size = replace(size, lr=args.lr)
     seeds = args.seeds or (QUICK_SEEDS if args.quick else FULL_SEEDS)
     arms = tuple(sweep_arm(g) for g in args.sweep_gammas) if args.sweep_gammas else ARMS
     command = "python -m recipe.papo.experiments.dynamics " + " ".join(sys.argv[1:] if argv is None else argv)

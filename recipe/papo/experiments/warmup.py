@@ -15,8 +15,9 @@ token layout as verl's rollout (``<|vision_start|>``, one ``<|image_pad|>`` per 
 from __future__ import annotations
 
 import io
+import json
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -56,14 +57,24 @@ def _batch(rows: list[dict], digits: list[str], tokenizer, processor) -> dict[st
     return dict(inputs)
 
 
+RECORD = "warmup.json"  # written into the model directory: seed, config and losses
+
+
 def warm_up_model(model_dir: Path, seed: int, config: WarmupConfig = WarmupConfig()) -> list[float]:
     """Build the tiny Qwen2.5-VL in ``model_dir`` (weights from ``seed``) and warm it up in place.
+
+    A directory already holding a warm-up of the same seed and config is reused as it is.
 
     Returns:
         The cross-entropy (nats per answer token) of every warm-up step; it falls from about
         ln(vocab) = 5.6 towards ln(len(ANSWER_DIGITS)) / 2 (the digit is unpredictable by design,
         the end-of-turn token is not).
     """
+    record_path = Path(model_dir) / RECORD
+    if record_path.exists():
+        record = json.loads(record_path.read_text())
+        if record["seed"] == seed and record["config"] == asdict(config):
+            return record["losses"]
     save_tiny_qwen2_5_vl(model_dir, seed=seed)
     model, tokenizer, processor = load_tiny_model(model_dir)
     rows = make_rows(config.num_rows, "warmup", seed, TASK_CONFIG)
@@ -82,4 +93,5 @@ def warm_up_model(model_dir: Path, seed: int, config: WarmupConfig = WarmupConfi
         losses.append(loss.item())
     model.eval()
     model.save_pretrained(model_dir)
+    record_path.write_text(json.dumps({"seed": seed, "config": asdict(config), "losses": losses}))
     return losses
