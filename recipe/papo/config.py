@@ -51,7 +51,7 @@ def _check_number(key: str, value: Any, low: float, high: float, low_open: bool 
 
 @dataclass
 class PapoConfig(BaseConfig):
-    """PAPO options (spec sections 1-3). Coefficient names map to the paper as noted.
+    """PAPO options (arXiv 2507.06448). Coefficient names map to the paper as noted.
 
     Attributes:
         kl_prcp_coef: gamma, weight of the Implicit Perception Loss (KL_prcp is maximised).
@@ -77,6 +77,13 @@ class PapoConfig(BaseConfig):
             the authors' default: H_aug has zero gradient) or ``recompute`` (masked forward with
             gradient inside each update micro-batch: both branches carry gradient).
         base_loss_mode: verl registered policy loss providing the clipped surrogate (vanilla, gspo...).
+        monitor: compute the masked pass and log every ``papo/*`` metric, but train exactly the base
+            algorithm: the loss and its gradient are bit-identical to ``base_loss_mode`` alone
+            (``papo/loss`` is 0). For measuring a GRPO/DAPO baseline's image dependence
+            (``papo/kl_prcp``). Needs ``loss_mode=papo`` and the papo trainer like PAPO itself;
+            the coefficients are then only logged as 0.
+        allow_unsupported_model: run a model whose ``model_type`` is not a supported family
+            (``recipe.papo.model_families``, docs/models.md) with a warning instead of an error.
     """
 
     kl_prcp_coef: float = 0.02
@@ -99,6 +106,8 @@ class PapoConfig(BaseConfig):
     mask_seed: int = 0
     masked_logprob_mode: str = "precompute"
     base_loss_mode: str = "vanilla"
+    monitor: bool = False
+    allow_unsupported_model: bool = False
 
     def __post_init__(self) -> None:
         for key in ("kl_prcp_coef", "entropy_ori_coef", "entropy_aug_coef", "anneal_start", "anneal_end"):
@@ -127,6 +136,10 @@ class PapoConfig(BaseConfig):
         if isinstance(self.mask_seed, bool) or not isinstance(self.mask_seed, int):
             _fail("mask_seed", self.mask_seed, "an integer")
         _check_choice("masked_logprob_mode", self.masked_logprob_mode, MASKED_LOGPROB_MODES)
+        if not isinstance(self.monitor, bool):
+            _fail("monitor", self.monitor, "true or false")
+        if not isinstance(self.allow_unsupported_model, bool):
+            _fail("allow_unsupported_model", self.allow_unsupported_model, "true or false")
         self._check_base_loss_mode()
 
     def _check_base_loss_mode(self) -> None:
@@ -137,11 +150,21 @@ class PapoConfig(BaseConfig):
 
     @property
     def enabled(self) -> bool:
-        """PAPO is on iff some PAPO coefficient can be non-zero; off means exactly the base algorithm.
+        """The PAPO machinery runs (masked pass, ``papo/*`` metrics): :attr:`trains` or ``monitor``.
+
+        Off means exactly the base algorithm, with no masked pass.
+        """
+        return self.monitor or self.trains
+
+    @property
+    def trains(self) -> bool:
+        """The PAPO terms reach the loss: not ``monitor`` and some coefficient can be non-zero.
 
         With ``annealing`` every coefficient is scaled by gamma_t / kl_prcp_coef, and gamma_t moves
-        between ``anneal_start`` and ``anneal_end``, so both being 0 switches PAPO off.
+        between ``anneal_start`` and ``anneal_end``, so both being 0 switches the terms off.
         """
+        if self.monitor:
+            return False
         if self.schedule == "annealing" and max(self.anneal_start, self.anneal_end) == 0:
             return False
         return any(c > 0 for c in (self.kl_prcp_coef, self.entropy_ori_coef, self.entropy_aug_coef))

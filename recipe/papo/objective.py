@@ -1,4 +1,4 @@
-"""The PAPO terms as pure tensor functions (spec section 1).
+"""The PAPO terms as pure tensor functions (the PAPO objective of arXiv 2507.06448).
 
 All per-token tensors are padded ``(batch, response_len)``; ``mask`` marks the response tokens that
 count (verl's ``response_mask``, restricted to rows with images). Aggregation uses verl's
@@ -99,12 +99,33 @@ def sample_weights(correct: torch.Tensor, apply_mode: str, incorrect_weight: flo
     raise ValueError(f"unknown apply_mode {apply_mode!r}")
 
 
+# Names of the per-token quantities whose sums over the PAPO tokens a micro-batch reports (see
+# :class:`PapoTerms`); each is logged as ``papo/<name>`` = sum over the step's PAPO tokens / their count.
+TOKEN_MEAN_METRICS: tuple[str, ...] = ("kl_prcp", "entropy_ori", "entropy_aug", "kl_prcp_clipfrac", "kl_prcp_kept_frac")
+TOKEN_COUNT = "tokens"
+
+
 @dataclass
 class PapoTerms:
-    """The PAPO loss of one micro-batch (0-dim tensor, with gradient) and its metrics."""
+    """The PAPO loss of one micro-batch and the token sums its metrics are made of.
+
+    Attributes:
+        loss: 0-dim tensor, with gradient, added to the base policy loss.
+        token_sums: for each name in :data:`TOKEN_MEAN_METRICS`, the sum of that per-token quantity
+            over this micro-batch's PAPO tokens (``mask``), and under :data:`TOKEN_COUNT` their
+            number. Sums, not means, so that a step's mean is the ratio of summed sums whatever the
+            micro-batch split (micro-batches hold different numbers of tokens).
+    """
 
     loss: torch.Tensor
-    metrics: dict[str, float]
+    token_sums: dict[str, float]
+
+    def means(self) -> dict[str, float]:
+        """Token means of this micro-batch alone (empty when it has no PAPO token)."""
+        count = self.token_sums[TOKEN_COUNT]
+        if count == 0:
+            return {}
+        return {name: self.token_sums[name] / count for name in TOKEN_MEAN_METRICS}
 
 
 def compute_papo_terms(
@@ -131,15 +152,19 @@ def compute_papo_terms(
         global_batch_info: verl's ``config.global_batch_info`` (dp_size, batch_num_tokens, ...).
 
     Returns:
-        :class:`PapoTerms`; ``loss`` is added to the base policy loss. Metrics: ``kl_prcp``
-        (token mean of the estimator, positive), ``entropy_ori``, ``entropy_aug``,
-        ``kl_prcp_clipfrac`` (tokens whose KL was clamped) and ``kl_prcp_kept_frac`` (tokens kept by
-        top-p), all over ``mask``.
+        :class:`PapoTerms`; ``loss`` is added to the base policy loss. Token sums over ``mask``:
+        ``kl_prcp`` (the estimator after the optional clamp, before top-p and sample weights),
+        ``entropy_ori``, ``entropy_aug`` (``-log pi`` of the sampled tokens), ``kl_prcp_clipfrac``
+        (tokens whose KL was clamped) and ``kl_prcp_kept_frac`` (tokens kept by top-p).
     """
     mask = mask.to(torch.bool)
+    # Under the engine's bf16 autocast the model's log-probs are bf16; sum them in float32 (a bf16
+    # sum of a mini-batch's tokens is off by up to ~0.4%). The cast is differentiable.
+    log_prob, masked_log_prob = log_prob.float(), masked_log_prob.float()
     if not mask.any():
         # No image rows here: contribute an exact zero that still belongs to the autograd graph.
-        return PapoTerms(loss=(log_prob.sum() + masked_log_prob.sum()) * 0.0, metrics={})
+        zero_sums = dict.fromkeys((*TOKEN_MEAN_METRICS, TOKEN_COUNT), 0.0)
+        return PapoTerms(loss=(log_prob.sum() + masked_log_prob.sum()) * 0.0, token_sums=zero_sums)
     kl = perception_kl(log_prob, masked_log_prob, config.kl_estimator)
     clipped = torch.zeros_like(mask)
     if config.kl_clamp_max is not None:
@@ -158,12 +183,12 @@ def compute_papo_terms(
     entropy_aug = aggregate(-masked_log_prob)
     loss = -coefs.kl_prcp * kl_term + coefs.entropy_ori * entropy_ori + coefs.entropy_aug * entropy_aug
 
-    num_tokens = mask.sum()
-    metrics = {
-        "kl_prcp": verl_F.masked_mean(kl.detach(), mask).item(),
-        "entropy_ori": verl_F.masked_mean(-log_prob.detach(), mask).item(),
-        "entropy_aug": verl_F.masked_mean(-masked_log_prob.detach(), mask).item(),
-        "kl_prcp_clipfrac": (clipped.sum() / num_tokens).item(),
-        "kl_prcp_kept_frac": (keep.sum() / num_tokens).item(),
+    token_sums = {
+        "kl_prcp": verl_F.masked_sum(kl.detach().float(), mask).item(),
+        "entropy_ori": verl_F.masked_sum(-log_prob.detach().float(), mask).item(),
+        "entropy_aug": verl_F.masked_sum(-masked_log_prob.detach().float(), mask).item(),
+        "kl_prcp_clipfrac": float(clipped.sum().item()),
+        "kl_prcp_kept_frac": float(keep.sum().item()),
+        TOKEN_COUNT: float(mask.sum().item()),
     }
-    return PapoTerms(loss=loss, metrics=metrics)
+    return PapoTerms(loss=loss, token_sums=token_sums)

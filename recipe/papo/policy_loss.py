@@ -9,8 +9,17 @@ runs verl's own ``ppo_loss`` unchanged, so the entropy bonus, reference-KL loss,
 normalisation and metrics stay exactly verl's.
 
 The registered ``papo`` loss = verl's registered ``papo.base_loss_mode`` loss (default ``vanilla``,
-so PAPO composes with e.g. ``gspo``) + the PAPO terms. With PAPO enabled and no masked log-probs it
-raises :class:`MissingMaskedLogProbsError`: it never silently trains as GRPO.
+so PAPO composes with e.g. ``gspo``) + the PAPO terms (none with ``papo.monitor``: the terms are
+computed for the metrics only). With PAPO enabled and no masked log-probs it raises
+:class:`MissingMaskedLogProbsError`: it never silently trains as GRPO.
+
+Metrics. verl sums the micro-batch losses of a mini-batch into ``actor/pg_loss`` (each is its share
+of the mini-batch loss, ``verl.utils.metric.AggregationType.SUM``) but averages a registered
+loss's own metrics over micro-batches. So :func:`papo_ppo_loss` reports ``papo/loss`` (the PAPO
+terms' part of the loss) and ``papo/base_loss`` (the surrogate's part) with ``actor/pg_loss``'s own
+aggregation, so that ``papo/loss + papo/base_loss == actor/pg_loss`` for any micro-batch split; and
+the other ``papo/*`` metrics as token sums and counts, turned into means over the step's PAPO tokens
+by :func:`papo_step_metrics` after verl's reduction.
 """
 
 from __future__ import annotations
@@ -26,11 +35,12 @@ from tensordict import TensorDict
 
 from verl.trainer.ppo.core_algos import get_policy_loss_fn, register_policy_loss
 from verl.utils import tensordict_utils as tu
+from verl.utils.metric import Metric
 from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import no_padding_2_padding
 
 from .config import PapoConfig
-from .objective import PapoCoefficients, compute_papo_terms
+from .objective import TOKEN_COUNT, TOKEN_MEAN_METRICS, PapoCoefficients, compute_papo_terms
 
 # Micro-batch fields written by the PAPO trainer / worker.
 MASKED_LOG_PROBS_KEY = "papo_masked_log_probs"  # nested (batch, response_len), no grad
@@ -39,6 +49,12 @@ IMAGE_ROW_KEY = "papo_has_image"  # (batch,) bool: PAPO terms apply to this row
 COEF_KEYS = ("papo_kl_prcp_coef", "papo_entropy_ori_coef", "papo_entropy_aug_coef")  # non-tensor floats
 
 METRIC_PREFIX = "papo/"
+LOSS_METRIC = METRIC_PREFIX + "loss"
+BASE_LOSS_METRIC = METRIC_PREFIX + "base_loss"
+# Per-micro-batch partial metrics, replaced by token means in :func:`papo_step_metrics`.
+TOKEN_SUM_PREFIX = METRIC_PREFIX + "token_sum/"
+# verl names the metrics returned by the actor update ``actor/<name>`` (``PPOTrainer._update_actor``).
+ACTOR_PREFIX = "actor/"
 
 
 class MissingMaskedLogProbsError(RuntimeError):
@@ -54,12 +70,30 @@ class PapoLossInputs:
         has_image: ``(batch,)`` bool; rows without images get no PAPO terms.
         kl_weight: ``(batch,)`` float per-sample weight on KL_prcp.
         coefs: effective coefficients at this step.
+        record: written by the ``papo`` loss during the call: what :func:`papo_ppo_loss` logs.
     """
 
     masked_log_prob: torch.Tensor
     has_image: torch.Tensor
     kl_weight: torch.Tensor
     coefs: PapoCoefficients
+    record: Optional["PapoLossRecord"] = None
+
+
+@dataclass(frozen=True)
+class PapoLossRecord:
+    """What one call of the ``papo`` loss contributed, for the metrics.
+
+    Attributes:
+        papo_loss: the PAPO terms' part of the returned loss (0.0 with ``papo.monitor`` or zero
+            coefficients), a share of the mini-batch loss like the loss itself.
+        base_loss: the base surrogate's part of the returned loss.
+        token_sums: :attr:`recipe.papo.objective.PapoTerms.token_sums` of this micro-batch.
+    """
+
+    papo_loss: float
+    base_loss: float
+    token_sums: dict[str, float]
 
 
 _CURRENT_INPUTS: contextvars.ContextVar[Optional[PapoLossInputs]] = contextvars.ContextVar(
@@ -123,13 +157,13 @@ def compute_policy_loss_papo(
                 "or set all papo coefficients to 0 for plain GRPO/DAPO."
             )
         return pg_loss, pg_metrics
-    if not inputs.coefs.any_nonzero:
-        return pg_loss, pg_metrics
-
+    # Monitor mode and zero coefficients: the terms are computed for the metrics only, on detached
+    # inputs, and the returned loss is the base loss tensor itself (bit-equal loss and gradient).
+    contributes = inputs.coefs.any_nonzero and not papo.monitor
     mask = response_mask.to(torch.bool) & inputs.has_image.to(torch.bool).unsqueeze(-1)
     terms = compute_papo_terms(
-        log_prob=log_prob,
-        masked_log_prob=inputs.masked_log_prob,
+        log_prob=log_prob if contributes else log_prob.detach(),
+        masked_log_prob=inputs.masked_log_prob if contributes else inputs.masked_log_prob.detach(),
         mask=mask,
         kl_weight=inputs.kl_weight,
         coefs=inputs.coefs,
@@ -137,13 +171,12 @@ def compute_policy_loss_papo(
         loss_agg_mode=loss_agg_mode,
         global_batch_info=config.global_batch_info,
     )
-    metrics = dict(pg_metrics)
-    metrics.update({METRIC_PREFIX + name: value for name, value in terms.metrics.items()})
-    # verl logs the registered loss's return value as actor/pg_loss (surrogate + PAPO terms); these
-    # separate the two.
-    metrics[METRIC_PREFIX + "loss"] = terms.loss.detach().item()
-    metrics[METRIC_PREFIX + "base_loss"] = pg_loss.detach().item()
-    return pg_loss + terms.loss, metrics
+    inputs.record = PapoLossRecord(
+        papo_loss=terms.loss.detach().item() if contributes else 0.0,
+        base_loss=pg_loss.detach().item(),
+        token_sums=terms.token_sums,
+    )
+    return (pg_loss + terms.loss if contributes else pg_loss), pg_metrics
 
 
 def _pad_to_width(tensor: torch.Tensor, width: int) -> torch.Tensor:
@@ -156,6 +189,7 @@ def read_papo_inputs(
     data: TensorDict,
     response_width: int,
     masked_forward: Optional[Callable[[TensorDict], torch.Tensor]] = None,
+    masked_grad: bool = True,
 ) -> PapoLossInputs:
     """Collect :class:`PapoLossInputs` from one micro-batch.
 
@@ -165,6 +199,8 @@ def read_papo_inputs(
         masked_forward: in ``recompute`` mode, a function returning the full-sequence nested
             masked log-probs *with gradient* for this micro-batch; ``None`` reads the precomputed
             ``papo_masked_log_probs`` field.
+        masked_grad: run ``masked_forward`` with gradient (False in monitor mode: nothing of it
+            reaches the loss).
     """
     missing = [key for key in (*COEF_KEYS, KL_WEIGHT_KEY, IMAGE_ROW_KEY) if key not in data.keys()]
     if masked_forward is None and MASKED_LOG_PROBS_KEY not in data.keys():
@@ -176,7 +212,8 @@ def read_papo_inputs(
         )
     coefs = PapoCoefficients(*(float(tu.get(data, key)) for key in COEF_KEYS))
     if masked_forward is not None:
-        masked = no_padding_2_padding(masked_forward(data), data)
+        with torch.set_grad_enabled(masked_grad and torch.is_grad_enabled()):
+            masked = no_padding_2_padding(masked_forward(data), data)
     else:
         masked = data[MASKED_LOG_PROBS_KEY].to_padded_tensor(0.0)
     return PapoLossInputs(
@@ -197,13 +234,47 @@ def papo_ppo_loss(
     """verl's ``ppo_loss`` with the PAPO inputs of this micro-batch made visible to the ``papo`` loss.
 
     Install with ``functools.partial(papo_ppo_loss, config=actor_config, masked_forward=...)``.
-    Returns ``(loss, metrics)`` like ``ppo_loss``; PAPO metrics are named ``papo/*`` (verl turns the
-    registered loss's metrics into per-micro-batch means).
+    Returns ``(loss, metrics)`` like ``ppo_loss``, plus ``papo/loss`` and ``papo/base_loss`` aggregated
+    like ``actor/pg_loss`` and the token sums ``papo/token_sum/*`` (see the module docstring).
     """
     if config.policy_loss.loss_mode != "papo" or not _papo_config_of(config).enabled:
         return ppo_loss(config, model_output, data, dp_group)
+    papo = _papo_config_of(config)
     # ppo_loss pads old_log_probs / advantages the same way, so the widths agree.
     response_width = data["response_mask"].to_padded_tensor(0).shape[-1]
-    inputs = read_papo_inputs(data, response_width, masked_forward)
+    inputs = read_papo_inputs(data, response_width, masked_forward, masked_grad=not papo.monitor)
     with papo_loss_inputs(inputs):
-        return ppo_loss(config, model_output, data, dp_group)
+        loss, metrics = ppo_loss(config, model_output, data, dp_group)
+    assert inputs.record is not None, "the papo policy loss did not run inside ppo_loss"
+    aggregation = metrics["actor/pg_loss"].aggregation
+    metrics[LOSS_METRIC] = Metric(aggregation, inputs.record.papo_loss)
+    metrics[BASE_LOSS_METRIC] = Metric(aggregation, inputs.record.base_loss)
+    for name, value in inputs.record.token_sums.items():
+        metrics[TOKEN_SUM_PREFIX + name] = Metric(aggregation, value)
+    return loss, metrics
+
+
+def papo_step_metrics(actor_metrics: dict[str, Any]) -> dict[str, float]:
+    """Remove the PAPO entries from verl's reduced actor metrics; return the step's ``papo/*`` metrics.
+
+    Args:
+        actor_metrics: the actor update's metrics after verl's reduction (``reduce_metrics``),
+            named ``actor/<name>`` as ``PPOTrainer._update_actor`` logs them. Modified in place.
+
+    Returns:
+        ``papo/loss`` and ``papo/base_loss`` as verl reduced them (so their sum is ``actor/pg_loss``),
+        and for each of :data:`recipe.papo.objective.TOKEN_MEAN_METRICS` its mean over the step's
+        PAPO tokens: summed token sums / summed token count. verl reduces every micro-batch entry
+        the same way (mean over data-parallel ranks, sum over micro-batches, mean over
+        mini-batches), so the ratio is independent of the micro-batch split. Token means are
+        omitted when the step has no PAPO token (no image row).
+    """
+    papo = {
+        name[len(ACTOR_PREFIX) :]: float(actor_metrics.pop(name))
+        for name in [key for key in actor_metrics if key.startswith(ACTOR_PREFIX + METRIC_PREFIX)]
+    }
+    sums = {name[len(TOKEN_SUM_PREFIX) :]: papo.pop(name) for name in [k for k in papo if k.startswith(TOKEN_SUM_PREFIX)]}
+    count = sums.get(TOKEN_COUNT, 0.0)
+    if count > 0:
+        papo.update({METRIC_PREFIX + name: sums[name] / count for name in TOKEN_MEAN_METRICS})
+    return papo

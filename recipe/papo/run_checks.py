@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
+
 from omegaconf import DictConfig, OmegaConf
 
+from . import register as _register  # noqa: F401  (the papo loss and estimator in this process's registries)
+from .compat.verl_registries import rollout_names
 from .config import PapoConfig, PapoConfigError, papo_config_from
+from .model_families import check_model_supported
 
 GROUP_ESTIMATORS = ("papo", "grpo", "grpo_vectorized")
 # verl 0.9.1's default of actor.grad_clip (trainer/config/actor/dp_actor.yaml), a key its engine never reads.
 IGNORED_GRAD_CLIP_DEFAULT = 1.0
+
+logger = logging.getLogger(__name__)
 
 
 def check_papo_run_config(config: DictConfig) -> PapoConfig:
@@ -20,6 +28,7 @@ def check_papo_run_config(config: DictConfig) -> PapoConfig:
     """
     if "papo" not in config:
         raise PapoConfigError("the config has no `papo` block: compose it from configs/papo_trainer.yaml")
+    check_registry_names(config)
     papo = papo_config_from(config.papo)
     actor = config.actor_rollout_ref.actor
     mirrored = OmegaConf.select(actor, "policy_loss.papo")
@@ -29,6 +38,7 @@ def check_papo_run_config(config: DictConfig) -> PapoConfig:
             "(the actor copy is an interpolation of the papo block)"
         )
     check_ignored_keys(config)
+    check_model_supported(config.actor_rollout_ref.model.path, papo.allow_unsupported_model)
     loss_mode = actor.policy_loss.loss_mode
     trainer_mode = config.trainer.v1.trainer_mode
     if papo.enabled and loss_mode != "papo":
@@ -47,7 +57,71 @@ def check_papo_run_config(config: DictConfig) -> PapoConfig:
             f"algorithm.adv_estimator={config.algorithm.adv_estimator} is group-relative but "
             f"actor_rollout_ref.rollout.n={n}: set rollout.n >= 2"
         )
+    warn_ineffective_settings(papo)
     return papo
+
+
+def _check_registered(key: str, value: object, allowed: Iterable[str], what: str, hint: str = "") -> None:
+    allowed = sorted(allowed)
+    if value not in allowed:
+        raise PapoConfigError(
+            f"{key}={value!r} is not a registered {what}; allowed: {', '.join(allowed)}. Fix the override{hint}."
+        )
+
+
+def check_registry_names(config: DictConfig) -> None:
+    """Every registry name the run uses is registered in this process, checked before Ray starts.
+
+    Checks ``algorithm.adv_estimator`` (verl's ``ADV_ESTIMATOR_REGISTRY``),
+    ``actor_rollout_ref.actor.policy_loss.loss_mode`` (``POLICY_LOSS_REGISTRY``; ``papo.base_loss_mode``
+    is checked by :class:`PapoConfig`), ``reward.reward_manager.name`` when its ``source`` is
+    ``register`` (the reward-loop ``REWARD_MANAGER`` registry) and ``actor_rollout_ref.rollout.name``
+    (``RolloutReplicaRegistry``). Modules named in ``actor_rollout_ref.model.external_lib`` are
+    imported first, as verl's workers import them, so names they register count.
+
+    Raises:
+        PapoConfigError: naming the key, the value and the allowed values.
+    """
+    from verl.experimental.reward_loop.reward_manager import registry as reward_managers
+    from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, POLICY_LOSS_REGISTRY
+    from verl.utils.import_utils import import_external_libs
+
+    import_external_libs(OmegaConf.select(config, "actor_rollout_ref.model.external_lib", default=None) or None)
+    hint = " or register it in a module named in actor_rollout_ref.model.external_lib"
+    _check_registered(
+        "algorithm.adv_estimator", config.algorithm.adv_estimator, ADV_ESTIMATOR_REGISTRY, "advantage estimator", hint
+    )
+    _check_registered(
+        "actor_rollout_ref.actor.policy_loss.loss_mode",
+        config.actor_rollout_ref.actor.policy_loss.loss_mode,
+        POLICY_LOSS_REGISTRY,
+        "policy loss",
+        hint,
+    )
+    manager = OmegaConf.select(config, "reward.reward_manager")
+    if manager is not None and manager.get("source", "register") == "register":
+        _check_registered("reward.reward_manager.name", manager.name, reward_managers.REWARD_MANAGER, "reward manager")
+    rollout = OmegaConf.select(config, "actor_rollout_ref.rollout.name", throw_on_missing=False)
+    if rollout is not None:  # unset (verl's "???"): verl's own validation reports the missing value
+        cpu_hint = " (the CPU backend registers 'hf' only when VERL_PLATFORM=cpu)" if rollout == "hf" else ""
+        _check_registered("actor_rollout_ref.rollout.name", rollout, rollout_names(), "rollout", cpu_hint)
+
+
+def warn_ineffective_settings(papo: PapoConfig) -> None:
+    """Log a warning (once, at start-up) for a PAPO setting that has only part of its effect.
+
+    ``entropy_aug_coef > 0`` with ``masked_logprob_mode=precompute``: the masked log-probs are
+    constants during the update, so H_aug adds to the loss value but not to the gradient (as in the
+    authors' implementation, which the published 7B settings follow).
+    """
+    if papo.trains and papo.entropy_aug_coef > 0 and papo.masked_logprob_mode == "precompute":
+        logger.warning(
+            "papo.entropy_aug_coef=%s with papo.masked_logprob_mode=precompute: H_aug (the masked branch's "
+            "entropy) adds to the loss value but not to the gradient, since the masked log-probs are precomputed "
+            "without gradient (as in the authors' implementation). Set papo.masked_logprob_mode=recompute for a "
+            "gradient through H_aug.",
+            papo.entropy_aug_coef,
+        )
 
 
 def check_ignored_keys(config: DictConfig) -> None:
@@ -76,7 +150,7 @@ def papo_summary(config: DictConfig, papo: PapoConfig) -> dict:
     """The resolved settings a user checks before a run (printed by the dry run).
 
     Keys are verl config paths, with ``actor.``/``rollout.``/``ref.``/``model.`` short for
-    ``actor_rollout_ref.<...>.``; ``scripts/`` tests compare them with the spec's table.
+    ``actor_rollout_ref.<...>.``; ``scripts/`` tests compare them with the published settings (arXiv 2507.06448).
     """
     actor = config.actor_rollout_ref.actor
     rollout = config.actor_rollout_ref.rollout

@@ -10,8 +10,9 @@ Registered as ``trainer.v1.trainer_mode=papo``. Per step, after old log-probs (v
 3. before the actor update, sets gamma_t and the entropy coefficients of this global step
    (a pure function of the step, so a resumed run continues the schedule exactly),
 
-and logs ``papo/*`` metrics. With PAPO off (all coefficients 0) it skips all of this and is exactly
-verl's synchronous trainer.
+and logs ``papo/*`` metrics (:func:`recipe.papo.policy_loss.papo_step_metrics`). With PAPO off (all
+coefficients 0, no ``papo.monitor``) it skips all of this and is exactly verl's synchronous trainer.
+In monitor mode it does all of this with the coefficients set to 0.
 """
 
 from __future__ import annotations
@@ -31,8 +32,15 @@ from verl.workers.engine_workers import ActorRolloutRefWorker
 from . import register as _register  # noqa: F401  (registries in this process)
 from .compat.verl import install_position_ids_fix
 from .config import PapoConfig, papo_config_from
-from .objective import coefficients_at_step, sample_weights
-from .policy_loss import COEF_KEYS, IMAGE_ROW_KEY, KL_WEIGHT_KEY, MASKED_LOG_PROBS_KEY, METRIC_PREFIX
+from .objective import PapoCoefficients, coefficients_at_step, sample_weights
+from .policy_loss import (
+    COEF_KEYS,
+    IMAGE_ROW_KEY,
+    KL_WEIGHT_KEY,
+    MASKED_LOG_PROBS_KEY,
+    METRIC_PREFIX,
+    papo_step_metrics,
+)
 from .worker import STEP_KEY, PapoActorRolloutRefWorker
 
 logger = logging.getLogger(__name__)
@@ -133,13 +141,13 @@ class PapoTrainer(PPOTrainerSync):
     def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         if self.papo.enabled:
             coefs = coefficients_at_step(self.papo, self.global_steps, self.total_training_steps)
+            if self.papo.monitor:
+                coefs = PapoCoefficients(0.0, 0.0, 0.0)
             batch.extra_info.update(dict(zip(COEF_KEYS, (coefs.kl_prcp, coefs.entropy_ori, coefs.entropy_aug))))
             batch.extra_info[STEP_KEY] = self.global_steps
             metrics[METRIC_PREFIX + "gamma"] = coefs.kl_prcp
             metrics[METRIC_PREFIX + "entropy_ori_coef"] = coefs.entropy_ori
             metrics[METRIC_PREFIX + "entropy_aug_coef"] = coefs.entropy_aug
         batch = super()._update_actor(batch, metrics)
-        # The loss reports PAPO metrics as papo/*; verl prefixes actor metrics with actor/.
-        for name in [key for key in metrics if key.startswith("actor/" + METRIC_PREFIX)]:
-            metrics[name[len("actor/") :]] = metrics.pop(name)
+        metrics.update(papo_step_metrics(metrics))
         return batch

@@ -10,7 +10,8 @@
   has zero gradient.
 * ``recompute`` mode: the masked forward runs *with gradient* inside every update micro-batch
   (:func:`masked_log_probs_with_grad`), so H_aug and both KL branches carry gradient; the
-  per-step call only reports ``papo_has_image``.
+  per-step call only reports ``papo_has_image``. The engine's per-micro-batch forward is not part of
+  verl's engine interface: :mod:`recipe.papo.compat.verl_engine` checks it when the worker starts.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ from tensordict import TensorDict
 
 from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import tensordict_utils as tu
+from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.profiler import DistProfiler
+from verl.workers.config import ActorConfig
 from verl.workers.engine_workers import ActorRolloutRefWorker
 from verl.workers.utils.padding import response_from_nested
 
 from . import register as _register  # noqa: F401  (registries in this process)
 from .compat.verl import install_position_ids_fix
+from .compat.verl_engine import check_engine_forward_step, forward_log_probs_with_grad
 from .config import PapoConfig
 from .masked_inputs import MaskedInputBuilder, rows_with_images
 from .policy_loss import IMAGE_ROW_KEY, MASKED_LOG_PROBS_KEY, papo_ppo_loss
@@ -39,19 +43,14 @@ STEP_KEY = "papo_global_step"  # non-tensor: global step, part of the mask seed
 def masked_log_probs_with_grad(micro_batch: TensorDict, engine: Any, builder: MaskedInputBuilder) -> torch.Tensor:
     """Full-sequence nested log pi(o_t | q, I_mask) of one micro-batch, with gradient.
 
-    Runs the engine's own input preparation, module forward and output processing (verl 0.9.1
-    ``FSDPEngineWithLMHead.prepare_model_inputs`` / ``prepare_model_outputs``) on a copy of the
-    micro-batch whose ``multi_modal_inputs`` are masked. Called from inside the engine's
-    ``forward_step`` (so under its autocast and before ``backward``).
+    Runs the engine's own per-micro-batch forward (input preparation, autocast, module, output
+    processing; :func:`recipe.papo.compat.verl_engine.forward_log_probs_with_grad`) on a copy of the
+    micro-batch whose ``multi_modal_inputs`` are masked. Called from inside the engine's forward of
+    the original micro-batch (the PAPO loss), so before its ``backward``.
     """
     masked, _ = builder.mask_batch(micro_batch, step=int(tu.get(micro_batch, STEP_KEY)))
     tu.assign_non_tensor(masked, calculate_entropy=False, calculate_sum_pi_squared=False)
-    model_inputs, output_args = engine.prepare_model_inputs(micro_batch=masked)
-    raw_output = engine.module(**model_inputs, use_cache=False)
-    outputs = engine.prepare_model_outputs(
-        output=raw_output, output_args=output_args, micro_batch=masked, logits_processor_func=None
-    )
-    return outputs["log_probs"]
+    return forward_log_probs_with_grad(engine, masked)
 
 
 class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
@@ -65,7 +64,9 @@ class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
             return
         if self.distillation_enabled:
             raise NotImplementedError("PAPO does not support on-policy distillation (distillation.enabled=True).")
-        actor_config = self.loss_fn.keywords["config"]  # the ActorConfig verl built for ppo_loss
+        # The ActorConfig for the loss, built from the worker's config as verl's init_model builds its own.
+        actor_config: ActorConfig = omega_conf_to_dataclass(self.config.actor)
+        actor_config.model_config = self.actor.model_config
         papo: PapoConfig = actor_config.policy_loss.papo
         processor = self.actor.model_config.processor
         if processor is None:
@@ -77,6 +78,7 @@ class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
         self.masked_input_builder = MaskedInputBuilder(papo, processor)
         masked_forward = None
         if papo.masked_logprob_mode == "recompute":
+            check_engine_forward_step(self.actor.engine)
             masked_forward = partial(
                 masked_log_probs_with_grad, engine=self.actor.engine, builder=self.masked_input_builder
             )

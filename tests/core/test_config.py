@@ -64,6 +64,15 @@ def test_enabled_is_derived_from_coefficients():
     assert PapoConfig(kl_prcp_coef=0.01, schedule="annealing", anneal_start=0.0, anneal_end=0.0).enabled is False
 
 
+def test_monitor_runs_the_machinery_without_training_the_terms():
+    monitor = PapoConfig(kl_prcp_coef=0.0, monitor=True)
+    assert monitor.enabled and not monitor.trains
+    assert PapoConfig(monitor=True).trains is False  # coefficients are ignored under monitor
+    assert PapoConfig().trains and PapoConfig().enabled
+    with pytest.raises(PapoConfigError, match="papo.monitor="):
+        PapoConfig(monitor="yes")
+
+
 def test_from_omegaconf_validates_and_rejects_unknown_keys():
     good = papo_config_from(OmegaConf.create({"_target_": "x", "kl_prcp_coef": 0.01, "token_top_p": 0.2}))
     assert isinstance(good, PapoConfig) and good.token_top_p == 0.2

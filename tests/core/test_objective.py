@@ -72,10 +72,14 @@ def test_terms_equal_independent_token_mean_computation(batch):
     h_aug = token_mean(-batch.masked_log_prob.double(), mask)
     expected = -gamma * token_mean(kl, mask) + eta_ori * h_ori + eta_aug * h_aug
     assert terms.loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert terms.metrics["kl_prcp"] == pytest.approx(token_mean(kl, mask).item(), rel=1e-5)
-    assert terms.metrics["kl_prcp"] > 0
-    assert terms.metrics["entropy_ori"] == pytest.approx(h_ori.item(), rel=1e-5)
-    assert terms.metrics["entropy_aug"] == pytest.approx(h_aug.item(), rel=1e-5)
+    means = terms.means()
+    assert means["kl_prcp"] == pytest.approx(token_mean(kl, mask).item(), rel=1e-5)
+    assert means["kl_prcp"] > 0
+    assert means["entropy_ori"] == pytest.approx(h_ori.item(), rel=1e-5)
+    assert means["entropy_aug"] == pytest.approx(h_aug.item(), rel=1e-5)
+    # token sums: the means times the number of PAPO tokens
+    assert terms.token_sums["tokens"] == mask.sum().item()
+    assert terms.token_sums["kl_prcp"] == pytest.approx((kl * mask).sum().item(), rel=1e-5)
 
 
 def test_kl_gradient_wrt_log_prob_is_the_analytic_derivative(batch):
@@ -142,7 +146,8 @@ def test_no_image_rows_give_exact_zero_with_graph(make_batch):
     log_prob = batch.log_prob.clone().requires_grad_(True)
     batch.log_prob = log_prob
     terms = run_terms(batch, PapoCoefficients(0.02, 0.05, 0.05))
-    assert terms.loss.item() == 0.0 and terms.metrics == {}
+    assert terms.loss.item() == 0.0 and terms.means() == {}
+    assert set(terms.token_sums.values()) == {0.0}  # every key present, so every micro-batch reports alike
     terms.loss.backward()
     assert log_prob.grad.abs().max() == 0
 
@@ -156,7 +161,7 @@ def test_clamp_limits_per_token_kl_and_reports_clipped_fraction(batch):
     assert terms.loss.item() == pytest.approx(-token_mean(clamped, mask).item(), rel=1e-5)
     expected_frac = ((kl > c) & mask).sum().item() / mask.sum().item()
     assert 0 < expected_frac < 1
-    assert terms.metrics["kl_prcp_clipfrac"] == pytest.approx(expected_frac)
+    assert terms.means()["kl_prcp_clipfrac"] == pytest.approx(expected_frac)
 
 
 def test_top_p_mask_keeps_tokens_at_or_above_each_sequence_quantile(batch):
@@ -172,7 +177,7 @@ def test_top_p_mask_keeps_tokens_at_or_above_each_sequence_quantile(batch):
     terms = run_terms(batch, PapoCoefficients(1.0, 0.0, 0.0), token_top_p=p)
     expected_loss = -(kl.double() * keep).sum() / batch.response_mask.sum()
     assert terms.loss.item() == pytest.approx(expected_loss.item(), rel=1e-5)
-    assert terms.metrics["kl_prcp_kept_frac"] == pytest.approx(keep.sum().item() / batch.response_mask.sum().item())
+    assert terms.means()["kl_prcp_kept_frac"] == pytest.approx(keep.sum().item() / batch.response_mask.sum().item())
 
 
 def test_sample_weights_per_apply_mode():

@@ -21,6 +21,7 @@ from recipe.papo.policy_loss import (
 )
 from verl.trainer.ppo.core_algos import get_policy_loss_fn
 from verl.utils import tensordict_utils as tu
+from verl.utils.metric import AggregationType
 from verl.workers.utils.losses import ppo_loss
 
 
@@ -46,17 +47,20 @@ def test_papo_is_registered_in_verls_registry():
 def test_loss_is_base_surrogate_plus_papo_terms(batch, make_actor_config):
     config = make_actor_config()
     coefs = PapoCoefficients(0.02, 0.05, 0.03)
-    with papo_loss_inputs(inputs_for(batch, coefs)):
+    inputs = inputs_for(batch, coefs)
+    with papo_loss_inputs(inputs):
         loss, metrics = call_loss(compute_policy_loss_papo, batch, config)
-    base, _ = call_loss(get_policy_loss_fn("vanilla"), batch, config)
+    base, base_metrics = call_loss(get_policy_loss_fn("vanilla"), batch, config)
     terms = compute_papo_terms(
         batch.log_prob, batch.masked_log_prob, batch.response_mask, torch.ones(6), coefs,
         config.policy_loss.papo, "token-mean", {},
     )
     assert loss.item() == pytest.approx(base.item() + terms.loss.item(), rel=1e-6)
-    assert metrics["papo/kl_prcp"] > 0 and "actor/pg_clipfrac" in metrics
-    assert metrics["papo/base_loss"] == pytest.approx(base.item(), rel=1e-6)
-    assert metrics["papo/loss"] == pytest.approx(terms.loss.item(), rel=1e-6)
+    assert metrics.keys() == base_metrics.keys()  # the PAPO metrics are added by papo_ppo_loss
+    assert inputs.record.base_loss == pytest.approx(base.item(), rel=1e-6)
+    assert inputs.record.papo_loss == pytest.approx(terms.loss.item(), rel=1e-6)
+    assert inputs.record.token_sums == pytest.approx(terms.token_sums)
+    assert inputs.record.token_sums["kl_prcp"] > 0
 
 
 def test_zero_coefficients_give_exactly_the_base_loss_and_gradient(batch, make_actor_config):
@@ -73,6 +77,28 @@ def test_zero_coefficients_give_exactly_the_base_loss_and_gradient(batch, make_a
         grads.append((loss.detach(), log_prob.grad))
     assert torch.equal(grads[0][0], grads[1][0])
     assert torch.equal(grads[0][1], grads[1][1])
+
+
+@pytest.mark.parametrize("mode", ["monitor", "zero_coefficients"])
+def test_monitor_and_zero_coefficients_give_the_base_loss_and_gradient_bit_for_bit_with_metrics(
+    mode, batch, make_actor_config
+):
+    """papo.monitor (issue 12.1): the terms are computed for the metrics, the loss stays the base."""
+    monitor = mode == "monitor"
+    config = make_actor_config(monitor=monitor, entropy_ori_coef=0.05, entropy_aug_coef=0.03)
+    coefs = PapoCoefficients(0.5, 0.05, 0.03) if monitor else PapoCoefficients(0.0, 0.0, 0.0)
+    log_prob_base = batch.log_prob.clone().requires_grad_(True)
+    base, _ = call_loss(get_policy_loss_fn("vanilla"), batch, config, log_prob_base)
+    base.backward()
+    log_prob = batch.log_prob.clone().requires_grad_(True)
+    inputs = inputs_for(batch, coefs)
+    with papo_loss_inputs(inputs):
+        loss, _ = call_loss(compute_policy_loss_papo, batch, config, log_prob)
+    loss.backward()
+    assert torch.equal(loss.detach(), base.detach())
+    assert torch.equal(log_prob.grad, log_prob_base.grad)
+    assert inputs.record.papo_loss == 0.0
+    assert inputs.record.token_sums["kl_prcp"] > 0 and inputs.record.token_sums["tokens"] == batch.response_mask.sum()
 
 
 def test_positive_gamma_changes_the_gradient(batch, make_actor_config):
@@ -163,7 +189,16 @@ def test_outer_loss_reads_the_micro_batch_and_adds_papo_to_verls_ppo_loss(batch,
         {"dp_size": 1, "batch_num_tokens": int(batch.response_mask.sum()), "global_batch_size": 6},
     )
     assert loss.item() == pytest.approx(base.item() + terms.loss.item(), rel=1e-6)
-    assert metrics["papo/kl_prcp"].aggregate() == pytest.approx(terms.metrics["kl_prcp"], rel=1e-6)
+    # the two loss parts are aggregated like actor/pg_loss (a sum over micro-batches here) and add up to it
+    pg_loss = metrics["actor/pg_loss"]
+    assert pg_loss.aggregation == AggregationType.SUM
+    for key in ("papo/loss", "papo/base_loss", "papo/token_sum/kl_prcp", "papo/token_sum/tokens"):
+        assert metrics[key].aggregation == pg_loss.aggregation
+    assert metrics["papo/loss"].aggregate() + metrics["papo/base_loss"].aggregate() == pytest.approx(
+        pg_loss.aggregate(), rel=1e-6
+    )
+    assert metrics["papo/token_sum/kl_prcp"].aggregate() == pytest.approx(terms.token_sums["kl_prcp"], rel=1e-6)
+    assert metrics["papo/token_sum/tokens"].aggregate() == (batch.response_mask & batch.has_image.unsqueeze(-1)).sum()
 
 
 def test_outer_loss_missing_trainer_fields_is_a_clear_error(batch, make_actor_config):

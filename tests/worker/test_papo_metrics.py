@@ -1,0 +1,225 @@
+"""``papo/*`` metrics through verl's own update and metric reduction, for any micro-batch split.
+
+The PAPO worker's ``update_actor`` (verl's ``train_mini_batch`` -> ``train_batch`` -> engine
+micro-batches -> ``_postprocess_output``), then exactly what ``PPOTrainer._update_actor`` does with
+the output (``rename_dict(..., "actor/")`` and ``reduce_metrics``) and
+:func:`recipe.papo.policy_loss.papo_step_metrics`. The learning rate is 0, so every update sees the
+same weights and the metrics of different splits are comparable; log-probs under the update then
+equal ``old_log_probs`` (up to float rounding), which lets the expected values be computed here
+independently. One family (Qwen2.5-VL): the aggregation is family-independent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from recipe.papo.policy_loss import (
+    COEF_KEYS,
+    IMAGE_ROW_KEY,
+    KL_WEIGHT_KEY,
+    MASKED_LOG_PROBS_KEY,
+    papo_ppo_loss,
+    papo_step_metrics,
+)
+from recipe.papo.worker import STEP_KEY
+from verl.utils import tensordict_utils as tu
+from verl.utils.metric import reduce_metrics
+from verl.utils.py_functional import rename_dict
+from verl.workers.utils.losses import ppo_loss
+from verl.workers.utils.padding import response_from_nested
+
+GAMMA, ETA_ORI, ETA_AUG = 0.5, 0.05, 0.03
+# (image seed or None, uid, response): ragged responses, two text-only rows, 8 rows in all.
+SAMPLES = [
+    (0, "a", "3 circles"), (0, "a", "two red squares and a long tail of words"), (None, "b", "no image"),
+    (1, "c", "1 square"), (1, "c", "one"), (2, "d", "four triangles, I think, maybe five"), (None, "e", "text"),
+    (2, "d", "4"),
+]
+ADVANTAGES = [1.0, -1.0, 0.5, -0.5, 0.25, -0.25, 0.75, -0.75]
+
+
+def image(seed: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (56, 56, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_model_dir):
+    import papo_inprocess as inprocess
+
+    inprocess.activate_in_process()
+    config = inprocess.compose_config(
+        tiny_model_dir,
+        [
+            "actor_rollout_ref.actor.optim.lr=0.0",
+            f"papo.kl_prcp_coef={GAMMA}",
+            f"papo.entropy_ori_coef={ETA_ORI}",
+            f"papo.entropy_aug_coef={ETA_AUG}",
+        ],
+        prompts=4,
+    )
+    return inprocess.make_worker(config)
+
+
+@pytest.fixture(scope="module")
+def prepared(worker):
+    """The batch with what the trainer writes before the update: old and masked log-probs, weights."""
+    from papo_inprocess import build_batch
+
+    model_config = worker.actor.model_config
+    rows = [([] if seed is None else [image(seed)], uid, "How many shapes?", text) for seed, uid, text in SAMPLES]
+    data = build_batch(model_config.processor, model_config.tokenizer, rows)
+    tu.assign_non_tensor(data, temperature=1.0, calculate_entropy=False, compute_loss=False, **{STEP_KEY: 2})
+    old = worker.compute_log_prob(data.copy())
+    data["old_log_probs"] = response_from_nested(old["log_probs"], data["response_mask"]).float()
+    masked = worker.compute_masked_log_prob(data.copy())
+    data[MASKED_LOG_PROBS_KEY] = masked[MASKED_LOG_PROBS_KEY]
+    data[IMAGE_ROW_KEY] = masked[IMAGE_ROW_KEY]
+    data[KL_WEIGHT_KEY] = torch.ones(len(data))
+    data["advantages"] = torch.nested.as_nested_tensor(
+        [a * torch.ones_like(m, dtype=torch.float32) for a, m in zip(ADVANTAGES, data["response_mask"].unbind())],
+        layout=torch.jagged,
+    )
+    return data
+
+
+def update_metrics(worker, prepared, *, micro_batch_size=None, max_token_len=None, loss_fn=None):
+    """One actor update over the whole batch as one mini-batch; the step's metrics as the trainer logs them.
+
+    Returns ``(metrics, papo_metrics, number of loss calls = micro-batches)``.
+    """
+    data = prepared.copy()
+    tu.assign_non_tensor(
+        data,
+        **dict(zip(COEF_KEYS, (GAMMA, ETA_ORI, ETA_AUG))),
+        calculate_entropy=False, distillation_use_topk=False, distillation_only=False,
+        global_batch_size=len(data), mini_batch_size=len(data), epochs=1, seed=1,
+        dataloader_kwargs={"shuffle": False}, temperature=1.0,
+        use_dynamic_bsz=max_token_len is not None,
+        micro_batch_size_per_gpu=micro_batch_size or len(data),
+        max_token_len_per_gpu=max_token_len or 10**6,
+    )
+    calls = []
+    inner = loss_fn or worker.loss_fn
+
+    def counting_loss(**kwargs):
+        calls.append(1)
+        return inner(**kwargs)
+
+    worker.actor.set_loss_fn(counting_loss)
+    try:
+        output = worker.update_actor(data)
+    finally:
+        worker.actor.set_loss_fn(worker.loss_fn)
+    metrics = reduce_metrics(rename_dict(output["metrics"], "actor/"))
+    papo = papo_step_metrics(metrics)
+    return metrics, papo, len(calls)
+
+
+def expected_step_values(prepared) -> dict[str, float]:
+    """Independent: token means over the image rows' response tokens, and the PAPO loss part
+    (token-mean over *all* response tokens, verl's global normalisation), with log pi = old log-probs."""
+    old = prepared["old_log_probs"].to_padded_tensor(0.0).double()
+    masked = prepared[MASKED_LOG_PROBS_KEY].to_padded_tensor(0.0).double()
+    response = prepared["response_mask"].to_padded_tensor(0).bool()
+    papo_tokens = response & prepared[IMAGE_ROW_KEY].bool().unsqueeze(-1)
+    d = (masked - old).clamp(-20, 20)
+    kl = (d.exp() - d - 1).clamp(-10, 10)  # low_var_kl of KL(pi(.|I) || pi(.|I_mask)) on sampled tokens
+    n_papo, n_all = papo_tokens.sum(), response.sum()
+    total = lambda x: (x * papo_tokens).sum()  # noqa: E731
+    return {
+        "papo/kl_prcp": (total(kl) / n_papo).item(),
+        "papo/entropy_ori": (total(-old) / n_papo).item(),
+        "papo/entropy_aug": (total(-masked) / n_papo).item(),
+        "papo/loss": ((-GAMMA * total(kl) + ETA_ORI * total(-old) + ETA_AUG * total(-masked)) / n_all).item(),
+    }
+
+
+SPLITS = {
+    "1 micro-batch": dict(micro_batch_size=8),
+    "2 micro-batches": dict(micro_batch_size=4),
+    "4 micro-batches": dict(micro_batch_size=2),
+    "dynamic batch size": dict(max_token_len="two rows"),
+}
+
+
+@pytest.fixture(scope="module")
+def results(worker, prepared):
+    longest = int(prepared["input_ids"].offsets().diff().max())
+    out = {}
+    for name, split in SPLITS.items():
+        if split.get("max_token_len") == "two rows":
+            split = dict(max_token_len=2 * longest)
+        out[name] = update_metrics(worker, prepared, **split)
+    return out
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_papo_loss_parts_add_up_to_pg_loss(results, split):
+    """Issue 9.4: with M micro-batches papo/loss and papo/base_loss used to come out M times too small."""
+    metrics, papo, calls = results[split]
+    expected_calls = {"1 micro-batch": 1, "2 micro-batches": 2, "4 micro-batches": 4}.get(split)
+    assert calls == expected_calls if expected_calls else calls >= 2
+    assert papo["papo/loss"] + papo["papo/base_loss"] == pytest.approx(metrics["actor/pg_loss"], rel=1e-4)
+    assert abs(papo["papo/loss"]) > 1e-3 * abs(metrics["actor/pg_loss"])  # both parts are non-trivial
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_papo_metrics_are_step_token_means_independent_of_the_split(results, prepared, split):
+    _, papo, _ = results[split]
+    expected = expected_step_values(prepared)
+    for key, value in expected.items():
+        assert papo[key] == pytest.approx(value, rel=1e-4, abs=1e-7), key
+    reference = results["1 micro-batch"][1]
+    for key in ("papo/kl_prcp_clipfrac", "papo/kl_prcp_kept_frac", "papo/loss"):
+        assert papo[key] == pytest.approx(reference[key], rel=1e-5, abs=1e-9), key
+    assert papo["papo/kl_prcp_kept_frac"] == 1.0 and papo["papo/kl_prcp_clipfrac"] == 0.0
+    assert not any(key.startswith("actor/papo/") for key in results[split][0])
+
+
+def test_monitor_mode_gives_grpos_loss_and_gradient_bit_for_bit_and_logs_the_metrics(worker, prepared):
+    """Issue 12.1: papo.monitor=true, even with non-zero coefficients, trains exactly the base loss."""
+    actor_config = worker.loss_fn.keywords["config"]
+    policy_loss = actor_config.policy_loss
+    monitor_config = dataclasses.replace(
+        actor_config,
+        policy_loss=dataclasses.replace(policy_loss, papo=dataclasses.replace(policy_loss.papo, monitor=True)),
+        global_batch_info={},
+    )
+    from verl.workers.config import PolicyLossConfig
+
+    grpo_config = dataclasses.replace(actor_config, policy_loss=PolicyLossConfig(loss_mode="vanilla"), global_batch_info={})
+    data = prepared.copy()
+    tu.assign_non_tensor(
+        data, **dict(zip(COEF_KEYS, (GAMMA, ETA_ORI, ETA_AUG))), global_batch_size=len(data), calculate_entropy=False,
+        use_remove_padding=False, use_dynamic_bsz=False, micro_batch_size_per_gpu=4, use_fused_kernels=False,
+    )
+
+    def loss_and_grads(loss_fn):
+        engine = worker.actor.engine
+        with engine.train_mode():
+            engine.optimizer_zero_grad()
+            output = engine.forward_backward_batch(data.copy(), loss_function=loss_fn, forward_only=False)
+            grads = {
+                name: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).detach().clone()
+                for name, p in engine.module.named_parameters()
+                if p.grad is not None
+            }
+            engine.optimizer_zero_grad()
+        return output, grads
+
+    monitor_out, monitor_grads = loss_and_grads(partial(papo_ppo_loss, config=monitor_config))
+    grpo_out, grpo_grads = loss_and_grads(partial(ppo_loss, config=grpo_config))
+    assert monitor_out["loss"] == grpo_out["loss"]
+    assert monitor_grads.keys() == grpo_grads.keys() and len(grpo_grads) > 0
+    assert all(torch.equal(monitor_grads[k], grpo_grads[k]) for k in grpo_grads)
+    assert max(g.abs().max().item() for g in grpo_grads.values()) > 0
+    # ... while the PAPO metrics are there: the terms' part of the loss is 0, KL_prcp is measured
+    metrics = monitor_out["metrics"]
+    assert metrics["papo/loss"].values == [0.0, 0.0]  # one entry per micro-batch
+    assert metrics["papo/token_sum/kl_prcp"].aggregate() > 0
