@@ -61,13 +61,28 @@ def script_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def run_script(name: str, *args: str, cwd: Path, **env: str) -> ScriptRun:
+def run_script(name: str, *args: str, cwd: Path, timeout: int = SCRIPT_TIMEOUT_S, **env: str) -> ScriptRun:
     """``bash scripts/<name> args...`` in ``cwd`` (Hydra writes its ``outputs/`` there)."""
     command = ("bash", str(SCRIPTS / name), *args)
-    done = subprocess.run(
-        command, cwd=cwd, env=script_env(**env), capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S
-    )
+    done = subprocess.run(command, cwd=cwd, env=script_env(**env), capture_output=True, text=True, timeout=timeout)
     return ScriptRun(command, done.returncode, done.stdout, done.stderr)
+
+
+# Stands in for $PYTHON: records the arguments a script passes to Python (NUL-separated) and exits 0.
+RECORD_ARGS = '#!/usr/bin/env bash\nprintf "%s\\0" "$@" > "$RECORDED_ARGS"\n'
+
+
+def python_args_of(name: str, *args: str, cwd: Path, **env: str) -> list[str]:
+    """What ``bash scripts/<name> args...`` (with ``env``) passes to ``$PYTHON``, without running it.
+
+    Bash only (no Python start, no verl import): the tests then compose those arguments in-process.
+    """
+    stub, record = cwd / "record_python_args", cwd / "python_args"
+    stub.write_text(RECORD_ARGS)
+    stub.chmod(0o755)
+    run = run_script(name, *args, cwd=cwd, PYTHON=str(stub), RECORDED_ARGS=str(record), **env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return record.read_text().split("\0")[:-1]
 
 
 class DryRuns:
@@ -97,6 +112,12 @@ class DryRuns:
 def run_bash():
     """:func:`run_script`: ``run_bash(name, *args, cwd=..., **env) -> ScriptRun``."""
     return run_script
+
+
+@pytest.fixture(scope="session")
+def python_args():
+    """:func:`python_args_of`: ``python_args(name, *args, cwd=..., **env) -> list[str]``."""
+    return python_args_of
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,13 @@ the ``papo/*`` metrics of every step (read back from verl's ``file`` logger).
     python -m recipe.papo.demo.run_demo [--out demo_output] [--steps 4] [key=value ...]
 
 Extra ``key=value`` arguments are passed to ``main_papo`` after the demo's own overrides.
+
+Rerunning into the same ``--out`` never loses metrics. With a checkpoint saved (``trainer.save_freq``)
+verl resumes from it: if it is the final step there is nothing to do (said, exit 0, nothing run);
+otherwise training continues and the new steps are appended to ``metrics.jsonl``. Without a
+checkpoint the run starts over and the previous ``metrics.jsonl`` is kept as
+``metrics.<time>.jsonl``. (verl's file logger opens its file with mode ``"wb"``, so each launch
+writes its own file, merged into ``metrics.jsonl`` when it ends.)
 """
 
 from __future__ import annotations
@@ -72,6 +79,37 @@ def demo_command(
     return [sys.executable, "-m", "recipe.papo.main_papo", *overrides, *reward_overrides(), *PAPO_G_DEMO, *extra]
 
 
+def checkpointed_step(checkpoint_dir: Path) -> int | None:
+    """The step of the latest checkpoint verl saved in ``checkpoint_dir`` (its resume point), or None."""
+    tracker = checkpoint_dir / "latest_checkpointed_iteration.txt"
+    if not tracker.exists():
+        return None
+    return int(tracker.read_text().strip())
+
+
+def keep_previous_metrics(metrics_path: Path, resuming: bool) -> str | None:
+    """Before a launch: keep ``metrics.jsonl`` to append to (``resuming``), or move it aside.
+
+    Returns a sentence for the user when the file was moved, else None.
+    """
+    if resuming or not metrics_path.exists() or metrics_path.stat().st_size == 0:
+        return None
+    kept = metrics_path.with_name(f"metrics.{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+    metrics_path.rename(kept)
+    return f"no checkpoint to resume from: training starts over; the previous metrics are kept in {kept}"
+
+
+def merge_launch_metrics(launch_path: Path, metrics_path: Path) -> int:
+    """Append one launch's records to ``metrics.jsonl`` and remove its file; returns the records added."""
+    if not launch_path.exists():
+        return 0
+    lines = [line for line in launch_path.read_text().splitlines() if line.strip()]
+    with metrics_path.open("a") as handle:
+        handle.writelines(line + "\n" for line in lines)
+    launch_path.unlink()
+    return len(lines)
+
+
 def read_metrics(path: Path) -> list[dict]:
     """The ``{"step", "data"}`` records of verl's file logger, in order."""
     if not path.exists():
@@ -100,14 +138,30 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
+    done = checkpointed_step(out / "checkpoints")
+    if done is not None and done >= args.steps:
+        print(
+            f"[demo] nothing to do: {out / 'checkpoints'} holds the checkpoint of step {done}, and --steps is "
+            f"{args.steps}. The run's metrics are in {metrics_path}. To train further pass --steps {done + 1} or "
+            "more (training resumes from that checkpoint); to start over use another --out."
+        )
+        print(metrics_table(read_metrics(metrics_path)))
+        return 0
+    moved = keep_previous_metrics(metrics_path, resuming=done is not None)
+    if moved:
+        print(f"[demo] {moved}")
+    elif done is not None:
+        print(f"[demo] resuming from the checkpoint of step {done}; new steps are appended to {metrics_path}")
     model_dir, train, val = prepare_demo(out)
     command = demo_command(model_dir, train, val, out, args.steps, extra)
-    env = {**os.environ, **cpu_env(file_logger_path=metrics_path)}
+    launch_metrics = out / f"metrics.launch-{os.getpid()}.jsonl"
+    env = {**os.environ, **cpu_env(file_logger_path=launch_metrics)}
     print(f"[demo] model {model_dir}\n[demo] data {train.parent}\n[demo] running: {' '.join(command)}", flush=True)
     started = time.monotonic()
     result = subprocess.run(command, env=env, check=False)
     elapsed = time.monotonic() - started
-    print(f"\n[demo] PAPO-G on the tiny model: {args.steps} steps, {elapsed:.0f} s (exit code {result.returncode})")
+    added = merge_launch_metrics(launch_metrics, metrics_path)
+    print(f"\n[demo] PAPO-G on the tiny model: {added} metric records in {elapsed:.0f} s (exit code {result.returncode})")
     print(metrics_table(read_metrics(metrics_path)))
     print(f"[demo] all metrics: {metrics_path}")
     return result.returncode
