@@ -83,10 +83,9 @@ def run_experiment(
         seconds[f"seed{seed}/warmup"] = round(time.monotonic() - started, 1)
         print(f"[dynamics] seed {seed}: warm-up loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
         for arm in arms:
-            started = time.monotonic()
-            records = run_arm(arm, seed, seed_dir / "model", train, val, seed_dir / arm.name, size)
+            records, wall_s = run_arm(arm, seed, seed_dir / "model", train, val, seed_dir / arm.name, size)
             per_seed[arm.name][seed] = curves(records)
-            seconds[f"seed{seed}/{arm.name}"] = round(time.monotonic() - started, 1)
+            seconds[f"seed{seed}/{arm.name}"] = wall_s
             kl = per_seed[arm.name][seed]["papo/kl_prcp"]
             score = per_seed[arm.name][seed]["critic/score/mean"]
             print(

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,26 +87,46 @@ def read_metric_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_arm(arm: Arm, seed: int, model_dir: Path, train: Path, val: Path, run_dir: Path, size: RunSize) -> list[dict]:
-    """Train ``arm`` at ``seed``; returns its per-step metric records. The log is ``run_dir/train.log``.
+def _steps_logged(metrics_path: Path) -> list[dict]:
+    """The training-step records of a metrics file (validation-only records left out)."""
+    return [r for r in read_metric_records(metrics_path) if "critic/score/mean" in r["data"]]
+
+
+def run_arm(
+    arm: Arm, seed: int, model_dir: Path, train: Path, val: Path, run_dir: Path, size: RunSize
+) -> tuple[list[dict], float]:
+    """Train ``arm`` at ``seed``; returns its per-step metric records and the run's wall seconds.
+
+    Writes ``run_dir/train.log`` (the command, then the trainer's output), ``metrics.jsonl`` and
+    ``run.json`` (command and wall seconds of a finished run). A ``run_dir`` whose ``run.json`` holds
+    the same command and whose metrics hold every step is reused as it is, so an interrupted or
+    extended experiment (more seeds) runs only what is missing.
 
     Raises:
         RuntimeError: the trainer exited with an error or logged fewer steps than asked for.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
+    metrics_path, log_path, record_path = run_dir / "metrics.jsonl", run_dir / "train.log", run_dir / "run.json"
     command = arm_command(arm, seed, model_dir, train, val, run_dir, size)
+    if record_path.exists():
+        record = json.loads(record_path.read_text())
+        finished = _steps_logged(metrics_path)
+        if record["command"] == command and len(finished) == size.steps:
+            return finished, record["wall_s"]
+    record_path.unlink(missing_ok=True)
+    metrics_path.unlink(missing_ok=True)
     env = {**os.environ, **cpu_env(file_logger_path=metrics_path)}
-    log_path = run_dir / "train.log"
+    started = time.monotonic()
     with log_path.open("w") as log:
         log.write(" ".join(command) + "\n")
         log.flush()
         result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
-    records = [r for r in read_metric_records(metrics_path) if "critic/score/mean" in r["data"]]
+    wall_s = round(time.monotonic() - started, 1)
+    records = _steps_logged(metrics_path)
     if result.returncode != 0 or len(records) < size.steps:
         raise RuntimeError(
             f"arm {arm.name} seed {seed}: trainer exit code {result.returncode}, {len(records)} of {size.steps} "
             f"steps logged; see {log_path}"
         )
-    return records
+    record_path.write_text(json.dumps({"command": command, "wall_s": wall_s}))
+    return records, wall_s
