@@ -163,18 +163,39 @@ from papo_inprocess import (  # noqa: E402  (after the thread settings above)
 
 
 def compose_worker_config(model_dir: Path, *, prompts: int, rollout_n: int, mini_batch_prompts: int,
-                          micro_batch_rows: int, overrides: Sequence[str] = ()):
-    """``configs/papo_trainer.yaml`` with the CPU overrides, float32, the given batch sizes, ``overrides``."""
+                          micro_batch_rows: int, log_prob_micro_batch_rows: int | None = None,
+                          overrides: Sequence[str] = ()):
+    """``configs/papo_trainer.yaml`` with the CPU overrides, float32 parameters, the given batch sizes, ``overrides``.
+
+    ``micro_batch_rows`` is the update's micro-batch (``ppo_micro_batch_size_per_gpu``);
+    ``log_prob_micro_batch_rows`` (default: the same) is the no-grad log-prob micro-batch of the actor
+    and the reference model (``log_prob_micro_batch_size_per_gpu``).
+    """
     from papo_inprocess import compose_config
 
+    log_prob_rows = log_prob_micro_batch_rows or micro_batch_rows
     return compose_config(
         model_dir,
         [
             f"actor_rollout_ref.actor.ppo_mini_batch_size={mini_batch_prompts}",
             f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro_batch_rows}",
-            f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={micro_batch_rows}",
+            f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={log_prob_rows}",
+            f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={log_prob_rows}",
             *overrides,
         ],
         prompts=prompts,
         rollout_n=rollout_n,
     )
+
+
+def make_reference_worker(config):
+    """An initialised ``PapoActorRolloutRefWorker`` in role ``ref``: verl's reference model (FSDP2, offloaded).
+
+    The worker class and role the trainer colocates for ``use_kl_loss=True``; its
+    ``compute_ref_log_prob`` is what verl's trainer calls for ``ref_log_prob``.
+    """
+    from recipe.papo.worker import PapoActorRolloutRefWorker
+
+    worker = PapoActorRolloutRefWorker(config=config.actor_rollout_ref, role="ref")
+    worker.init_model()
+    return worker

@@ -1,29 +1,42 @@
 """Step cost of PAPO vs GRPO on the real worker (verl's FSDP2 engine, tiny Qwen2.5-VL, CPU).
 
+Two configurations (``--path``, one per process: verl patches the attention class for remove-padding):
+
+* ``scripts`` (default): what ``scripts/*.sh`` run: remove-padding on (verl's packed path around
+  the CPU backend's attention), the reference model on (``use_kl_loss=True``, ``low_var_kl``, coef
+  0.01, clip 0.2 / 0.3: the step includes the reference log-prob pass), the scripts' micro-batches
+  (update 4 rows, log-prob 16 rows) capped so that every call runs at least 2 micro-batches.
+* ``demo``: padded inputs, no reference model, micro-batches of n rows (the configuration of the
+  first measurements in ``benchmarks/README.md``).
+
 Three workers of the same class (``PapoActorRolloutRefWorker``) on the same batch:
 
 * ``GRPO``: every PAPO coefficient 0, so the trainer skips the masked pass and the loss is verl's
-  ``ppo_loss`` untouched. Step = old log-probs + update.
+  ``ppo_loss`` untouched. Step = old log-probs (+ reference log-probs) + update.
 * ``PAPO``: ``masked_logprob_mode=precompute`` (the default). Step = old log-probs + masked
   log-probs (masking + one no-grad forward) + update with the PAPO terms.
 * ``PAPO-recompute``: the masked forward runs with gradient inside every update micro-batch.
   Step = old log-probs + has-image call (masking only, no forward) + update with two branches.
 
 Each phase calls the worker method the v1 trainer calls (``compute_log_prob``,
-``compute_masked_log_prob``, ``update_actor``) with the metadata verl's trainer adds. Repeats are
+``compute_ref_log_prob`` on a ``ref``-role worker shared by the variants, ``compute_masked_log_prob``,
+``update_actor``) with the metadata verl's trainer adds. Repeats are
 interleaved (rotating the variant order) and reported as medians. A fourth probe times one plain
 no-grad forward (``compute_log_prob`` without entropy) on the same batch: the ideal PAPO step is
 the GRPO step plus exactly that, so ``bound = 1 + forward / GRPO step``.
 
 Each variant's code path is checked on the first repeat (PAPO metrics present or absent, where the
-masking runs) and the benchmark fails if a variant does not run the path it names.
+masking runs; on the scripts path also ``kl_loss`` in the update, packed ``(1, total_tokens)`` model
+inputs and at least 2 micro-batches per call) and the benchmark fails if a variant does not run the
+path it names.
 
-    .venv/bin/python benchmarks/bench_step_cost.py [--quick]
+    .venv/bin/python benchmarks/bench_step_cost.py [--path scripts|demo] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -34,13 +47,30 @@ import bench_common as bc  # noqa: E402
 
 GOAL_WITHIN_BOUND = 0.05
 VARIANTS = ("GRPO", "PAPO", "PAPO-recompute")
-# PAPO-G 7B coefficients (spec section 3): every PAPO term is computed.
+# PAPO-G 7B coefficients (arXiv 2507.06448: gamma 0.02, double entropy 0.05): every PAPO term is computed.
 PAPO_COEFS = ("papo.kl_prcp_coef=0.02", "papo.entropy_ori_coef=0.05", "papo.entropy_aug_coef=0.05")
 GRPO_COEFS = ("papo.kl_prcp_coef=0", "papo.entropy_ori_coef=0", "papo.entropy_aug_coef=0")
+# What differs between the two paths (the GRPO settings of scripts/common.sh for the scripts path).
+PATH_OVERRIDES = {
+    "scripts": (
+        "actor_rollout_ref.model.use_remove_padding=True",
+        "actor_rollout_ref.actor.use_kl_loss=True",
+        "actor_rollout_ref.actor.kl_loss_type=low_var_kl",
+        "actor_rollout_ref.actor.kl_loss_coef=0.01",
+        "actor_rollout_ref.actor.clip_ratio_low=0.2",
+        "actor_rollout_ref.actor.clip_ratio_high=0.3",
+    ),
+    "demo": ("actor_rollout_ref.model.use_remove_padding=False", "actor_rollout_ref.actor.use_kl_loss=False"),
+}
+# scripts/common.sh: ppo_micro_batch_size_per_gpu=4, log_prob_micro_batch_size_per_gpu=16.
+SCRIPTS_MICRO_ROWS, SCRIPTS_LOG_PROB_MICRO_ROWS = 4, 16
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--path", choices=sorted(PATH_OVERRIDES), default="scripts",
+                        help="scripts: remove-padding, reference model, scripts' micro-batches (default); "
+                             "demo: padded, no reference model")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, few repeats (smoke test)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 15; quick 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed repeats first (default 2; quick 1)")
@@ -69,7 +99,13 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from recipe.papo.demo.tiny_model import TinyQwenSizes, save_tiny_qwen2_5_vl
-    from recipe.papo.policy_loss import COEF_KEYS, IMAGE_ROW_KEY, KL_WEIGHT_KEY, MASKED_LOG_PROBS_KEY
+    from recipe.papo.policy_loss import (
+        COEF_KEYS,
+        IMAGE_ROW_KEY,
+        KL_WEIGHT_KEY,
+        MASKED_LOG_PROBS_KEY,
+        METRIC_PREFIX,
+    )
     from recipe.papo.worker import STEP_KEY
     from verl.utils import tensordict_utils as tu
     from verl.workers.utils.padding import response_from_nested
@@ -77,7 +113,12 @@ def main(argv=None) -> int:
     rows = args.prompts * args.n
     # Paper: 3 optimiser steps per rollout step (mini-batch = 1/3 of the prompts) when it divides.
     mini_prompts = args.prompts // 3 if args.prompts % 3 == 0 else args.prompts
-    micro_rows = max(1, min(args.n, mini_prompts * args.n))
+    scripts_path = args.path == "scripts"
+    if scripts_path:  # the scripts' micro-batches, capped so that every call runs >= 2 of them
+        micro_rows = max(1, min(SCRIPTS_MICRO_ROWS, mini_prompts * args.n // 2))
+        log_prob_rows = max(1, min(SCRIPTS_LOG_PROB_MICRO_ROWS, rows // 2))
+    else:
+        micro_rows = log_prob_rows = max(1, min(args.n, mini_prompts * args.n))
     side = args.image_side
     with tempfile.TemporaryDirectory(prefix="bench_step_cost_") as tmp:
         sizes = TinyQwenSizes(min_pixels=28 * 28 * 4, max_pixels=max(side * side, 28 * 28 * 4))
@@ -86,7 +127,8 @@ def main(argv=None) -> int:
         def config(*overrides):
             return bc.compose_worker_config(
                 model_dir, prompts=args.prompts, rollout_n=args.n, mini_batch_prompts=mini_prompts,
-                micro_batch_rows=micro_rows, overrides=overrides,
+                micro_batch_rows=micro_rows, log_prob_micro_batch_rows=log_prob_rows,
+                overrides=(*PATH_OVERRIDES[args.path], *overrides),
             )
 
         workers = {
@@ -95,6 +137,8 @@ def main(argv=None) -> int:
             "PAPO-recompute": bc.make_worker(config(*PAPO_COEFS, "papo.masked_logprob_mode=recompute")),
         }
         assert not workers["GRPO"].papo.enabled and workers["PAPO"].papo.masked_logprob_mode == "precompute"
+        # One reference model for all variants (identical weights); each variant's step calls it.
+        reference = bc.make_reference_worker(config(*GRPO_COEFS)) if scripts_path else None
 
         grpo = workers["GRPO"]
         processor, tokenizer = grpo.actor.model_config.processor, grpo.actor.model_config.tokenizer
@@ -125,6 +169,16 @@ def main(argv=None) -> int:
             builder.mask_batch = counting
             mask_calls[name] = 0
 
+        # Record the batch dimension and token count of every actor model forward: packed inputs
+        # (remove-padding) are one (1, total_tokens) row; the number of forwards is the micro-batches.
+        forwards: dict[str, list[tuple[int, int]]] = {name: [] for name in workers}
+        for name, worker in workers.items():
+            def record(module, args_, kwargs, _name=name):
+                input_ids = kwargs.get("input_ids", args_[0] if args_ else None)
+                forwards[_name].append(tuple(input_ids.shape))
+
+            worker.actor.engine.module.register_forward_pre_hook(record, with_kwargs=True)
+
         advantages = torch.nested.as_nested_tensor(
             [(1.0 if i % 2 else -1.0) * torch.ones(len(m), dtype=torch.float32) for i, m in
              enumerate(base["response_mask"].unbind())],
@@ -141,6 +195,7 @@ def main(argv=None) -> int:
             seed=actor_cfg.data_loader_seed,
             dataloader_kwargs={"shuffle": actor_cfg.shuffle},
             temperature=1.0,
+            compute_loss=True,
         )
 
         def log_prob_call(calculate_entropy: bool, step: int):
@@ -157,8 +212,16 @@ def main(argv=None) -> int:
             with bc.Stopwatch() as sw:
                 old = worker.compute_log_prob(log_prob_call(True, step))
             times["old log-prob"] = sw.seconds
+            old_forwards = len(forwards[name])
             train = base.copy()
             train["old_log_probs"] = response_from_nested(old["log_probs"], base["response_mask"]).float()
+            if reference is not None:  # PPOTrainer._compute_ref_log_prob
+                with bc.Stopwatch() as sw:
+                    ref = reference.compute_ref_log_prob(log_prob_call(False, step))
+                times["ref log-prob"] = sw.seconds
+                train["ref_log_prob"] = response_from_nested(ref["log_probs"], base["response_mask"]).float()
+            else:
+                times["ref log-prob"] = 0.0
             train["advantages"] = advantages
             if worker.papo.enabled:  # what PapoTrainer._compute_old_log_prob / _update_actor add
                 with bc.Stopwatch() as sw:
@@ -174,29 +237,42 @@ def main(argv=None) -> int:
                 times["masked log-prob"] = 0.0
             tu.assign_non_tensor(train, **update_meta)
             calls_before = mask_calls[name]
+            forwards_before_update = len(forwards[name])
             with bc.Stopwatch() as sw:
                 output = worker.update_actor(train)
             times["update"] = sw.seconds
             times["step"] = sum(times.values())
             if check:
                 check_path(name, masked if worker.papo.enabled else None, output["metrics"],
-                           mask_calls[name] - calls_before)
+                           mask_calls[name] - calls_before, forwards[name][:old_forwards],
+                           forwards[name][forwards_before_update:])
             return times
 
-        def check_path(name, masked_output, metrics, update_mask_calls):
-            """Fail unless variant ``name`` ran the code path it names."""
-            has_papo_metrics = any(key.startswith("papo/kl_prcp") for key in metrics)
+        def check_path(name, masked_output, metrics, update_mask_calls, old_shapes, update_shapes):
+            """Fail unless variant ``name`` ran the code path it names (and the ``--path`` configuration)."""
+            has_papo_metrics = any(key.startswith(METRIC_PREFIX) for key in metrics)  # the PAPO loss ran
             if name == "GRPO":
                 ok = not has_papo_metrics and mask_calls[name] == 0
             elif name == "PAPO":
                 ok = has_papo_metrics and MASKED_LOG_PROBS_KEY in masked_output.keys() and update_mask_calls == 0
             else:
                 ok = has_papo_metrics and MASKED_LOG_PROBS_KEY not in masked_output.keys() and update_mask_calls > 0
+            has_kl_loss = any(key.endswith("kl_loss") for key in metrics)
+            packed = all(shape[0] == 1 for shape in old_shapes + update_shapes)
+            optimizer_steps = args.prompts // mini_prompts
+            micro_per_call = (len(old_shapes), len(update_shapes) // optimizer_steps)
+            if name == "PAPO-recompute":  # the masked forward runs inside every update micro-batch
+                micro_per_call = (micro_per_call[0], micro_per_call[1] // 2)
+            if scripts_path:
+                ok = ok and has_kl_loss and packed and min(micro_per_call) >= 2
+            else:
+                ok = ok and not has_kl_loss and not packed
+            summary = (f"PAPO loss terms: {has_papo_metrics}, masking calls inside the update: {update_mask_calls}, "
+                       f"kl_loss: {has_kl_loss}, packed (remove-padding) inputs: {packed}, micro-batches per "
+                       f"old log-prob / per optimiser step: {micro_per_call[0]} / {micro_per_call[1]}")
             if not ok:
-                raise SystemExit(f"{name} did not run its code path: papo metrics={has_papo_metrics}, "
-                                 f"masking calls in update={update_mask_calls}")
-            print(f"path check {name}: ok (PAPO loss terms: {has_papo_metrics}, masking calls inside the "
-                  f"update: {update_mask_calls})", flush=True)
+                raise SystemExit(f"{name} did not run the {args.path} path: {summary}")
+            print(f"path check {name}: ok ({summary})", flush=True)
 
         def run_forward(step: int) -> dict[str, float]:
             with bc.Stopwatch() as sw:
@@ -220,6 +296,12 @@ def main(argv=None) -> int:
             """Median over rounds of a ratio of times measured in the same round (drift cancels)."""
             return bc.median([function(*(results[name][r] for name in probes)) for r in range(args.repeats)])
 
+        def spread(function) -> str:
+            """Quartiles and range over rounds of a per-round quantity, e.g. '[+1.0%, +3.0%] (-2.0%..+6.0%)'."""
+            values = sorted(function(*(results[name][r] for name in probes)) for r in range(args.repeats))
+            q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else (values[0],) * 3
+            return f"[{100 * q1:+.1f}%, {100 * q3:+.1f}%] ({100 * values[0]:+.1f}%..{100 * values[-1]:+.1f}%)"
+
         ratio = paired(lambda grpo_t, papo_t, rec_t, fwd_t: papo_t["step"] / grpo_t["step"])
         bound = paired(lambda grpo_t, papo_t, rec_t, fwd_t: 1 + fwd_t["forward"] / grpo_t["step"])
         excess = paired(lambda g, p, r, f: (p["step"] / g["step"]) / (1 + f["forward"] / g["step"]) - 1)
@@ -229,7 +311,7 @@ def main(argv=None) -> int:
         update_papo = paired(lambda g, p, r, f: p["update"] / g["update"])
         update_recompute = paired(lambda g, p, r, f: r["update"] / g["update"])
 
-        phases = ("old log-prob", "masked log-prob", "update", "step")
+        phases = ("old log-prob", "ref log-prob", "masked log-prob", "update", "step")
         table = [[phase, *(f"{1000 * med(name, phase):.1f}" for name in VARIANTS)] for phase in phases]
         table.append(["step / GRPO step (paired)", "1.000", f"{ratio:.3f}", f"{ratio_recompute:.3f}"])
         table.append(["update / GRPO update (paired)", "1.000", f"{update_papo:.3f}", f"{update_recompute:.3f}"])
@@ -237,10 +319,14 @@ def main(argv=None) -> int:
 
         print()
         print(bc.machine_line())
+        settings = ("remove-padding on, reference model on (low_var_kl 0.01)" if scripts_path
+                    else "padded inputs, no reference model")
+        print(f"path: {args.path} ({settings}); update micro-batch {micro_rows} rows, log-prob micro-batch "
+              f"{log_prob_rows} rows")
         print(f"batch: {args.prompts} prompts x n={args.n} = {rows} rows, one {side}x{side} image each "
               f"({image_tokens} visual tokens), responses {lengths[0] + 1}-{lengths[-1] + 1} tokens, mean sequence "
-              f"{seq_len} tokens; micro-batch {micro_rows} rows, {args.prompts // mini_prompts} optimiser "
-              f"step(s) per step; float32; {args.repeats} interleaved repeats after {args.warmup} warm-up; times "
+              f"{seq_len} tokens; {args.prompts // mini_prompts} optimiser step(s) per step; float32 parameters, "
+              f"bf16 compute; {args.repeats} interleaved repeats after {args.warmup} warm-up; times "
               "are medians, ratios are medians of per-round ratios")
         print()
         print(bc.format_table(["median ms", *VARIANTS], table))
@@ -251,6 +337,8 @@ def main(argv=None) -> int:
               "of the forward)")
         print(f"recompute: ideal 1 + GRPO update / GRPO step = {bound_recompute:.3f} (one more forward+backward "
               f"per micro-batch), measured {ratio_recompute:.3f}")
+        excess_spread = spread(lambda g, p, r, f: (p["step"] / g["step"]) / (1 + f["forward"] / g["step"]) - 1)
+        print(f"PAPO excess over the bound per round: median {100 * excess:+.1f}%, quartiles and range {excess_spread}")
         verdict = "meets" if excess <= GOAL_WITHIN_BOUND else "misses"
         bc.print_ratio(
             "step_cost",

@@ -18,19 +18,30 @@ REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = REPO / "benchmarks"
 TIMEOUT_S = 300
 
+STEP_COST_PHASES = ["old log-prob", "ref log-prob", "masked log-prob", "update", "step"]
+# id -> (script and its arguments besides --quick, ratio name, words the table must contain, lines the output must contain)
 CASES = {
-    "bench_step_cost.py": ("step_cost", ["old log-prob", "masked log-prob", "update", "step"]),
-    "bench_masking.py": ("masking", ["recipe: mask_batch", "per-patch Python loop", "no-grad forward"]),
-    "bench_data_prep.py": ("data_prep", ["throughput ours/baseline", "ours peak MiB"]),
+    # the scripts' path: remove-padding, reference model, >= 2 micro-batches per call (checked by the
+    # benchmark itself on its first repeat; it exits non-zero if a variant runs another path)
+    "step_cost_scripts_path": (
+        ["bench_step_cost.py", "--path", "scripts"], "step_cost", STEP_COST_PHASES,
+        ["path: scripts (remove-padding on, reference model on", "packed (remove-padding) inputs: True"],
+    ),
+    "step_cost_demo_path": (
+        ["bench_step_cost.py", "--path", "demo"], "step_cost", STEP_COST_PHASES,
+        ["path: demo (padded inputs, no reference model)", "packed (remove-padding) inputs: False"],
+    ),
+    "masking": (["bench_masking.py"], "masking", ["recipe: mask_batch", "per-patch Python loop", "no-grad forward"], []),
+    "data_prep": (["bench_data_prep.py"], "data_prep", ["throughput ours/baseline", "ours peak MiB"], []),
 }
 
 
-@pytest.mark.parametrize("script", sorted(CASES))
-def test_quick_run_prints_table_and_ratio(script, tmp_path):
-    ratio_name, table_words = CASES[script]
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_quick_run_prints_table_and_ratio(case, tmp_path):
+    (script, *arguments), ratio_name, table_words, output_lines = CASES[case]
     env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--quick"],
+        [sys.executable, str(BENCHMARKS / script), *arguments, "--quick"],
         cwd=tmp_path,  # the scripts must not depend on the working directory
         env=env,
         capture_output=True,
@@ -45,6 +56,9 @@ def test_quick_run_prints_table_and_ratio(script, tmp_path):
     assert re.fullmatch(r"\|[-|]+\|", table[1]), f"second table line is not a header separator: {table[1]!r}"
     for word in table_words:
         assert any(word in line for line in table), f"{word!r} missing from the table of {script}"
+
+    for expected in output_lines:
+        assert any(expected in line for line in lines), f"{expected!r} missing from the output of {script}"
 
     assert lines[-1].startswith(f"RATIO {ratio_name}: "), f"last line of {script} is not its ratio: {lines[-1]!r}"
     assert re.search(r"\d+\.\d+", lines[-1]), f"ratio line has no number: {lines[-1]!r}"
