@@ -24,6 +24,7 @@ Rows without images keep their inputs and are reported in ``has_image``.
 from __future__ import annotations
 
 import base64
+import json
 from io import BytesIO
 from typing import Any
 
@@ -45,6 +46,9 @@ from .masking import (
 )
 
 MULTI_MODAL_INPUTS_KEY = "multi_modal_inputs"
+# Non-tensor batch field (JSON object) the PAPO trainer sets from ``data.mm_processor_kwargs``: the
+# processor options verl's agent loop used for the original inputs, so re-processed images match them.
+MM_PROCESSOR_KWARGS_KEY = "papo_mm_processor_kwargs"
 IMAGES_AUG_KEY = "images_aug"
 
 
@@ -158,22 +162,29 @@ class MaskedInputBuilder:
         step: int,
         images_aug: list | None = None,
         raw_prompt: list[dict] | None = None,
+        mm_processor_kwargs: dict | None = None,
     ) -> dict | None:
-        """The masked copy of one row's ``multi_modal_inputs`` (the input dict is not modified)."""
+        """The masked copy of one row's ``multi_modal_inputs`` (the input dict is not modified).
+
+        ``mm_processor_kwargs`` (default: the builder's) are the processor options for re-processed images.
+        """
+        mm_processor_kwargs = self.mm_processor_kwargs if mm_processor_kwargs is None else mm_processor_kwargs
         if not row_has_image(inputs):
             return inputs
         seed = mask_seed(self.papo.mask_seed, step, uid)
         masked = dict(inputs)
         if images_aug is not None and len(images_aug) > 0:
             images = [to_rgb(_decode_image(item)) for item in images_aug]
-            masked["pixel_values"] = self._reprocess(images, raw_prompt, inputs, uid, "images_aug")
+            masked["pixel_values"] = self._reprocess(images, raw_prompt, inputs, uid, "images_aug", mm_processor_kwargs)
         elif self.papo.mask_space == "image":
             rng = np.random.default_rng(seed)
             blackened = [
                 mask_image_patches(to_rgb(image), self.papo.mask_ratio, self.papo.mask_patch_size, rng)[0]
                 for image in raw_images(raw_prompt)
             ]
-            masked["pixel_values"] = self._reprocess(blackened, raw_prompt, inputs, uid, "raw_prompt images")
+            masked["pixel_values"] = self._reprocess(
+                blackened, raw_prompt, inputs, uid, "raw_prompt images", mm_processor_kwargs
+            )
         else:
             masked["pixel_values"], _ = mask_pixel_values(
                 inputs["pixel_values"],
@@ -186,7 +197,13 @@ class MaskedInputBuilder:
         return masked
 
     def _reprocess(
-        self, images: list[Image.Image], raw_prompt: list[dict] | None, inputs: dict, uid: str, source: str
+        self,
+        images: list[Image.Image],
+        raw_prompt: list[dict] | None,
+        inputs: dict,
+        uid: str,
+        source: str,
+        mm_processor_kwargs: dict,
     ) -> torch.Tensor:
         """``pixel_values`` of raw-size RGB ``images`` through verl's own image chain.
 
@@ -223,7 +240,7 @@ class MaskedInputBuilder:
             self.processor,
             text=[image_token * len(fetched)],
             images=fetched,
-            mm_processor_kwargs=self.mm_processor_kwargs,
+            mm_processor_kwargs=mm_processor_kwargs,
         )
         if not torch.equal(out["image_grid_thw"].to(torch.int64), grid):
             raise MaskedInputError(
@@ -238,12 +255,15 @@ class MaskedInputBuilder:
         """A shallow copy of ``data`` with masked ``multi_modal_inputs``, and ``(batch,)`` bool has-image.
 
         Reads the ``uid`` column (prompt uid, shared by the rollouts of one prompt), and
-        ``images_aug`` / ``raw_prompt`` when present. In ``pixel_values`` space, rows with the same uid
+        ``images_aug`` / ``raw_prompt`` when present, and the non-tensor ``papo_mm_processor_kwargs``
+        (JSON; overrides the builder's ``mm_processor_kwargs``). In ``pixel_values`` space, rows with the same uid
         and equal pixel values share one masked ``pixel_values`` tensor: treat it as read-only.
         """
         batch_size = data.batch_size[0]
         rows = tu.get(data, MULTI_MODAL_INPUTS_KEY) or [None] * batch_size
         uids = [str(uid) for uid in tu.get(data, "uid")]
+        kwargs_json = tu.get(data, MM_PROCESSOR_KWARGS_KEY)
+        mm_processor_kwargs = json.loads(kwargs_json) if kwargs_json else self.mm_processor_kwargs
         images_aug = tu.get(data, IMAGES_AUG_KEY) or [None] * batch_size
         uses_images = self.papo.mask_space == "image" or any(aug is not None and len(aug) > 0 for aug in images_aug)
         raw_prompts = (tu.get(data, "raw_prompt") if uses_images else None) or [None] * batch_size
@@ -262,7 +282,7 @@ class MaskedInputBuilder:
                 masked = dict(inputs)
                 masked["pixel_values"] = previous[1]["pixel_values"]
             else:
-                masked = self.mask_row(inputs, uid, step, aug, prompt)
+                masked = self.mask_row(inputs, uid, step, aug, prompt, mm_processor_kwargs)
                 if online:
                     done[uid] = (inputs, masked)
             masked_rows.append(masked)

@@ -17,11 +17,13 @@ In monitor mode it does all of this with the coefficients set to 0.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import ray
 import torch
 import transfer_queue as tq
+from omegaconf import OmegaConf
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 
@@ -32,6 +34,7 @@ from verl.workers.engine_workers import ActorRolloutRefWorker
 from . import register as _register  # noqa: F401  (registries in this process)
 from .compat.verl import install_position_ids_fix
 from .config import PapoConfig, papo_config_from
+from .masked_inputs import MM_PROCESSOR_KWARGS_KEY
 from .objective import PapoCoefficients, coefficients_at_step, sample_weights
 from .policy_loss import (
     COEF_KEYS,
@@ -64,6 +67,14 @@ def correctness_from_extra_fields(extra_fields: list, key: str) -> torch.Tensor:
     return torch.tensor(correct, dtype=torch.bool)
 
 
+def mm_processor_kwargs_json(config) -> str:
+    """``data.mm_processor_kwargs`` of a run config as a JSON object (``"{}"`` when unset)."""
+    kwargs = OmegaConf.select(config, "data.mm_processor_kwargs", default=None)
+    if kwargs is None:
+        return "{}"
+    return json.dumps(OmegaConf.to_container(kwargs, resolve=True) if OmegaConf.is_config(kwargs) else dict(kwargs))
+
+
 @register_trainer(TRAINER_MODE)
 class PapoTrainer(PPOTrainerSync):
     """Synchronous PPO/GRPO/DAPO trainer with PAPO's masked-image branch."""
@@ -72,6 +83,9 @@ class PapoTrainer(PPOTrainerSync):
         super().__init__(config)
         install_position_ids_fix()
         self.papo: PapoConfig = papo_config_from(config.papo)
+        # The processor options verl's agent loop used for the original images: the masked pass
+        # re-processes images (mask_space=image, images_aug) with the same ones.
+        self._mm_processor_kwargs_json = mm_processor_kwargs_json(config)
 
     # verl's base trainer branches on ``trainer_mode == "sync"`` for the replay buffer, exact-refill
     # batching, checkpointed TransferQueue state and in-flight prompt re-issue. This trainer is
@@ -105,6 +119,7 @@ class PapoTrainer(PPOTrainerSync):
                 "compute_loss": False,
                 "temperature": self.config.actor_rollout_ref.rollout.temperature,
                 STEP_KEY: self.global_steps,
+                MM_PROCESSOR_KWARGS_KEY: self._mm_processor_kwargs_json,
             }
         )
         output = self.actor_rollout_wg.compute_masked_log_prob(batch)
@@ -145,6 +160,7 @@ class PapoTrainer(PPOTrainerSync):
                 coefs = PapoCoefficients(0.0, 0.0, 0.0)
             batch.extra_info.update(dict(zip(COEF_KEYS, (coefs.kl_prcp, coefs.entropy_ori, coefs.entropy_aug))))
             batch.extra_info[STEP_KEY] = self.global_steps
+            batch.extra_info[MM_PROCESSOR_KWARGS_KEY] = self._mm_processor_kwargs_json
             metrics[METRIC_PREFIX + "gamma"] = coefs.kl_prcp
             metrics[METRIC_PREFIX + "entropy_ori_coef"] = coefs.entropy_ori
             metrics[METRIC_PREFIX + "entropy_aug_coef"] = coefs.entropy_aug

@@ -282,3 +282,33 @@ def test_image_space_masking_changes_only_rows_blackened_cells_reach(tiny_proces
     reachable = torch.tensor([reach[h * 14 : (h + 1) * 14, w * 14 : (w + 1) * 14].any() for _, _, h, w in positions.tolist()])
     assert cells.any() and changed.any()
     assert not (changed & ~reachable).any(), f"{int((changed & ~reachable).sum())} rows changed beyond the cells' reach"
+
+
+def test_image_paths_use_the_runs_processor_options_from_the_batch(tiny_processor):
+    """With data.mm_processor_kwargs that change the grid, the trainer's per-batch copy of them
+    (``papo_mm_processor_kwargs``) makes the re-processed images match the original at ratio 0."""
+    import json
+
+    from recipe.papo.masked_inputs import MM_PROCESSOR_KWARGS_KEY, MaskedInputError
+
+    kwargs = {"min_pixels": 112 * 112, "max_pixels": 224 * 224}  # upscales the 84x56 picture
+    picture = image(5)
+    item = verl_image_item(png_dict(picture))
+    from qwen_vl_utils import process_vision_info
+    from verl.utils.tokenizer import build_multimodal_processor_inputs
+
+    images, _ = process_vision_info([{"role": "user", "content": [item]}], image_patch_size=14)
+    out = build_multimodal_processor_inputs(
+        tiny_processor, text=[tiny_processor.image_token], images=images, mm_processor_kwargs=kwargs
+    )
+    data = make_batch(tiny_processor, ["a"], [picture])
+    tu.assign_non_tensor_stack(
+        data, "multi_modal_inputs", [{"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}]
+    )
+    assert not torch.equal(out["image_grid_thw"], verl_inputs(tiny_processor, [item])["image_grid_thw"])
+    builder = MaskedInputBuilder(PapoConfig(mask_space="image", mask_ratio=0.0), tiny_processor)
+    with pytest.raises(MaskedInputError, match="mm_processor_kwargs"):
+        builder.mask_batch(data, step=1)
+    tu.assign_non_tensor(data, **{MM_PROCESSOR_KWARGS_KEY: json.dumps(kwargs)})
+    masked, _ = builder.mask_batch(data, step=1)
+    assert torch.equal(pixel_values(masked, 0), out["pixel_values"])
