@@ -2,7 +2,8 @@
 
 Two spaces are supported:
 
-* ``pixel_values`` space (default, used online during training): Qwen2.5-VL / Qwen3-VL processors
+* ``pixel_values`` space (default, used online during training): the Qwen2.5-VL, Qwen3-VL and
+  Qwen3.5 processors (``recipe.papo.model_families``; the layout is read from the run's processor)
   flatten each image into rows of ``pixel_values``, one row per ``patch_size`` x ``patch_size``
   spatial patch (layout ``channels x temporal_patch_size x patch_size x patch_size``, normalised
   per channel), in groups of ``merge_size**2`` consecutive rows per merged visual token.

@@ -115,7 +115,7 @@ def test_mask_is_a_function_of_seed_step_and_uid(processed, layout):
 
 
 def test_inconsistent_grid_is_rejected(processed, layout):
-    _, pixel_values, grid = processed
+    _, pixel_values, _ = processed
     with pytest.raises(ValueError, match="describes 40 patch rows"):
         mask_pixel_values(pixel_values, torch.tensor([[1, 4, 10]]), layout, 0.5, torch_generator(0))
 

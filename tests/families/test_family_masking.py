@@ -13,12 +13,18 @@ import pytest
 import torch
 from PIL import Image
 from tensordict import TensorDict
+from verl.utils import tensordict_utils as tu
 
 from recipe.papo.config import PapoConfig
 from recipe.papo.masked_inputs import MaskedInputBuilder
-from recipe.papo.masking import PatchLayout, blacken_image_patches, mask_pixel_values, mask_seed, torch_generator
+from recipe.papo.masking import (
+    PatchLayout,
+    blacken_image_patches,
+    mask_pixel_values,
+    mask_seed,
+    torch_generator,
+)
 from recipe.papo.model_families import FAMILIES
-from verl.utils import tensordict_utils as tu
 
 
 def random_image(width: int, height: int, seed: int) -> Image.Image:

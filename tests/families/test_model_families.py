@@ -157,7 +157,7 @@ def test_verls_processor_binds_the_rope_index_of_the_model(family_model_dir, fam
     content = [{"type": "image"}, {"type": "text", "text": "Compare"}, {"type": "image"}, {"type": "text", "text": "?"}]
     text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
     inputs = processor(text=[text], images=images, return_tensors="pt")
-    kwargs = dict(image_grid_thw=inputs["image_grid_thw"], attention_mask=inputs["attention_mask"])
+    kwargs = {"image_grid_thw": inputs["image_grid_thw"], "attention_mask": inputs["attention_mask"]}
     verl_positions, _ = processor.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"], **kwargs)
     model_positions, _ = model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"], **kwargs)
     assert torch.equal(verl_positions, model_positions)

@@ -11,8 +11,12 @@ processor and no video processor. The class names must stay ``Qwen2_5_VLProcesso
 ``Qwen3VLProcessor``: verl's ``hf_processor`` picks the rope-index function by class name.
 """
 
-from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor as _StockQwen2_5_VLProcessor
-from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor as _StockQwen3VLProcessor
+from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import (
+    Qwen2_5_VLProcessor as _StockQwen2_5_VLProcessor,
+)
+from transformers.models.qwen3_vl.processing_qwen3_vl import (
+    Qwen3VLProcessor as _StockQwen3VLProcessor,
+)
 from transformers.processing_utils import ProcessorMixin
 
 

@@ -111,66 +111,66 @@ def _token_ids(tokenizer) -> dict[str, int]:
 
 
 def _qwen2_5_vl_parts(sizes: TinyQwenSizes, family: ModelFamily) -> tuple[dict, dict]:
-    text = dict(
+    text = {
         # mrope_section sums to head_dim / 2 = (64 / 4) / 2 = 8.
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-    )
-    vision = dict(
-        hidden_size=sizes.vision_hidden_size,
-        num_heads=sizes.vision_num_heads,
-        fullatt_block_indexes=[sizes.vision_depth - 1],
-        window_size=family.patch_size * family.merge_size * 4,
-    )
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+    }
+    vision = {
+        "hidden_size": sizes.vision_hidden_size,
+        "num_heads": sizes.vision_num_heads,
+        "fullatt_block_indexes": [sizes.vision_depth - 1],
+        "window_size": family.patch_size * family.merge_size * 4,
+    }
     return text, vision
 
 
 def _qwen3_vl_parts(sizes: TinyQwenSizes, family: ModelFamily) -> tuple[dict, dict]:
     head_dim = sizes.hidden_size // sizes.num_attention_heads
-    text = dict(
-        head_dim=head_dim,
+    text = {
+        "head_dim": head_dim,
         # Interleaved mRoPE as in the released Qwen3-VL; the sections sum to head_dim / 2 = 8.
-        rope_parameters={
+        "rope_parameters": {
             "rope_type": "default",
             "rope_theta": 5000000.0,
             "mrope_section": [2, 3, 3],
             "mrope_interleaved": True,
         },
-    )
-    vision = dict(
-        hidden_size=sizes.vision_hidden_size,
-        num_heads=sizes.vision_num_heads,
+    }
+    vision = {
+        "hidden_size": sizes.vision_hidden_size,
+        "num_heads": sizes.vision_num_heads,
         # 8 x 8 learned position grid, interpolated to each image's grid.
-        num_position_embeddings=64,
-        deepstack_visual_indexes=[0],
-    )
+        "num_position_embeddings": 64,
+        "deepstack_visual_indexes": [0],
+    }
     return text, vision
 
 
 def _qwen3_5_parts(sizes: TinyQwenSizes, family: ModelFamily) -> tuple[dict, dict]:
-    text = dict(
+    text = {
         # One Gated DeltaNet (linear attention) layer and one full-attention layer, as in the released
         # models' 3:1 pattern cut down to two layers.
-        layer_types=["linear_attention", "full_attention"],
-        head_dim=32,
-        linear_conv_kernel_dim=4,
-        linear_key_head_dim=16,
-        linear_value_head_dim=16,
-        linear_num_key_heads=2,
-        linear_num_value_heads=4,
+        "layer_types": ["linear_attention", "full_attention"],
+        "head_dim": 32,
+        "linear_conv_kernel_dim": 4,
+        "linear_key_head_dim": 16,
+        "linear_value_head_dim": 16,
+        "linear_num_key_heads": 2,
+        "linear_num_value_heads": 4,
         # Partial rotary (1/4 of head_dim = 8 dims): the mRoPE sections sum to 8 / 2 = 4.
-        rope_parameters={
+        "rope_parameters": {
             "rope_type": "default",
             "rope_theta": 10000000.0,
             "partial_rotary_factor": 0.25,
             "mrope_section": [2, 1, 1],
             "mrope_interleaved": True,
         },
-    )
-    vision = dict(
-        hidden_size=sizes.vision_hidden_size,
-        num_heads=sizes.vision_num_heads,
-        num_position_embeddings=64,
-    )
+    }
+    vision = {
+        "hidden_size": sizes.vision_hidden_size,
+        "num_heads": sizes.vision_num_heads,
+        "num_position_embeddings": 64,
+    }
     return text, vision
 
 
@@ -244,7 +244,9 @@ def build_tiny_config(tokenizer, model_type: str = "qwen2_5_vl", sizes: TinyQwen
 
 def build_tiny_image_processor(model_type: str = "qwen2_5_vl", sizes: TinyQwenSizes = TinyQwenSizes()):
     """The PIL (torchvision-free) Qwen2-VL image processor with the family's layout, tiny pixel bounds."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
 
     _, family = _tiny_family(model_type)
     min_pixels, max_pixels = sizes.pixel_bounds(family)
