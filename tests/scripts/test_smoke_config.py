@@ -39,6 +39,7 @@ SMOKE_KEYS = {
     "actor_rollout_ref.rollout.gpu_memory_utilization",
     # machine
     "trainer.nnodes", "trainer.n_gpus_per_node", "trainer.device", "actor_rollout_ref.actor.strategy",
+    "actor_rollout_ref.model.override_config.attn_implementation",
     "actor_rollout_ref.actor.use_torch_compile", "actor_rollout_ref.actor.fsdp_config.use_torch_compile",
     "actor_rollout_ref.ref.fsdp_config.use_torch_compile", "actor_rollout_ref.rollout.name",
     "actor_rollout_ref.rollout.tensor_model_parallel_size", "actor_rollout_ref.rollout.agent.num_workers",

@@ -91,12 +91,21 @@ def run_logged(command: list[str], env: dict[str, str], cwd: Path, log: Path) ->
         return process.wait()
 
 
-def launch_env(machine: Machine, metrics: Path) -> dict[str, str]:
-    """The environment of the ``main_papo`` process: the CPU backend on CPU, the file logger's path."""
+def switch_on_cpu_backend_without_cuda() -> None:
+    """Without CUDA, switch the project's CPU backend on in this process before verl is imported.
+
+    Composing the config imports verl, and verl imports the CPU backend only if the switch is set
+    then; the start-up checks run here (``main_papo.prepare``) must know its "hf" rollout, as in the
+    ``main_papo`` process, which inherits this environment.
+    """
+    import torch
+
+    import recipe.papo.cpu
     from recipe.papo.cpu.launch import cpu_env
 
-    extra = cpu_env(file_logger_path=metrics) if machine.device == "cpu" else {"VERL_FILE_LOGGER_PATH": str(metrics)}
-    return {**os.environ, **extra}
+    if not torch.cuda.is_available():
+        os.environ.update(cpu_env())
+        recipe.papo.cpu.activate()  # imported above before the switch was set
 
 
 @dataclass(frozen=True)
@@ -170,6 +179,7 @@ def execute(smoke: SmokePlan) -> int:
         "worker(s)")
     save_tiny_model(smoke.model_dir, smoke.model_type)
     write_demo_dataset(smoke.data_dir, num_train=TRAIN_ROWS, num_val=VAL_ROWS)
+    env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(smoke.metrics)}
     config = smoke.config
     summary = prepare(config)  # main_papo's start-up checks, before Ray
     OmegaConf.save(config, smoke.folder / "config.yaml", resolve=True)
@@ -180,7 +190,7 @@ def execute(smoke: SmokePlan) -> int:
 
     started = time.monotonic()
     command = [sys.executable, "-m", "recipe.papo.main_papo", *smoke.overrides]
-    returncode = run_logged(command, launch_env(smoke.machine, smoke.metrics), smoke.folder, smoke.folder / "run.log")
+    returncode = run_logged(command, env, smoke.folder, smoke.folder / "run.log")
     elapsed = time.monotonic() - started
     records = read_metrics(smoke.metrics)
     print(metrics_table(records), flush=True)
@@ -209,6 +219,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    switch_on_cpu_backend_without_cuda()
     try:
         script_args, user_args = split_arguments(args.overrides, args.user_args)
         return execute(plan(args.script, args.out, script_args, user_args))

@@ -140,6 +140,8 @@ def machine_overrides(config: DictConfig, machine: Machine) -> list[str]:
     return [
         *common,
         "trainer.device=cpu",
+        # No flash-attn kernels on CPU: torch SDPA (remove-padding goes through recipe.papo.cpu's varlen attention).
+        "++actor_rollout_ref.model.override_config.attn_implementation=sdpa",
         # FSDP2 runs over gloo; torch.compile has no CPU path here.
         "actor_rollout_ref.actor.strategy=fsdp2",
         "actor_rollout_ref.actor.use_torch_compile=False",
