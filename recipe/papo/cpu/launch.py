@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 PLUGIN_MODULE = "recipe.papo.cpu"
 
 
-def cpu_env(file_logger_path: Optional[str | Path] = None) -> dict[str, str]:
+def cpu_env(file_logger_path: str | Path | None = None) -> dict[str, str]:
     """Environment variables of a CPU run (merge into ``os.environ`` of the launching process).
 
     Args:
@@ -62,7 +61,7 @@ def cpu_overrides(
     val_before_train: bool = False,
     test_freq: int = -1,
     save_freq: int = -1,
-    output_dir: Optional[str | Path] = None,
+    output_dir: str | Path | None = None,
     project_name: str = "papo_cpu",
     experiment_name: str = "cpu",
     loggers: tuple[str, ...] = ("console", "file"),
@@ -142,3 +141,54 @@ def cpu_overrides(
     if output_dir is not None:
         overrides.append(f"trainer.default_local_dir={output_dir}")
     return overrides
+
+
+# Families whose Ulysses sequence parallelism runs on the CPU backend: verl routes their packed
+# attention through verl/models/transformers/qwen2_vl.py, whose flash-attn names the CPU backend
+# binds to torch attention (recipe.papo.compat.verl_cpu.install_varlen_attention).
+CPU_ULYSSES_MODEL_TYPES = ("qwen2_5_vl",)
+_ULYSSES_KEYS = (
+    "actor_rollout_ref.actor.ulysses_sequence_parallel_size",
+    "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size",
+    "actor_rollout_ref.ref.ulysses_sequence_parallel_size",
+    "actor_rollout_ref.ref.fsdp_config.ulysses_sequence_parallel_size",
+)
+_FLASH_ONLY_ULYSSES = (
+    "verl 0.9.1 does Ulysses' all-to-all for this family only inside transformers' flash_attention_2 attention "
+    "function (verl/models/transformers/monkey_patch.py: _ulysses_flash_attention_forward), which needs the "
+    "flash-attn package; the CPU backend runs the model with SDPA attention, where each rank would attend only to "
+    "its own slice of the sequence (silently wrong log-probs)"
+)
+_FLA_ONLY_ULYSSES = (
+    "; in addition, verl runs Qwen3.5's Gated DeltaNet (linear-attention) layers under Ulysses only with the "
+    "context-parallel kernels of flash-linear-attention (verl/models/transformers/qwen3_5.py: "
+    "_build_fla_cp_context), which do not exist on CPU"
+)
+
+
+def check_cpu_sequence_parallel(config, model_type: str | None) -> None:
+    """Refuse Ulysses sequence parallelism on the CPU backend for families where it cannot run correctly.
+
+    Args:
+        config: the composed run config (verl's ``ppo_trainer`` keys).
+        model_type: the model's ``model_type`` (``config.json``), or None if unknown.
+
+    Raises:
+        ValueError: a ``*ulysses_sequence_parallel_size`` > 1 with a model type not in
+            :data:`CPU_ULYSSES_MODEL_TYPES`, naming the key, the family and verl's blocker.
+    """
+    from omegaconf import OmegaConf
+
+    sizes = {key: int(OmegaConf.select(config, key, default=1) or 1) for key in _ULYSSES_KEYS}
+    key, size = max(sizes.items(), key=lambda item: item[1])
+    if size <= 1 or model_type in CPU_ULYSSES_MODEL_TYPES:
+        return
+    if model_type in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"):
+        blocker = _FLASH_ONLY_ULYSSES + (_FLA_ONLY_ULYSSES if model_type.startswith("qwen3_5") else "")
+    else:
+        blocker = "Ulysses on the CPU backend is implemented and tested for " + ", ".join(CPU_ULYSSES_MODEL_TYPES)
+    raise ValueError(
+        f"{key}={size} is not supported on the CPU backend (VERL_PLATFORM=cpu) for model_type {model_type!r}: "
+        f"{blocker}. Set {key}=1 on CPU (remove-padding works without it), or run on a GPU machine with "
+        "flash-attn. See docs/compat.md."
+    )
