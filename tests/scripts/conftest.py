@@ -38,7 +38,7 @@ class ScriptRun:
     def summary(self) -> dict:
         """The resolved settings the dry run printed after :data:`DRY_RUN_BANNER`."""
         assert self.returncode == 0, f"{' '.join(self.args)} failed ({self.returncode}):\n{self.stderr[-4000:]}"
-        head, banner, tail = self.stdout.partition(DRY_RUN_BANNER)
+        _, banner, tail = self.stdout.partition(DRY_RUN_BANNER)
         assert banner, f"no dry-run banner in the output of {' '.join(self.args)}:\n{self.stdout[-2000:]}"
         return json.loads(tail)
 
@@ -64,7 +64,7 @@ def script_env(**overrides: str) -> dict[str, str]:
 def run_script(name: str, *args: str, cwd: Path, timeout: int = SCRIPT_TIMEOUT_S, **env: str) -> ScriptRun:
     """``bash scripts/<name> args...`` in ``cwd`` (Hydra writes its ``outputs/`` there)."""
     command = ("bash", str(SCRIPTS / name), *args)
-    done = subprocess.run(command, cwd=cwd, env=script_env(**env), capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(command, check=False, cwd=cwd, env=script_env(**env), capture_output=True, text=True, timeout=timeout)
     return ScriptRun(command, done.returncode, done.stdout, done.stderr)
 
 

@@ -4,6 +4,7 @@ settings equal PAPO spec section 3 ("Published settings") for its variant."""
 from __future__ import annotations
 
 import inspect
+import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,15 +148,29 @@ def start_all(request, dry_runs):
     selected = [item for item in request.session.items if getattr(item, "module", None) is request.module]
     if not any("dry_runs" in inspect.signature(item.function).parameters for item in selected):
         return
-    for name in EXPECTED:
-        dry_runs.start(name, DATA_DIR=DATA_DIR)
     dry_runs.start("run_qwen2_5_vl_3b_papo_g.sh", *OVERRIDE_ARGS, **OVERRIDE_ENV)
     for override in MISSPELLED:
         dry_runs.start("run_qwen2_5_vl_3b_papo_d.sh", override)
 
 
-def summary_of(dry_runs, name: str) -> dict:
-    return dry_runs.get(name, DATA_DIR=DATA_DIR).summary
+@pytest.fixture(scope="module")
+def summary_of(python_args, tmp_path_factory):
+    """``summary_of(name)``: the settings ``DRY_RUN=1 bash scripts/<name>`` prints, computed in this
+    process: bash records the arguments the script passes to Python, then main_papo's own dry-run
+    steps (compose, ``prepare``, JSON) run here. A full dry run costs a Python start and the verl
+    import per script; the subprocess dry runs above keep the user's path covered."""
+    from recipe.papo.main_papo import prepare
+
+    cwd, cache = tmp_path_factory.mktemp("dry_run_args"), {}
+
+    def summary(name: str) -> dict:
+        if name not in cache:
+            argv = python_args(name, cwd=cwd, DATA_DIR=DATA_DIR, DRY_RUN="1")
+            assert argv[:2] == ["-m", "recipe.papo.main_papo"]
+            cache[name] = json.loads(json.dumps(prepare(compose(*argv[2:])), default=str))
+        return cache[name]
+
+    return summary
 
 
 def test_every_run_script_has_a_row():
@@ -163,9 +178,9 @@ def test_every_run_script_has_a_row():
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_dry_run_resolves_the_spec_settings(dry_runs, name):
+def test_dry_run_resolves_the_spec_settings(summary_of, name):
     variant, model, gpus = EXPECTED[name]
-    summary = summary_of(dry_runs, name)
+    summary = summary_of(name)
     expected = {**COMMON, "data.mm_processor_kwargs": family_pixel_bounds(model)}
     mismatches = {key: (summary.get(key, "<absent>"), want) for key, want in expected.items() if summary.get(key) != want}
     assert not mismatches, f"{name}: (resolved, spec) = {mismatches}"
@@ -194,16 +209,16 @@ def test_dry_run_resolves_the_spec_settings(dry_runs, name):
 
 
 @pytest.mark.parametrize("name", PLAIN)
-def test_baselines_are_plain(dry_runs, name):
+def test_baselines_are_plain(summary_of, name):
     """GRPO and DAPO have every PAPO coefficient 0 (the authors' 7B GRPO script loaded PAPO by mistake)."""
-    summary = summary_of(dry_runs, name)
+    summary = summary_of(name)
     assert summary["papo.enabled"] is False
     assert [summary[f"papo.{key}"] for key in ("kl_prcp_coef", "entropy_ori_coef", "entropy_aug_coef")] == [0, 0, 0]
 
 
 @pytest.mark.parametrize("name", [name for name in EXPECTED if "dapo" in name or "papo_d" in name])
-def test_dapo_family(dry_runs, name):
-    summary = summary_of(dry_runs, name)
+def test_dapo_family(summary_of, name):
+    summary = summary_of(name)
     assert summary["algorithm.filter_groups.enable"] is True
     assert summary["algorithm.filter_groups.metric"] == "acc"
     assert (summary["actor.clip_ratio_low"], summary["actor.clip_ratio_high"]) == (0.2, 0.28)
@@ -212,8 +227,8 @@ def test_dapo_family(dry_runs, name):
 
 
 @pytest.mark.parametrize("name", [name for name in EXPECTED if name.endswith(("_grpo.sh", "_papo_g.sh"))])
-def test_grpo_family(dry_runs, name):
-    summary = summary_of(dry_runs, name)
+def test_grpo_family(summary_of, name):
+    summary = summary_of(name)
     assert summary["actor.use_kl_loss"] is True
     assert (summary["actor.kl_loss_type"], summary["actor.kl_loss_coef"]) == ("low_var_kl", 0.01)
     assert (summary["actor.clip_ratio_low"], summary["actor.clip_ratio_high"]) == (0.2, 0.3)
@@ -221,8 +236,8 @@ def test_grpo_family(dry_runs, name):
 
 
 @pytest.mark.parametrize("name", [name for name in EXPECTED if name.endswith("_no_ref_kl.sh")])
-def test_no_ref_kl(dry_runs, name):
-    summary = summary_of(dry_runs, name)
+def test_no_ref_kl(summary_of, name):
+    summary = summary_of(name)
     assert summary["actor.use_kl_loss"] is False
     assert (summary["actor.clip_ratio_low"], summary["actor.clip_ratio_high"]) == (0.2, 0.3)
     assert summary["algorithm.filter_groups.enable"] is False
@@ -237,11 +252,11 @@ def family_pixel_bounds(model: str) -> dict:
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_each_script_uses_its_familys_patch_size(dry_runs, name):
+def test_each_script_uses_its_familys_patch_size(summary_of, name):
     from recipe.papo.model_families import FAMILIES, family_of_model_name
 
     family = FAMILIES[family_of_model_name(EXPECTED[name][1])]
-    summary = summary_of(dry_runs, name)
+    summary = summary_of(name)
     assert summary["data.image_patch_size"] == family.patch_size
     assert summary["papo.mask_patch_size"] == family.patch_size
 
@@ -314,7 +329,7 @@ def test_bad_dry_run_value_is_rejected(run_bash, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(path.name for path in SCRIPTS.glob("*.sh")))
 def test_bash_syntax(name):
-    done = subprocess.run(["bash", "-n", str(SCRIPTS / name)], capture_output=True, text=True)
+    done = subprocess.run(["bash", "-n", str(SCRIPTS / name)], check=False, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
 
@@ -322,7 +337,7 @@ def test_run_scripts_are_executable():
     assert all(Path(path).stat().st_mode & 0o111 for path in SCRIPTS.glob("*.sh") if path.name != "common.sh")
 
 
-def test_pixel_bounds_reach_the_image_processor(dry_runs, tiny_model_dir):
+def test_pixel_bounds_reach_the_image_processor(summary_of, tiny_model_dir):
     """The resolved ``data.mm_processor_kwargs`` bound every image where verl 0.9.1 processes images.
 
     verl passes ``data.mm_processor_kwargs`` to the HF processor call in
@@ -338,7 +353,7 @@ def test_pixel_bounds_reach_the_image_processor(dry_runs, tiny_model_dir):
     from verl.utils.tokenizer import build_multimodal_processor_inputs
     from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
 
-    kwargs = summary_of(dry_runs, "run_qwen2_5_vl_7b_papo_g.sh")["data.mm_processor_kwargs"]
+    kwargs = summary_of("run_qwen2_5_vl_7b_papo_g.sh")["data.mm_processor_kwargs"]
     processor = AutoProcessor.from_pretrained(str(tiny_model_dir), trust_remote_code=True)
     patch, merge = processor.image_processor.patch_size, processor.image_processor.merge_size
     builder = create_continuous_token_builder(

@@ -69,7 +69,7 @@ def test_two_steps_and_one_validation_pass(smoke_run):
 
 
 def test_papo_metrics_are_healthy_every_step(smoke_run):
-    key, _, config, _, train = smoke_run
+    _, _, config, _, train = smoke_run
     for record in train:
         data = record["data"]
         papo = {k: v for k, v in data.items() if k.startswith("papo/")}

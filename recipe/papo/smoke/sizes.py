@@ -108,17 +108,17 @@ def size_overrides(config: DictConfig, machine: Machine, model_type: str) -> lis
     train = mini * max(1, config.data.train_batch_size // actor.ppo_mini_batch_size)
     micro = largest_divisor_at_most(2 * n, min(actor.ppo_micro_batch_size_per_gpu, n))
     share = train * n // dp
-    rollout_micro = config.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu
-    ref_micro = config.actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu
+    rollout_micro = config.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu or share
+    ref_micro = config.actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu or share
+    rollout_micro = largest_divisor_at_most(share, min(rollout_micro, share // 2))
+    ref_micro = largest_divisor_at_most(share, min(ref_micro, share // 2))
     token_pixels = FAMILIES[model_type].token_pixels
     return [
         f"data.train_batch_size={train}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={mini}",
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}",
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu="
-        f"{largest_divisor_at_most(share, min(rollout_micro or share, share // 2))}",
-        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu="
-        f"{largest_divisor_at_most(share, min(ref_micro or share, share // 2))}",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={rollout_micro}",
+        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={ref_micro}",
         f"data.max_prompt_length={MAX_PROMPT_LENGTH}",
         f"data.max_response_length={MAX_RESPONSE_LENGTH}",
         f"++data.mm_processor_kwargs.min_pixels={MIN_VISUAL_TOKENS * token_pixels}",
