@@ -12,7 +12,8 @@ The overrides only make the run fit a CPU (fsdp2 on gloo, torch SDPA attention i
 flash-attn, no torch.compile or gradient checkpointing, the "hf" rollout, one agent-loop and one
 reward worker, Ray with one logical GPU slot per rank, no dashboard) and set its size; the
 algorithm, the reward, remove-padding (``actor_rollout_ref.model.use_remove_padding``, verl's
-default True works on CPU), Ulysses sequence parallelism and the reference model are the caller's.
+default True works on CPU for every supported family), Ulysses sequence parallelism (on CPU for
+Qwen2.5-VL only, see :func:`check_cpu_sequence_parallel`) and the reference model are the caller's.
 """
 
 from __future__ import annotations
