@@ -1,4 +1,4 @@
-"""The per-benchmark avg@N table of a PAPO evaluation run (spec sections 4 and 5).
+"""The per-benchmark avg@N table of a PAPO evaluation run (avg@8 as in Table 1 of arXiv 2507.06448).
 
 ``scripts/eval_papo.sh`` runs verl validation only (``trainer.val_only=True``) with
 ``actor_rollout_ref.rollout.val_kwargs.n=N`` over the evaluation parquets, whose rows carry
