@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Shared part of the PAPO run scripts: the env-var knobs and the paper's settings as verl 0.9.1
-# overrides (PAPO spec section 3). Sourced, never run. A run script sets
+# overrides (the published settings of arXiv 2507.06448). Sourced, never run. A run script sets
 #   DEFAULT_MODEL_PATH        model used when MODEL_PATH is not set
 #   DEFAULT_N_GPUS_PER_NODE   GPUs per node when N_GPUS_PER_NODE is not set (3B: 2, 7B/8B: 4)
 # then sources this file and calls `papo_main <variant overrides> "$@"`; the user's `key=value`
@@ -66,7 +66,7 @@ LOGGER=${LOGGER:-'["console","file"]'}
 # job's runtime env below, so it also reaches a trainer process on another node).
 VERL_FILE_LOGGER_ROOT=${VERL_FILE_LOGGER_ROOT:-$PWD/outputs}
 
-# ---- the paper's common settings (spec section 3, "Common") --------------------------------------
+# ---- the paper's common settings (arXiv 2507.06448, every run) ---------------------------------
 # 384 prompts x n=5 per step, mini-batch 128 prompts (3 optimiser steps per rollout step), 1 PPO
 # epoch, lr 1e-6 constant (no warmup), weight decay 0.01, grad clip 1.0, token-mean loss, prompt 4096
 # / response 2048 tokens, 200704..1003520 pixels per image, temperature 1.0 / top_p 0.99, 2 epochs,
@@ -122,7 +122,7 @@ COMMON_ARGS=(
     ++ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_ROOT="$VERL_FILE_LOGGER_ROOT"
 )
 
-# ---- base algorithms (spec section 3 table) --------------------------------------------------------
+# ---- base algorithms (arXiv 2507.06448, per-variant settings) -----------------------------------
 # GRPO: low_var_kl reference-KL loss 0.01, clip 0.2 / 0.3, no dynamic sampling.
 GRPO_ARGS=(
     actor_rollout_ref.actor.use_kl_loss=True

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# DAPO baseline, Qwen2.5-VL-3B-Instruct (PAPO spec section 3, row "DAPO").
+# DAPO baseline, Qwen2.5-VL-3B-Instruct (published settings of arXiv 2507.06448, row "DAPO").
 # Plain DAPO: PAPO off (gamma = eta_ori = eta_aug = 0); no reference KL, clip 0.2 / 0.28,
 # dynamic sampling on the reward's acc (algorithm.filter_groups).
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PAPO-D, Qwen2.5-VL-3B-Instruct (PAPO spec section 3, row "PAPO-D").
+# PAPO-D, Qwen2.5-VL-3B-Instruct (published settings of arXiv 2507.06448, row "PAPO-D").
 # DAPO (no reference KL, clip 0.2 / 0.28, dynamic sampling on acc) plus PAPO with gamma 0.01 and
 # the double entropy loss eta_ori = eta_aug = 0.03.
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PAPO-G, Qwen2.5-VL-3B-Instruct (PAPO spec section 3, row "PAPO-G 3B").
+# PAPO-G, Qwen2.5-VL-3B-Instruct (published settings of arXiv 2507.06448, row "PAPO-G 3B").
 # GRPO (low_var_kl reference-KL loss 0.01, clip 0.2 / 0.3, no dynamic sampling) plus PAPO with
 # gamma 0.02 and no entropy terms (eta_ori = eta_aug = 0).
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PAPO-G without reference KL, Qwen2.5-VL-3B-Instruct (PAPO spec section 3, row "PAPO-G no-ref-KL").
+# PAPO-G without reference KL, Qwen2.5-VL-3B-Instruct (published settings of arXiv 2507.06448, row "PAPO-G no-ref-KL").
 # GRPO clip 0.2 / 0.3 and no dynamic sampling, reference-KL loss off; PAPO gamma 0.01 and the
 # double entropy loss eta_ori = eta_aug = 0.03.
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GRPO baseline, Qwen2.5-VL-7B-Instruct (PAPO spec section 3, row "GRPO").
+# GRPO baseline, Qwen2.5-VL-7B-Instruct (published settings of arXiv 2507.06448, row "GRPO").
 # Plain GRPO: PAPO off (gamma = eta_ori = eta_aug = 0); low_var_kl reference-KL loss 0.01,
 # clip 0.2 / 0.3, no dynamic sampling.
 #

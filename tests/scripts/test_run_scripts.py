@@ -1,5 +1,5 @@
 """Every run script's dry run composes and validates against the installed verl, and its resolved
-settings equal PAPO spec section 3 ("Published settings") for its variant."""
+settings equal the published settings of arXiv 2507.06448 for its variant."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ DATA_DIR = "/data/papo"  # DATA_DIR knob of every dry run below: the default fil
 
 @dataclass(frozen=True)
 class Variant:
-    """One row of the spec's table (section 3)."""
+    """One row of the paper's table of published settings."""
 
     gamma: float
     eta: float  # eta_ori = eta_aug
@@ -62,7 +62,7 @@ EXPECTED: dict[str, tuple[Variant, str, int]] = {
 }
 PLAIN = [name for name, (variant, _, _) in EXPECTED.items() if variant in (GRPO, DAPO)]
 
-# Spec section 3, "Common", in resolved verl keys (see scripts/common.sh).
+# The paper's common settings, in resolved verl keys (see scripts/common.sh).
 COMMON = {
     "data.train_batch_size": 384,
     "rollout.n": 5,
@@ -99,7 +99,7 @@ COMMON = {
     "trainer.v1.trainer_mode": "papo",
     "reward.custom_reward_function.path": "pkg://recipe.papo.reward",
     "reward.custom_reward_function.name": "compute_score",
-    # Paper's PAPO options (spec sections 1-2); inert when PAPO is off.
+    # Paper's PAPO options (arXiv 2507.06448); inert when PAPO is off.
     "papo.kl_estimator": "low_var_kl",
     "papo.mask_ratio": 0.6,
     "papo.schedule": "fixed",
@@ -183,7 +183,7 @@ def test_dry_run_resolves_the_spec_settings(summary_of, name):
     summary = summary_of(name)
     expected = {**COMMON, "data.mm_processor_kwargs": family_pixel_bounds(model)}
     mismatches = {key: (summary.get(key, "<absent>"), want) for key, want in expected.items() if summary.get(key) != want}
-    assert not mismatches, f"{name}: (resolved, spec) = {mismatches}"
+    assert not mismatches, f"{name}: (resolved, published) = {mismatches}"
     assert summary["actor.optim.lr_warmup_steps"] <= 0  # so verl uses the (zero) warmup ratio
     assert summary["model.path"] == model
     assert summary["trainer.n_gpus_per_node"] == gpus
