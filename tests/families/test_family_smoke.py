@@ -4,12 +4,7 @@ Each run is the script's own configuration (reference KL, double entropy, micro-
 random model of the script's family, 2 steps and a validation pass, as a user runs it:
 ``SMOKE=1 bash scripts/<script> key=value ...``.
 
-Blocker, named: verl's remove-padding path for Qwen3-VL and Qwen3.5 runs the model with
-transformers' ``flash_attention_2`` attention (verl patches only Qwen2/2.5-VL's attention), and the
-CPU backend gives a torch variable-length attention to verl's Qwen2-VL module only; Qwen3.5's packed
-path also needs packed Gated DeltaNet kernels. Until the CPU backend covers these families, their
-smoke runs here use the padded path with SDPA attention, the two overrides below; the rest of the
-script's configuration is unchanged.
+The script's remove-padding path runs on the CPU backend's torch variable-length attention.
 """
 
 from __future__ import annotations
@@ -24,10 +19,6 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-PADDED_ON_CPU = (
-    "actor_rollout_ref.model.use_remove_padding=False",
-    "++actor_rollout_ref.model.override_config.attn_implementation=sdpa",
-)
 
 
 @pytest.mark.e2e
@@ -38,7 +29,7 @@ PADDED_ON_CPU = (
 def test_smoke_run_of_the_familys_papo_g_script(tmp_path, script, model_type):
     env = {**os.environ, "SMOKE": "1", "SMOKE_OUT": str(tmp_path), "PYTHON": sys.executable}
     run = subprocess.run(
-        ["bash", str(REPO / "scripts" / script), *PADDED_ON_CPU],
+        ["bash", str(REPO / "scripts" / script)],
         check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )
     folder = tmp_path / script.removesuffix(".sh")
@@ -49,6 +40,7 @@ def test_smoke_run_of_the_familys_papo_g_script(tmp_path, script, model_type):
     assert json.loads((model_dir / "config.json").read_text())["model_type"] == model_type
     actor = config["actor_rollout_ref"]["actor"]
     assert actor["use_kl_loss"] is True and actor["kl_loss_type"] == "low_var_kl"  # the script's, kept
+    assert config["actor_rollout_ref"]["model"]["use_remove_padding"] is True
     assert config["papo"]["entropy_ori_coef"] == config["papo"]["entropy_aug_coef"] == 0.05
     assert config["data"]["image_patch_size"] == 16
 
