@@ -23,7 +23,16 @@ SAVE_EVERY_STEP = "trainer.save_freq=1"
 
 
 def run_demo(out: Path, steps: int) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "recipe.papo.demo.run_demo", "--out", str(out), "--steps", str(steps), SAVE_EVERY_STEP]
+    command = [
+        sys.executable,
+        "-m",
+        "recipe.papo.demo.run_demo",
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        SAVE_EVERY_STEP,
+    ]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600, cwd=out.parent)
     assert done.returncode == 0, f"demo failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done

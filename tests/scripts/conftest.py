@@ -64,7 +64,9 @@ def script_env(**overrides: str) -> dict[str, str]:
 def run_script(name: str, *args: str, cwd: Path, timeout: int = SCRIPT_TIMEOUT_S, **env: str) -> ScriptRun:
     """``bash scripts/<name> args...`` in ``cwd`` (Hydra writes its ``outputs/`` there)."""
     command = ("bash", str(SCRIPTS / name), *args)
-    done = subprocess.run(command, check=False, cwd=cwd, env=script_env(**env), capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        command, check=False, cwd=cwd, env=script_env(**env), capture_output=True, text=True, timeout=timeout
+    )
     return ScriptRun(command, done.returncode, done.stdout, done.stderr)
 
 

@@ -182,7 +182,9 @@ def test_dry_run_resolves_the_spec_settings(summary_of, name):
     variant, model, gpus = EXPECTED[name]
     summary = summary_of(name)
     expected = {**COMMON, "data.mm_processor_kwargs": family_pixel_bounds(model)}
-    mismatches = {key: (summary.get(key, "<absent>"), want) for key, want in expected.items() if summary.get(key) != want}
+    mismatches = {
+        key: (summary.get(key, "<absent>"), want) for key, want in expected.items() if summary.get(key) != want
+    }
     assert not mismatches, f"{name}: (resolved, published) = {mismatches}"
     assert summary["actor.optim.lr_warmup_steps"] <= 0  # so verl uses the (zero) warmup ratio
     assert summary["model.path"] == model
@@ -296,7 +298,8 @@ def compose(*overrides: str):
 
     with initialize_config_dir(config_dir=str(SCRIPTS.parent / "configs"), version_base=None):
         # verl's default model.path is a text-only LLM, which the supported-family check rejects.
-        return hydra_compose(config_name="papo_trainer", overrides=[f"actor_rollout_ref.model.path={QWEN25_7B}", *overrides])
+        model = f"actor_rollout_ref.model.path={QWEN25_7B}"
+        return hydra_compose(config_name="papo_trainer", overrides=[model, *overrides])
 
 
 @pytest.mark.parametrize(
@@ -349,7 +352,6 @@ def test_pixel_bounds_reach_the_image_processor(summary_of, tiny_model_dir):
     """
     from PIL import Image
     from transformers import AutoProcessor
-
     from verl.utils.tokenizer import build_multimodal_processor_inputs
     from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
 
@@ -362,7 +364,8 @@ def test_pixel_bounds_reach_the_image_processor(summary_of, tiny_model_dir):
     text = "<|vision_start|><|image_pad|><|vision_end|>How many?"
     for size in [(64, 48), (640, 480), (3000, 2000)]:
         image = Image.new("RGB", size, (200, 40, 90))
-        messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "How many?"}]}]
+        content = [{"type": "image", "image": image}, {"type": "text", "text": "How many?"}]
+        messages = [{"role": "user", "content": content}]
         rollout: dict = {}
         prompt_ids = builder.build_initial_tokens(messages, images=[image], mm_inputs_out=rollout)
         actor = build_multimodal_processor_inputs(processor, text=[text], images=[image], mm_processor_kwargs=kwargs)

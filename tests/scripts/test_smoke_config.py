@@ -28,44 +28,82 @@ PAPO_G, PAPO_D = "run_qwen2_5_vl_7b_papo_g.sh", "run_qwen2_5_vl_7b_papo_d.sh"
 # Keys a smoke run may set (sizes, machine, task); every other key stays the script's.
 SMOKE_KEYS = {
     # sizes
-    "data.train_batch_size", "actor_rollout_ref.actor.ppo_mini_batch_size",
+    "data.train_batch_size",
+    "actor_rollout_ref.actor.ppo_mini_batch_size",
     "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu",
     "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu",
     "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu",
-    "data.max_prompt_length", "data.max_response_length",
-    "data.mm_processor_kwargs.min_pixels", "data.mm_processor_kwargs.max_pixels",
-    "trainer.total_training_steps", "trainer.val_before_train", "trainer.test_freq",
-    "data.filter_overlong_prompts_workers", "data.dataloader_num_workers",
+    "data.max_prompt_length",
+    "data.max_response_length",
+    "data.mm_processor_kwargs.min_pixels",
+    "data.mm_processor_kwargs.max_pixels",
+    "trainer.total_training_steps",
+    "trainer.val_before_train",
+    "trainer.test_freq",
+    "data.filter_overlong_prompts_workers",
+    "data.dataloader_num_workers",
     "actor_rollout_ref.rollout.gpu_memory_utilization",
     # machine
-    "trainer.nnodes", "trainer.n_gpus_per_node", "trainer.device", "actor_rollout_ref.actor.strategy",
+    "trainer.nnodes",
+    "trainer.n_gpus_per_node",
+    "trainer.device",
+    "actor_rollout_ref.actor.strategy",
     "actor_rollout_ref.model.override_config.attn_implementation",
-    "actor_rollout_ref.actor.use_torch_compile", "actor_rollout_ref.actor.fsdp_config.use_torch_compile",
-    "actor_rollout_ref.ref.fsdp_config.use_torch_compile", "actor_rollout_ref.rollout.name",
-    "actor_rollout_ref.rollout.tensor_model_parallel_size", "actor_rollout_ref.rollout.agent.num_workers",
-    "reward.num_workers", "transfer_queue.backend.SimpleStorage.num_data_storage_units",
-    "ray_kwargs.ray_init.num_cpus", "ray_kwargs.ray_init.num_gpus", "ray_kwargs.ray_init.include_dashboard",
+    "actor_rollout_ref.actor.use_torch_compile",
+    "actor_rollout_ref.actor.fsdp_config.use_torch_compile",
+    "actor_rollout_ref.ref.fsdp_config.use_torch_compile",
+    "actor_rollout_ref.rollout.name",
+    "actor_rollout_ref.rollout.tensor_model_parallel_size",
+    "actor_rollout_ref.rollout.agent.num_workers",
+    "reward.num_workers",
+    "transfer_queue.backend.SimpleStorage.num_data_storage_units",
+    "ray_kwargs.ray_init.num_cpus",
+    "ray_kwargs.ray_init.num_gpus",
+    "ray_kwargs.ray_init.include_dashboard",
     # task and outputs
-    "actor_rollout_ref.model.path", "actor_rollout_ref.model.trust_remote_code", "data.trust_remote_code",
-    "data.train_files", "data.val_files", "reward.custom_reward_function.path",
-    "reward.custom_reward_function.name", "trainer.default_local_dir",
+    "actor_rollout_ref.model.path",
+    "actor_rollout_ref.model.trust_remote_code",
+    "data.trust_remote_code",
+    "data.train_files",
+    "data.val_files",
+    "reward.custom_reward_function.path",
+    "reward.custom_reward_function.name",
+    "trainer.default_local_dir",
     "ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH",
 }
 # What a smoke run must keep from the script (resolved keys).
 KEPT = (
-    "algorithm.adv_estimator", "algorithm.filter_groups.enable", "algorithm.filter_groups.metric",
-    "algorithm.use_kl_in_reward", "actor_rollout_ref.actor.policy_loss.loss_mode",
-    "actor_rollout_ref.actor.use_kl_loss", "actor_rollout_ref.actor.kl_loss_type",
-    "actor_rollout_ref.actor.kl_loss_coef", "actor_rollout_ref.actor.clip_ratio_low",
-    "actor_rollout_ref.actor.clip_ratio_high", "actor_rollout_ref.actor.loss_agg_mode",
-    "actor_rollout_ref.actor.entropy_coeff", "actor_rollout_ref.actor.ppo_epochs",
-    "actor_rollout_ref.actor.use_dynamic_bsz", "actor_rollout_ref.actor.ulysses_sequence_parallel_size",
-    "actor_rollout_ref.actor.optim", "actor_rollout_ref.model.use_remove_padding",
-    "actor_rollout_ref.model.enable_gradient_checkpointing", "actor_rollout_ref.rollout.n",
-    "actor_rollout_ref.rollout.temperature", "actor_rollout_ref.rollout.top_p",
-    "actor_rollout_ref.rollout.val_kwargs", "reward.reward_manager.name", "data.filter_overlong_prompts",
-    "data.image_patch_size", "trainer.logger", "trainer.project_name", "trainer.experiment_name",
-    "trainer.total_epochs", "trainer.save_freq", "papo",
+    "algorithm.adv_estimator",
+    "algorithm.filter_groups.enable",
+    "algorithm.filter_groups.metric",
+    "algorithm.use_kl_in_reward",
+    "actor_rollout_ref.actor.policy_loss.loss_mode",
+    "actor_rollout_ref.actor.use_kl_loss",
+    "actor_rollout_ref.actor.kl_loss_type",
+    "actor_rollout_ref.actor.kl_loss_coef",
+    "actor_rollout_ref.actor.clip_ratio_low",
+    "actor_rollout_ref.actor.clip_ratio_high",
+    "actor_rollout_ref.actor.loss_agg_mode",
+    "actor_rollout_ref.actor.entropy_coeff",
+    "actor_rollout_ref.actor.ppo_epochs",
+    "actor_rollout_ref.actor.use_dynamic_bsz",
+    "actor_rollout_ref.actor.ulysses_sequence_parallel_size",
+    "actor_rollout_ref.actor.optim",
+    "actor_rollout_ref.model.use_remove_padding",
+    "actor_rollout_ref.model.enable_gradient_checkpointing",
+    "actor_rollout_ref.rollout.n",
+    "actor_rollout_ref.rollout.temperature",
+    "actor_rollout_ref.rollout.top_p",
+    "actor_rollout_ref.rollout.val_kwargs",
+    "reward.reward_manager.name",
+    "data.filter_overlong_prompts",
+    "data.image_patch_size",
+    "trainer.logger",
+    "trainer.project_name",
+    "trainer.experiment_name",
+    "trainer.total_epochs",
+    "trainer.save_freq",
+    "papo",
 )
 
 # A key in which one script's smoke config may differ from the end-to-end one's, and the words its
@@ -162,8 +200,8 @@ def test_smoke_adds_only_sizes_machine_and_task_between_script_and_user(smoke_pl
     user = ("actor_rollout_ref.actor.ulysses_sequence_parallel_size=2", "data.max_response_length=8")
     smoke, script_args = smoke_plan(name, *user)
     assert smoke.overrides[: len(script_args)] == script_args
-    assert smoke.overrides[-len(user):] == list(user)
-    added = {override_key(o) for o in smoke.overrides[len(script_args): -len(user)]}
+    assert smoke.overrides[-len(user) :] == list(user)
+    added = {override_key(o) for o in smoke.overrides[len(script_args) : -len(user)]}
     assert added <= SMOKE_KEYS, f"smoke sets keys beyond sizes/machine/task: {sorted(added - SMOKE_KEYS)}"
     assert smoke.config.data.max_response_length == 8  # the user's argument wins over the smoke size
     assert smoke.config.actor_rollout_ref.actor.ulysses_sequence_parallel_size == 2
@@ -195,10 +233,14 @@ def test_every_worker_runs_at_least_two_micro_batches(smoke_plan, plain_config, 
     # verl 0.9.1 asserts every rank's share divides evenly into micro-batches (update and log-probs).
     dp = config.trainer.n_gpus_per_node // sp
     n = config.actor_rollout_ref.rollout.n
-    assert (config.actor_rollout_ref.actor.ppo_mini_batch_size * n // dp) % config.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu == 0
+    assert (
+        config.actor_rollout_ref.actor.ppo_mini_batch_size * n // dp
+    ) % config.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu == 0
     share = config.data.train_batch_size * n // dp
-    for micro in (config.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu,
-                  config.actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu):
+    for micro in (
+        config.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu,
+        config.actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu,
+    ):
         assert share % micro == 0 and share // micro >= 2
     plain = plain_config(name)
     # the script's optimiser steps per training step are kept
@@ -225,8 +267,11 @@ def test_smoke_config_differs_from_an_end_to_end_one_only_in_documented_keys(smo
     def normalised(p) -> dict:
         stem = p.script.removesuffix(".sh")
         return {
-            key: value.replace(str(p.folder), "<out>").replace(stem, "<name>").replace(stem.removeprefix("run_"), "<name>")
-            if isinstance(value, str) else value
+            key: value.replace(str(p.folder), "<out>")
+            .replace(stem, "<name>")
+            .replace(stem.removeprefix("run_"), "<name>")
+            if isinstance(value, str)
+            else value
             for key, value in flat(OmegaConf.to_container(p.config, resolve=True)).items()
         }
 
@@ -276,9 +321,28 @@ def record(step: int, **data) -> dict:
 
 
 HEALTHY = [
-    record(1, **{"papo/kl_prcp": 1e-3, "papo/loss": -0.02, "papo/base_loss": 0.5, "actor/pg_loss": 0.48, "actor/kl_loss": 0.0}),
-    {"step": 2, "data": {"training/global_step": 2, "papo/kl_prcp": 2e-3, "papo/loss": -0.01, "papo/base_loss": 0.3,
-                         "actor/pg_loss": 0.29, "actor/kl_loss": 1e-4, "val-core/papo_demo/acc/mean@8": 0.0}},
+    record(
+        1,
+        **{
+            "papo/kl_prcp": 1e-3,
+            "papo/loss": -0.02,
+            "papo/base_loss": 0.5,
+            "actor/pg_loss": 0.48,
+            "actor/kl_loss": 0.0,
+        },
+    ),
+    {
+        "step": 2,
+        "data": {
+            "training/global_step": 2,
+            "papo/kl_prcp": 2e-3,
+            "papo/loss": -0.01,
+            "papo/base_loss": 0.3,
+            "actor/pg_loss": 0.29,
+            "actor/kl_loss": 1e-4,
+            "val-core/papo_demo/acc/mean@8": 0.0,
+        },
+    },
 ]
 EXPECT = Expectations(steps=2, papo_enabled=True, use_kl_loss=True)
 

@@ -37,7 +37,9 @@ def smoke_run(request, run_bash, tmp_path_factory):
     run = run_bash(name, *args, cwd=cwd, timeout=SMOKE_TIMEOUT_S, SMOKE="1")
     folder = cwd / "smoke_output" / name.removesuffix(".sh")
     log = (folder / "run.log").read_text()[-6000:] if (folder / "run.log").exists() else ""
-    assert run.returncode == 0, f"{request.param}: rc={run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-3000:]}\n{log}"
+    assert run.returncode == 0, (
+        f"{request.param}: rc={run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-3000:]}\n{log}"
+    )
     config = OmegaConf.load(folder / "config.yaml")
     lines = (folder / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines if line.strip()]
@@ -57,7 +59,10 @@ def test_resolved_config_keeps_the_script_settings(smoke_run):
     assert actor.ulysses_sequence_parallel_size == (2 if key.endswith("sp2") else 1)
     assert config.actor_rollout_ref.rollout.n == 5 and config.actor_rollout_ref.rollout.val_kwargs.n == 8
     assert config.trainer.logger == ["console", "file"]
-    assert json.loads((Path(config.actor_rollout_ref.model.path) / "config.json").read_text())["model_type"] == "qwen2_5_vl"
+    assert (
+        json.loads((Path(config.actor_rollout_ref.model.path) / "config.json").read_text())["model_type"]
+        == "qwen2_5_vl"
+    )
 
 
 def test_two_steps_and_one_validation_pass(smoke_run):

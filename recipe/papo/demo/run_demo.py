@@ -124,7 +124,8 @@ def metrics_table(records: list[dict], names: tuple[str, ...] = SHOWN_METRICS) -
     lines = ["  ".join(f"{h:>22}" for h in header)]
     for record in rows:
         cells = [str(record["step"])] + [
-            f"{record['data'][name]:.5g}" if isinstance(record["data"].get(name), int | float) else "-" for name in names
+            f"{record['data'][name]:.5g}" if isinstance(record["data"].get(name), int | float) else "-"
+            for name in names
         ]
         lines.append("  ".join(f"{c:>22}" for c in cells))
     return "\n".join(lines)
@@ -161,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     result = subprocess.run(command, env=env, check=False)
     elapsed = time.monotonic() - started
     added = merge_launch_metrics(launch_metrics, metrics_path)
-    print(f"\n[demo] PAPO-G on the tiny model: {added} metric records in {elapsed:.0f} s (exit code {result.returncode})")
+    print(
+        f"\n[demo] PAPO-G on the tiny model: {added} metric records in {elapsed:.0f} s (exit code {result.returncode})"
+    )
     print(metrics_table(read_metrics(metrics_path)))
     print(f"[demo] all metrics: {metrics_path}")
     return result.returncode

@@ -52,7 +52,9 @@ def check_records(records: list[dict], expect: Expectations) -> list[str]:
         papo = {key: value for key, value in data.items() if key.startswith(PAPO_PREFIX)}
         if expect.papo_enabled and not papo:
             failures.append(f"step {step}: PAPO is on but no papo/* metric was logged")
-        failures += [f"step {step}: {key} = {value!r} is not finite" for key, value in papo.items() if not _finite(value)]
+        failures += [
+            f"step {step}: {key} = {value!r} is not finite" for key, value in papo.items() if not _finite(value)
+        ]
         if expect.papo_enabled and not (_finite(papo.get("papo/kl_prcp")) and papo["papo/kl_prcp"] > 0):
             failures.append(f"step {step}: papo/kl_prcp = {papo.get('papo/kl_prcp')!r}, expected > 0")
         if "papo/loss" in papo or "papo/base_loss" in papo:

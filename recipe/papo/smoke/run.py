@@ -82,9 +82,12 @@ def fresh_folder(folder: Path) -> None:
 
 def run_logged(command: list[str], env: dict[str, str], cwd: Path, log: Path) -> int:
     """Run ``command``, echoing its output and keeping it in ``log``; returns the exit code."""
-    with log.open("w") as handle, subprocess.Popen(
-        command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ) as process:
+    with (
+        log.open("w") as handle,
+        subprocess.Popen(
+            command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as process,
+    ):
         for line in process.stdout:
             sys.stdout.write(line)
             handle.write(line)
@@ -150,7 +153,9 @@ def plan(
     folder = (out / Path(script).stem).resolve()
     intended = compose(script_args + user_args)
     if "file" not in list(intended.trainer.logger):
-        raise SmokeError(f"trainer.logger={list(intended.trainer.logger)} has no 'file': the smoke checks read its metrics")
+        raise SmokeError(
+            f"trainer.logger={list(intended.trainer.logger)} has no 'file': the smoke checks read its metrics"
+        )
     try:
         model_type = family_of_model_name(intended.actor_rollout_ref.model.path)
     except UnsupportedModelError as error:
@@ -161,7 +166,9 @@ def plan(
         *script_args,
         *size_overrides(intended, machine, model_type),
         *machine_overrides(intended, machine),
-        *task_overrides(model_dir, data_dir / "train.parquet", data_dir / "val.parquet", folder, folder / "metrics.jsonl"),
+        *task_overrides(
+            model_dir, data_dir / "train.parquet", data_dir / "val.parquet", folder, folder / "metrics.jsonl"
+        ),
         *user_args,
     ]
     return SmokePlan(script, folder, model_type, machine, overrides, compose(overrides))
@@ -174,19 +181,23 @@ def execute(smoke: SmokePlan) -> int:
     from recipe.papo.main_papo import prepare
 
     fresh_folder(smoke.folder)
-    say(f"{smoke.script}: its configuration on a tiny random {smoke.model_type} model and the built-in counting "
+    say(
+        f"{smoke.script}: its configuration on a tiny random {smoke.model_type} model and the built-in counting "
         f"task, {TRAINING_STEPS} steps + 1 validation pass on {smoke.machine.world_size} {smoke.machine.device} "
-        "worker(s)")
+        "worker(s)"
+    )
     save_tiny_model(smoke.model_dir, smoke.model_type)
     write_demo_dataset(smoke.data_dir, num_train=TRAIN_ROWS, num_val=VAL_ROWS)
     env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(smoke.metrics)}
     config = smoke.config
     summary = prepare(config)  # main_papo's start-up checks, before Ray
     OmegaConf.save(config, smoke.folder / "config.yaml", resolve=True)
-    say(f"resolved configuration: {smoke.folder / 'config.yaml'} "
+    say(
+        f"resolved configuration: {smoke.folder / 'config.yaml'} "
         f"(remove-padding {config.actor_rollout_ref.model.use_remove_padding}, "
         f"reference KL {config.actor_rollout_ref.actor.use_kl_loss}, "
-        f"{micro_batches_per_worker(config)} micro-batches per worker per optimiser step)")
+        f"{micro_batches_per_worker(config)} micro-batches per worker per optimiser step)"
+    )
 
     started = time.monotonic()
     command = [sys.executable, "-m", "recipe.papo.main_papo", *smoke.overrides]
