@@ -105,3 +105,20 @@ def patch_positions(image_grid_thw, merge_size: int):
 def patch_positions_fixture():
     """The :func:`patch_positions` helper (test modules cannot import conftest under importlib mode)."""
     return patch_positions
+
+
+# Test modules that build remove-padding workers in this process. verl's ``apply_monkey_patch``
+# replaces the model's attention *class* forward when such a worker is built (verl casts attention
+# inputs to bf16 there), so every padded or float32 forward of the same family later in the process
+# would run verl's packed attention instead of the model's own. They run last, in this order.
+CLASS_PATCHING_MODULES = ("test_remove_padding_families.py", "test_remove_padding.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Move the tests of :data:`CLASS_PATCHING_MODULES` to the end of the session (stable order)."""
+
+    def rank(item) -> int:
+        name = item.path.name
+        return CLASS_PATCHING_MODULES.index(name) + 1 if name in CLASS_PATCHING_MODULES else 0
+
+    items.sort(key=rank)

@@ -70,3 +70,22 @@ def test_padded_rows_equal_their_unpadded_attention():
     assert (out[0] - dense_attention(q[:1], k[:1], v[:1], None, 6, is_causal=True)[0]).abs().max() < 1e-6
     alone = dense_attention(q[1:, :4], k[1:, :4], v[1:, :4], None, 4, is_causal=True)[0]
     assert (out[1, :4] - alone).abs().max() < 1e-6 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("additive", [False, True])
+def test_dense_attention_accepts_transformers_4d_masks(additive):
+    """A model built after verl patched the attention class passes transformers' (batch, 1, q, k) mask."""
+    from recipe.papo.cpu.varlen_attention import dense_attention
+
+    torch.manual_seed(0)
+    batch, seq, heads, dim = 2, 5, 4, 8
+    q, k, v = (torch.randn(batch, seq, heads, dim) for _ in range(3))
+    keep = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]], dtype=torch.bool)  # left padding in row 1
+    allowed = keep[:, None, None, :] & torch.ones(seq, seq, dtype=torch.bool).tril()
+    mask = allowed
+    if additive:
+        mask = torch.zeros(batch, 1, seq, seq).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    out = dense_attention(q, k, v, mask, seq, is_causal=True)
+    two_d = dense_attention(q, k, v, keep.long(), seq, is_causal=True)
+    assert out.shape == (batch, seq, heads, dim)
+    torch.testing.assert_close(out[:, :], two_d[:, :], rtol=0, atol=1e-6)

@@ -98,7 +98,9 @@ def dense_attention(
     Args:
         query_states: ``(batch, seq, heads, head_dim)``.
         key_states, value_states: ``(batch, seq, kv_heads, head_dim)``.
-        attention_mask: None or ``(batch, seq)`` with 1 for real tokens.
+        attention_mask: None, ``(batch, seq)`` with 1 for real tokens, or a ``(batch, 1, seq, seq)``
+            mask as transformers builds it for eager/SDPA attention (bool: True = may attend; float:
+            additive, 0 = may attend, a large negative value = may not).
         query_length: ``seq`` (unused beyond the contract).
         is_causal: causal mask over the whole row.
 
@@ -109,7 +111,13 @@ def dense_attention(
     if attention_mask is None:
         return _sdpa(query_states, key_states, value_states, is_causal, dropout, softmax_scale)
     length = query_states.shape[1]
-    allowed = attention_mask.bool()[:, None, None, :]  # (batch, 1, 1, seq): real keys
+    if attention_mask.dim() == 4:  # (batch, 1, seq, seq) from transformers' mask builders: bool or additive
+        if attention_mask.dtype == torch.bool:
+            allowed = attention_mask
+        else:  # masked entries hold the dtype's minimum (or -inf)
+            allowed = attention_mask > torch.finfo(attention_mask.dtype).min / 2
+    else:
+        allowed = attention_mask.bool()[:, None, None, :]  # (batch, 1, 1, seq): real keys
     if is_causal:
         allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=allowed.device).tril()
     allowed = allowed | torch.eye(length, dtype=torch.bool, device=allowed.device)  # no empty rows
