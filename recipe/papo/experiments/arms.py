@@ -1,7 +1,7 @@
 """The experiment's arms: one GRPO baseline in monitor mode and three PAPO-G settings.
 
 Every arm is PAPO-G's base algorithm (GRPO with the paper's low_var_kl reference-KL loss 0.01 and
-clip 0.2 / 0.3, arXiv 2507.06448 Table 5 / section 3 settings) and differs only in the ``papo.*``
+clip 0.2 / 0.3, the published PAPO-G settings of arXiv 2507.06448) and differs only in the ``papo.*``
 options below. The masked log-probs are precomputed once per step (the authors' default), so in
 every arm H_aug carries no gradient; the double entropy arm acts through H_ori's gradient and
 logs H_aug.

@@ -18,7 +18,7 @@ from recipe.papo.cpu.launch import cpu_env, cpu_overrides
 from recipe.papo.demo.reward import reward_overrides
 from recipe.papo.experiments.arms import Arm
 
-# GRPO as in PAPO-G (arXiv 2507.06448, section 3 settings): low_var_kl reference-KL loss 0.01, clip
+# GRPO as in PAPO-G (the published settings of arXiv 2507.06448): low_var_kl reference-KL loss 0.01, clip
 # 0.2 / 0.3. The learning rate is the toy scale's (the paper's 1e-6 moves a tiny model nowhere).
 BASE_OVERRIDES: tuple[str, ...] = (
     "actor_rollout_ref.actor.use_kl_loss=True",
