@@ -1,4 +1,4 @@
-# papo-verl: set-up, tests and the CPU demo. Every target installs what it needs into .venv first.
+# papo-verl: set-up, lint + tests and the CPU demo. Every target installs what it needs into .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)

@@ -102,8 +102,9 @@ def _rss_anon_bytes(pid: int) -> int | None:
     return None
 
 
-def run_measured(command: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None,
-                 sample_seconds: float = 0.05):
+def run_measured(
+    command: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None, sample_seconds: float = 0.05
+):
     """Run ``command`` in a child process; return ``(seconds, peak_rss_bytes, peak_anon_bytes, output)``.
 
     ``peak_rss_bytes`` is the child's own ``ru_maxrss`` from ``wait4`` (its largest resident set,
@@ -162,26 +163,32 @@ def random_image(seed: int, width: int, height: int):
 # --------------------------------------------------------------------------------------------
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
-from papo_inprocess import (  # noqa: E402  (after the thread settings above)
-    activate_in_process as activate_cpu_backend,
-    build_batch,
-    make_worker,
-)
+import papo_inprocess  # noqa: E402  (after the thread settings above)
+
+# Re-exported for the benchmark scripts (``bc.activate_cpu_backend()`` etc.).
+activate_cpu_backend = papo_inprocess.activate_in_process
+build_batch = papo_inprocess.build_batch
+make_worker = papo_inprocess.make_worker
 
 
-def compose_worker_config(model_dir: Path, *, prompts: int, rollout_n: int, mini_batch_prompts: int,
-                          micro_batch_rows: int, log_prob_micro_batch_rows: int | None = None,
-                          overrides: Sequence[str] = ()):
+def compose_worker_config(
+    model_dir: Path,
+    *,
+    prompts: int,
+    rollout_n: int,
+    mini_batch_prompts: int,
+    micro_batch_rows: int,
+    log_prob_micro_batch_rows: int | None = None,
+    overrides: Sequence[str] = (),
+):
     """``configs/papo_trainer.yaml`` with the CPU overrides, float32 parameters, the given batch sizes, ``overrides``.
 
     ``micro_batch_rows`` is the update's micro-batch (``ppo_micro_batch_size_per_gpu``);
     ``log_prob_micro_batch_rows`` (default: the same) is the no-grad log-prob micro-batch of the actor
     and the reference model (``log_prob_micro_batch_size_per_gpu``).
     """
-    from papo_inprocess import compose_config
-
     log_prob_rows = log_prob_micro_batch_rows or micro_batch_rows
-    return compose_config(
+    return papo_inprocess.compose_config(
         model_dir,
         [
             f"actor_rollout_ref.actor.ppo_mini_batch_size={mini_batch_prompts}",

@@ -88,8 +88,10 @@ def write_source(path: Path, rows: int, width: int, height: int, batch: int = 25
     with pq.ParquetWriter(path, schema, use_dictionary=False) as writer:
         for start in range(0, rows, batch):
             ids = [f"virl-{i:06d}" for i in range(start, min(rows, start + batch))]
-            images = [[{"bytes": unique_png(bases[i % BASE_IMAGES], row_id), "path": None}]
-                      for i, row_id in zip(range(start, start + len(ids)), ids, strict=True)]
+            images = [
+                [{"bytes": unique_png(bases[i % BASE_IMAGES], row_id), "path": None}]
+                for i, row_id in zip(range(start, start + len(ids)), ids, strict=True)
+            ]
             total_bytes += sum(len(entry[0]["bytes"]) for entry in images)
             table = pa.Table.from_pydict(
                 {"id": ids, "images": images, "problem": [QUESTION] * len(ids), "answer": ["24"] * len(ids)},
@@ -171,13 +173,22 @@ def main(argv=None) -> int:
             source = workdir / f"source_{rows}.parquet"
             with bc.Stopwatch() as sw:
                 image_bytes = write_source(source, rows, args.width, args.height)
-            print(f"{rows} rows: source {source.stat().st_size / 2**20:.0f} MiB, mean image "
-                  f"{image_bytes / 1000:.0f} KB, written in {sw.seconds:.1f} s", flush=True)
+            print(
+                f"{rows} rows: source {source.stat().st_size / 2**20:.0f} MiB, mean image "
+                f"{image_bytes / 1000:.0f} KB, written in {sw.seconds:.1f} s",
+                flush=True,
+            )
             ours_out, base_out, cache = workdir / "ours", workdir / "baseline.parquet", workdir / "hf_cache"
             commands = {
                 "ours": [python, "-m", "data_prep.virl39k", "--source", str(source), "--out", str(ours_out)],
-                "baseline": [python, str(Path(__file__).resolve()), "--baseline-child", str(source), str(base_out),
-                             str(cache)],
+                "baseline": [
+                    python,
+                    str(Path(__file__).resolve()),
+                    "--baseline-child",
+                    str(source),
+                    str(base_out),
+                    str(cache),
+                ],
             }
             order = ["ours", "baseline"] if index % 2 == 0 else ["baseline", "ours"]
             measured = {}
@@ -187,8 +198,11 @@ def main(argv=None) -> int:
                 written = pq.ParquetFile(ours_out / "virl39k_train.parquet" if name == "ours" else base_out)
                 if written.metadata.num_rows != rows:
                     raise SystemExit(f"{name} wrote {written.metadata.num_rows} rows, expected {rows}")
-                print(f"  {name:<8} {seconds:7.1f} s  {rows / seconds:7.1f} rows/s  peak {peak / 2**20:7.0f} MiB "
-                      f"(anonymous {mib(anon)} MiB)", flush=True)
+                print(
+                    f"  {name:<8} {seconds:7.1f} s  {rows / seconds:7.1f} rows/s  peak {peak / 2**20:7.0f} MiB "
+                    f"(anonymous {mib(anon)} MiB)",
+                    flush=True,
+                )
                 shutil.rmtree(ours_out, ignore_errors=True)
                 shutil.rmtree(cache, ignore_errors=True)
                 base_out.unlink(missing_ok=True)
@@ -200,22 +214,45 @@ def main(argv=None) -> int:
     table = []
     for rows, measured in results:
         (ours_s, ours_peak, ours_anon), (base_s, base_peak, base_anon) = measured["ours"], measured["baseline"]
-        table.append([
-            f"{rows}", f"{ours_s:.1f}", f"{rows / ours_s:.1f}", f"{base_s:.1f}", f"{rows / base_s:.1f}",
-            f"{base_s / ours_s:.2f}", f"{ours_peak / 2**20:.0f}", mib(ours_anon), f"{base_peak / 2**20:.0f}",
-            mib(base_anon),
-        ])
+        table.append(
+            [
+                f"{rows}",
+                f"{ours_s:.1f}",
+                f"{rows / ours_s:.1f}",
+                f"{base_s:.1f}",
+                f"{rows / base_s:.1f}",
+                f"{base_s / ours_s:.2f}",
+                f"{ours_peak / 2**20:.0f}",
+                mib(ours_anon),
+                f"{base_peak / 2**20:.0f}",
+                mib(base_anon),
+            ]
+        )
     print()
     print(bc.machine_line(args.threads))
-    print(f"rows: one {args.width}x{args.height} PNG each (~{image_bytes / 1000:.0f} KB); both sides num_proc=1; "
-          "wall time of the child process (start-up included); peak = child's max RSS (ru_maxrss, includes "
-          "file-backed pages of memory-mapped files); anon = peak anonymous RSS (heap), sampled every 50 ms")
+    print(
+        f"rows: one {args.width}x{args.height} PNG each (~{image_bytes / 1000:.0f} KB); both sides num_proc=1; "
+        "wall time of the child process (start-up included); peak = child's max RSS (ru_maxrss, includes "
+        "file-backed pages of memory-mapped files); anon = peak anonymous RSS (heap), sampled every 50 ms"
+    )
     print()
-    print(bc.format_table(
-        ["rows", "ours s", "ours rows/s", "baseline s", "baseline rows/s", "throughput ours/baseline",
-         "ours peak MiB", "ours anon MiB", "baseline peak MiB", "baseline anon MiB"],
-        table,
-    ))
+    print(
+        bc.format_table(
+            [
+                "rows",
+                "ours s",
+                "ours rows/s",
+                "baseline s",
+                "baseline rows/s",
+                "throughput ours/baseline",
+                "ours peak MiB",
+                "ours anon MiB",
+                "baseline peak MiB",
+                "baseline anon MiB",
+            ],
+            table,
+        )
+    )
     print()
     first, last = results[0], results[-1]
     growth = last[1]["ours"][1] / first[1]["ours"][1]

@@ -78,11 +78,12 @@ def main(argv=None) -> int:
     from tensordict import TensorDict
 
     torch.set_num_threads(args.threads)
+    from verl.utils import tensordict_utils as tu
+
     from recipe.papo.config import PapoConfig
     from recipe.papo.demo.tiny_model import TinyQwenSizes, load_tiny_qwen2_5_vl, save_tiny_qwen2_5_vl
     from recipe.papo.masked_inputs import MaskedInputBuilder
     from recipe.papo.masking import draw_unit_mask, mask_seed, torch_generator
-    from verl.utils import tensordict_utils as tu
 
     pixels = args.width * args.height
     with tempfile.TemporaryDirectory(prefix="bench_masking_") as tmp:
@@ -123,7 +124,9 @@ def main(argv=None) -> int:
     step = 7
     # Same draws as the recipe: one generator per prompt uid, one Bernoulli(0.6) per patch row.
     loop_masks = [
-        draw_unit_mask(num_rows, builder.papo.mask_ratio, torch_generator(mask_seed(builder.papo.mask_seed, step, f"prompt-{i}"))).tolist()
+        draw_unit_mask(
+            num_rows, builder.papo.mask_ratio, torch_generator(mask_seed(builder.papo.mask_seed, step, f"prompt-{i}"))
+        ).tolist()
         for i in range(args.images)
     ]
 
@@ -166,8 +169,9 @@ def main(argv=None) -> int:
     # whose pixels differ under the same uid must get its own mask.
     grouped, _ = run_grouped()
     grouped_rows = tu.get(grouped, "multi_modal_inputs")
-    for index, (inputs, uid) in enumerate(zip(tu.get(grouped_data, "multi_modal_inputs"), tu.get(grouped_data, "uid"),
-                                              strict=True)):
+    for index, (inputs, uid) in enumerate(
+        zip(tu.get(grouped_data, "multi_modal_inputs"), tu.get(grouped_data, "uid"), strict=True)
+    ):
         alone = builder.mask_row(inputs, uid, step)["pixel_values"]
         assert torch.equal(grouped_rows[index]["pixel_values"], alone), "shared mask differs from the row's own"
     if args.rollouts > 1 and args.images > 1:
@@ -206,16 +210,23 @@ def main(argv=None) -> int:
     med = {name: bc.median(times[name]) for name in names}
     recipe, loop, forward = med[names[0]], med[names[1]], med[names[3]]
     table = [
-        [name, f"{1000 * med[name]:.1f}", f"{1000 * med[name] / args.images:.2f}", f"{med[name] / recipe:.2f}",
-         f"{100 * med[name] / forward:.2f}%"]
+        [
+            name,
+            f"{1000 * med[name]:.1f}",
+            f"{1000 * med[name] / args.images:.2f}",
+            f"{med[name] / recipe:.2f}",
+            f"{100 * med[name] / forward:.2f}%",
+        ]
         for name in names
     ]
     print()
     print(bc.machine_line())
-    print(f"batch: {args.images} rows x one {args.width}x{args.height} image = {num_rows} patch rows of {row_width} "
-          f"values per image (grid {tuple(grid[0].tolist())}, {num_rows // 4} visual tokens, "
-          f"{args.images * pixel_values.numel() * 4 / 2**30:.2f} GiB float32 pixel_values); sequence {seq_len} "
-          f"tokens; forward micro-batch {micro}; {args.repeats} interleaved repeats after 1 warm-up, medians")
+    print(
+        f"batch: {args.images} rows x one {args.width}x{args.height} image = {num_rows} patch rows of {row_width} "
+        f"values per image (grid {tuple(grid[0].tolist())}, {num_rows // 4} visual tokens, "
+        f"{args.images * pixel_values.numel() * 4 / 2**30:.2f} GiB float32 pixel_values); sequence {seq_len} "
+        f"tokens; forward micro-batch {micro}; {args.repeats} interleaved repeats after 1 warm-up, medians"
+    )
     print()
     print(bc.format_table(["method", "median ms", "ms / image", "x recipe", "% of forward"], table))
     print()

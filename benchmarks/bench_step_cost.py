@@ -71,11 +71,19 @@ SCRIPTS_MICRO_ROWS, SCRIPTS_LOG_PROB_MICRO_ROWS = 4, 16
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--path", choices=sorted(PATH_OVERRIDES), default="scripts",
-                        help="scripts: remove-padding, reference model, scripts' micro-batches (default); "
-                             "demo: padded, no reference model")
-    parser.add_argument("--clock", choices=CLOCKS, default="cpu",
-                        help="cpu: this process's CPU time (default; robust on a shared machine); wall: wall clock")
+    parser.add_argument(
+        "--path",
+        choices=sorted(PATH_OVERRIDES),
+        default="scripts",
+        help="scripts: remove-padding, reference model, scripts' micro-batches (default); "
+        "demo: padded, no reference model",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=CLOCKS,
+        default="cpu",
+        help="cpu: this process's CPU time (default; robust on a shared machine); wall: wall clock",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, few repeats (smoke test)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 15; quick 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed repeats first (default 2; quick 1)")
@@ -103,6 +111,9 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils.padding import response_from_nested
+
     from recipe.papo.demo.tiny_model import TinyQwenSizes, save_tiny_qwen2_5_vl
     from recipe.papo.policy_loss import (
         COEF_KEYS,
@@ -112,8 +123,6 @@ def main(argv=None) -> int:
         METRIC_PREFIX,
     )
     from recipe.papo.worker import STEP_KEY
-    from verl.utils import tensordict_utils as tu
-    from verl.workers.utils.padding import response_from_nested
 
     rows = args.prompts * args.n
     # Paper: 3 optimiser steps per rollout step (mini-batch = 1/3 of the prompts) when it divides.
@@ -131,8 +140,12 @@ def main(argv=None) -> int:
 
         def config(*overrides):
             return bc.compose_worker_config(
-                model_dir, prompts=args.prompts, rollout_n=args.n, mini_batch_prompts=mini_prompts,
-                micro_batch_rows=micro_rows, log_prob_micro_batch_rows=log_prob_rows,
+                model_dir,
+                prompts=args.prompts,
+                rollout_n=args.n,
+                mini_batch_prompts=mini_prompts,
+                micro_batch_rows=micro_rows,
+                log_prob_micro_batch_rows=log_prob_rows,
                 overrides=(*PATH_OVERRIDES[args.path], *overrides),
             )
 
@@ -152,8 +165,12 @@ def main(argv=None) -> int:
         lengths = [args.response_chars * (args.n + k) // (2 * args.n) for k in range(1, args.n + 1)]
         # Every rollout row carries its own copy of its prompt's image inputs, as verl's agent loop makes them.
         samples = [
-            ([bc.random_image(p, side, side)], f"prompt-{p}", f"Question {p}: the area{' of the shape' * (p % 3)}?",
-             text[:length])
+            (
+                [bc.random_image(p, side, side)],
+                f"prompt-{p}",
+                f"Question {p}: the area{' of the shape' * (p % 3)}?",
+                text[:length],
+            )
             for p in range(args.prompts)
             for length in lengths
         ]
@@ -178,6 +195,7 @@ def main(argv=None) -> int:
         # (remove-padding) are one (1, total_tokens) row; the number of forwards is the micro-batches.
         forwards: dict[str, list[tuple[int, int]]] = {name: [] for name in workers}
         for name, worker in workers.items():
+
             def record(module, args_, kwargs, _name=name):
                 input_ids = kwargs.get("input_ids", args_[0] if args_ else None)
                 forwards[_name].append(tuple(input_ids.shape))
@@ -185,8 +203,10 @@ def main(argv=None) -> int:
             worker.actor.engine.module.register_forward_pre_hook(record, with_kwargs=True)
 
         advantages = torch.nested.as_nested_tensor(
-            [(1.0 if i % 2 else -1.0) * torch.ones(len(m), dtype=torch.float32) for i, m in
-             enumerate(base["response_mask"].unbind())],
+            [
+                (1.0 if i % 2 else -1.0) * torch.ones(len(m), dtype=torch.float32)
+                for i, m in enumerate(base["response_mask"].unbind())
+            ],
             layout=torch.jagged,
         )
         actor_cfg = grpo.config.actor
@@ -206,8 +226,9 @@ def main(argv=None) -> int:
         def log_prob_call(calculate_entropy: bool, step: int):
             """The batch with the metadata the trainer sets for a no-grad log-prob call."""
             data = base.copy()
-            tu.assign_non_tensor(data, temperature=1.0, calculate_entropy=calculate_entropy, compute_loss=False,
-                                 **{STEP_KEY: step})
+            tu.assign_non_tensor(
+                data, temperature=1.0, calculate_entropy=calculate_entropy, compute_loss=False, **{STEP_KEY: step}
+            )
             return data
 
         def record(times: dict[str, dict[str, float]], phase: str, sw: bc.Stopwatch | None) -> None:
@@ -254,9 +275,14 @@ def main(argv=None) -> int:
             for clock_times in times.values():
                 clock_times["step"] = sum(clock_times.values())
             if check:
-                check_path(name, masked if worker.papo.enabled else None, output["metrics"],
-                           mask_calls[name] - calls_before, forwards[name][:old_forwards],
-                           forwards[name][forwards_before_update:])
+                check_path(
+                    name,
+                    masked if worker.papo.enabled else None,
+                    output["metrics"],
+                    mask_calls[name] - calls_before,
+                    forwards[name][:old_forwards],
+                    forwards[name][forwards_before_update:],
+                )
             return times
 
         def check_path(name, masked_output, metrics, update_mask_calls, old_shapes, update_shapes):
@@ -278,9 +304,11 @@ def main(argv=None) -> int:
                 ok = ok and has_kl_loss and packed and min(micro_per_call) >= 2
             else:
                 ok = ok and not has_kl_loss and not packed
-            summary = (f"PAPO loss terms: {has_papo_metrics}, masking calls inside the update: {update_mask_calls}, "
-                       f"kl_loss: {has_kl_loss}, packed (remove-padding) inputs: {packed}, micro-batches per "
-                       f"old log-prob / per optimiser step: {micro_per_call[0]} / {micro_per_call[1]}")
+            summary = (
+                f"PAPO loss terms: {has_papo_metrics}, masking calls inside the update: {update_mask_calls}, "
+                f"kl_loss: {has_kl_loss}, packed (remove-padding) inputs: {packed}, micro-batches per "
+                f"old log-prob / per optimiser step: {micro_per_call[0]} / {micro_per_call[1]}"
+            )
             if not ok:
                 raise SystemExit(f"{name} did not run the {args.path} path: {summary}")
             print(f"path check {name}: ok ({summary})", flush=True)
@@ -293,9 +321,11 @@ def main(argv=None) -> int:
             return times
 
         probes = [*VARIANTS, "forward"]
-        measured: dict[str, dict[str, list[dict[str, float]]]] = {clock: {name: [] for name in probes} for clock in CLOCKS}
+        measured: dict[str, dict[str, list[dict[str, float]]]] = {
+            clock: {name: [] for name in probes} for clock in CLOCKS
+        }
         for repeat in range(args.warmup + args.repeats):
-            order = probes[repeat % len(probes):] + probes[: repeat % len(probes)]
+            order = probes[repeat % len(probes) :] + probes[: repeat % len(probes)]
             for name in order:
                 step = repeat + 1
                 times = run_forward(step) if name == "forward" else run_step(name, step, check=repeat == 0)
@@ -323,6 +353,7 @@ def main(argv=None) -> int:
 
         ratio = paired(lambda grpo_t, papo_t, rec_t, fwd_t: papo_t["step"] / grpo_t["step"])
         bound = paired(lambda grpo_t, papo_t, rec_t, fwd_t: 1 + fwd_t["forward"] / grpo_t["step"])
+
         def excess_over_bound(g, p, r, f) -> float:
             return (p["step"] / g["step"]) / (1 + f["forward"] / g["step"]) - 1
 
@@ -341,33 +372,52 @@ def main(argv=None) -> int:
 
         print()
         print(bc.machine_line())
-        settings = ("remove-padding on, reference model on (low_var_kl 0.01)" if scripts_path
-                    else "padded inputs, no reference model")
-        print(f"path: {args.path} ({settings}); update micro-batch {micro_rows} rows, log-prob micro-batch "
-              f"{log_prob_rows} rows")
-        print(f"batch: {args.prompts} prompts x n={args.n} = {rows} rows, one {side}x{side} image each "
-              f"({image_tokens} visual tokens), responses {lengths[0] + 1}-{lengths[-1] + 1} tokens, mean sequence "
-              f"{seq_len} tokens; {args.prompts // mini_prompts} optimiser step(s) per step; float32 parameters, "
-              f"bf16 compute; {args.repeats} interleaved repeats after {args.warmup} warm-up; times "
-              f"({args.clock} clock) are medians, ratios are medians of per-round ratios")
+        settings = (
+            "remove-padding on, reference model on (low_var_kl 0.01)"
+            if scripts_path
+            else "padded inputs, no reference model"
+        )
+        print(
+            f"path: {args.path} ({settings}); update micro-batch {micro_rows} rows, log-prob micro-batch "
+            f"{log_prob_rows} rows"
+        )
+        print(
+            f"batch: {args.prompts} prompts x n={args.n} = {rows} rows, one {side}x{side} image each "
+            f"({image_tokens} visual tokens), responses {lengths[0] + 1}-{lengths[-1] + 1} tokens, mean sequence "
+            f"{seq_len} tokens; {args.prompts // mini_prompts} optimiser step(s) per step; float32 parameters, "
+            f"bf16 compute; {args.repeats} interleaved repeats after {args.warmup} warm-up; times "
+            f"({args.clock} clock) are medians, ratios are medians of per-round ratios"
+        )
         print()
         print(bc.format_table([f"median ms ({args.clock})", *VARIANTS], table))
         print()
-        print(f"one no-grad forward (no entropy) on the same batch: {1000 * forward:.1f} ms; "
-              f"bound 1 + forward / GRPO step = {bound:.3f}")
-        print(f"masked log-prob call / no-grad forward = {masked_vs_forward:.3f} (masking + bookkeeping on top "
-              "of the forward)")
-        print(f"recompute: ideal 1 + GRPO update / GRPO step = {bound_recompute:.3f} (one more forward+backward "
-              f"per micro-batch), measured {ratio_recompute:.3f}")
-        print(f"PAPO excess over the bound per round: median {100 * excess:+.1f}%, quartiles and range "
-              f"{spread(excess_over_bound)}")
-        print(f"on the {other_clock} clock: PAPO/GRPO = {paired(lambda g, p, r, f: p['step'] / g['step'], other_clock):.3f}, "
-              f"PAPO excess over the bound {100 * paired(excess_over_bound, other_clock):+.1f}%, quartiles and range "
-              f"{spread(excess_over_bound, other_clock)}")
+        print(
+            f"one no-grad forward (no entropy) on the same batch: {1000 * forward:.1f} ms; "
+            f"bound 1 + forward / GRPO step = {bound:.3f}"
+        )
+        print(
+            f"masked log-prob call / no-grad forward = {masked_vs_forward:.3f} (masking + bookkeeping on top "
+            "of the forward)"
+        )
+        print(
+            f"recompute: ideal 1 + GRPO update / GRPO step = {bound_recompute:.3f} (one more forward+backward "
+            f"per micro-batch), measured {ratio_recompute:.3f}"
+        )
+        print(
+            f"PAPO excess over the bound per round: median {100 * excess:+.1f}%, quartiles and range "
+            f"{spread(excess_over_bound)}"
+        )
+        print(
+            f"on the {other_clock} clock: "
+            f"PAPO/GRPO = {paired(lambda g, p, r, f: p['step'] / g['step'], other_clock):.3f}, "
+            f"PAPO excess over the bound {100 * paired(excess_over_bound, other_clock):+.1f}%, quartiles and range "
+            f"{spread(excess_over_bound, other_clock)}"
+        )
         verdict = "meets" if excess <= GOAL_WITHIN_BOUND else "misses"
         bc.print_ratio(
             "step_cost",
-            f"PAPO/GRPO = {ratio:.3f} ({args.clock} clock), bound 1 + forward share = {bound:.3f}, PAPO is {100 * excess:+.1f}% vs "
+            f"PAPO/GRPO = {ratio:.3f} ({args.clock} clock), bound 1 + forward share = {bound:.3f}, "
+            f"PAPO is {100 * excess:+.1f}% vs "
             f"the bound (goal <= +{100 * GOAL_WITHIN_BOUND:.0f}%: {verdict}); PAPO-recompute/GRPO = "
             f"{ratio_recompute:.3f}",
         )

@@ -147,7 +147,10 @@ def convert_row(raw: RawRow | Skip, spec: RowSpec) -> dict[str, Any] | Skip:
             )
         blobs = [entry_to_blob(entry, position) for position, entry in enumerate(entries)]
         decoded = [decode_image(blob, position) for position, blob in enumerate(blobs)]
-        converted = [to_eight_bit(blob, image, position) for position, (blob, image) in enumerate(zip(blobs, decoded))]
+        converted = [
+            to_eight_bit(blob, image, position)
+            for position, (blob, image) in enumerate(zip(blobs, decoded, strict=False))
+        ]
         blobs, decoded = [blob for blob, _ in converted], [image for _, image in converted]
     except RowProblem as problem:
         return skip_from(raw, problem)

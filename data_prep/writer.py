@@ -194,7 +194,8 @@ class SplitSummary:
             example = self.duplicate_examples[0]
             lines.append(
                 f"  duplicate ids{self.duplicate_id_rows:>8}   rows reuse an earlier row's id (e.g. id "
-                f"{example['id']!r} at rows {example['first_index']} and {example['index']}); kept, masks differ per row"
+                f"{example['id']!r} at rows {example['first_index']} and {example['index']}); "
+                "kept, masks differ per row"
             )
         lines.append(f"  status       {self.status}")
         lines.append(f"  summary      {self.paths['summary']}")

@@ -15,11 +15,10 @@ train on zero advantages.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
-
 from verl.trainer.ppo.core_algos import register_adv_est
 
 EPSILON = 1e-6
@@ -58,7 +57,7 @@ def compute_papo_outcome_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
     index: np.ndarray,
-    config: Optional[Any] = None,
+    config: Any | None = None,
     **unused: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """verl advantage-estimator entry point.

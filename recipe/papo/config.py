@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from verl.base_config import BaseConfig
 from verl.workers.config import PolicyLossConfig
@@ -90,8 +90,8 @@ class PapoConfig(BaseConfig):
     entropy_ori_coef: float = 0.0
     entropy_aug_coef: float = 0.0
     kl_estimator: str = "low_var_kl"
-    kl_clamp_max: Optional[float] = None
-    token_top_p: Optional[float] = None
+    kl_clamp_max: float | None = None
+    token_top_p: float | None = None
     apply_mode: str = "all"
     incorrect_weight: float = 0.1
     correctness_key: str = "acc"
@@ -124,14 +124,21 @@ class PapoConfig(BaseConfig):
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_number("anneal_ratio", self.anneal_ratio, 0.0, 1.0, low_open=True)
         if self.schedule == "annealing" and self.kl_prcp_coef <= 0:
-            _fail("kl_prcp_coef", self.kl_prcp_coef, "a value > 0 with schedule=annealing (entropy coefficients "
-                  "are scaled by gamma_t / kl_prcp_coef)")
+            _fail(
+                "kl_prcp_coef",
+                self.kl_prcp_coef,
+                "a value > 0 with schedule=annealing (entropy coefficients are scaled by gamma_t / kl_prcp_coef)",
+            )
         _check_number("mask_ratio", self.mask_ratio, 0.0, 1.0)
         _check_choice("mask_unit", self.mask_unit, MASK_UNITS)
         _check_choice("mask_space", self.mask_space, MASK_SPACES)
         if self.mask_space == "image" and self.mask_unit != "patch":
             _fail("mask_unit", self.mask_unit, "'patch' with mask_space=image (image cells have no token grouping)")
-        if isinstance(self.mask_patch_size, bool) or not isinstance(self.mask_patch_size, int) or self.mask_patch_size < 1:
+        if (
+            isinstance(self.mask_patch_size, bool)
+            or not isinstance(self.mask_patch_size, int)
+            or self.mask_patch_size < 1
+        ):
             _fail("mask_patch_size", self.mask_patch_size, "a positive integer number of pixels")
         if isinstance(self.mask_seed, bool) or not isinstance(self.mask_seed, int):
             _fail("mask_seed", self.mask_seed, "an integer")
@@ -182,7 +189,6 @@ def papo_config_from(config: Any) -> PapoConfig:
     if isinstance(config, PapoConfig):
         return config
     from omegaconf import OmegaConf
-
     from verl.utils.config import omega_conf_to_dataclass
 
     container = OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else dict(config)

@@ -184,9 +184,7 @@ def to_json_dict(table: EvalTable) -> dict[str, Any]:
         "metric": f"avg@{table.n}",
         "n": table.n,
         "step": table.step,
-        "benchmarks": {
-            row.benchmark: {"group": row.group, "accuracy": row.accuracy} for row in table.benchmarks
-        },
+        "benchmarks": {row.benchmark: {"group": row.group, "accuracy": row.accuracy} for row in table.benchmarks},
         "averages": {
             average.name: {
                 "accuracy": average.accuracy,

@@ -16,7 +16,6 @@ import os
 import hydra
 import ray
 from omegaconf import DictConfig
-
 from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config

@@ -274,9 +274,7 @@ class MaskedInputBuilder:
         done: dict[str, tuple[dict, dict]] = {}
         masked_rows = []
         for inputs, uid, aug, prompt in zip(rows, uids, images_aug, raw_prompts, strict=True):
-            online = (
-                self.papo.mask_space == "pixel_values" and (aug is None or len(aug) == 0) and row_has_image(inputs)
-            )
+            online = self.papo.mask_space == "pixel_values" and (aug is None or len(aug) == 0) and row_has_image(inputs)
             previous = done.get(uid) if online else None
             if previous is not None and _same_pixels(previous[0], inputs):
                 masked = dict(inputs)

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
 from verl.trainer.ppo.core_algos import agg_loss, kl_penalty
 from verl.utils import torch_functional as verl_F
 

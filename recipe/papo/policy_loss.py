@@ -28,11 +28,10 @@ import contextvars
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from tensordict import TensorDict
-
 from verl.trainer.ppo.core_algos import get_policy_loss_fn, register_policy_loss
 from verl.utils import tensordict_utils as tu
 from verl.utils.metric import Metric
@@ -77,7 +76,7 @@ class PapoLossInputs:
     has_image: torch.Tensor
     kl_weight: torch.Tensor
     coefs: PapoCoefficients
-    record: Optional["PapoLossRecord"] = None
+    record: PapoLossRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,7 @@ class PapoLossRecord:
     token_sums: dict[str, float]
 
 
-_CURRENT_INPUTS: contextvars.ContextVar[Optional[PapoLossInputs]] = contextvars.ContextVar(
+_CURRENT_INPUTS: contextvars.ContextVar[PapoLossInputs | None] = contextvars.ContextVar(
     "papo_loss_inputs", default=None
 )
 
@@ -188,7 +187,7 @@ def _pad_to_width(tensor: torch.Tensor, width: int) -> torch.Tensor:
 def read_papo_inputs(
     data: TensorDict,
     response_width: int,
-    masked_forward: Optional[Callable[[TensorDict], torch.Tensor]] = None,
+    masked_forward: Callable[[TensorDict], torch.Tensor] | None = None,
     masked_grad: bool = True,
 ) -> PapoLossInputs:
     """Collect :class:`PapoLossInputs` from one micro-batch.
@@ -229,7 +228,7 @@ def papo_ppo_loss(
     model_output: dict,
     data: TensorDict,
     dp_group=None,
-    masked_forward: Optional[Callable[[TensorDict], torch.Tensor]] = None,
+    masked_forward: Callable[[TensorDict], torch.Tensor] | None = None,
 ):
     """verl's ``ppo_loss`` with the PAPO inputs of this micro-batch made visible to the ``papo`` loss.
 
@@ -273,7 +272,9 @@ def papo_step_metrics(actor_metrics: dict[str, Any]) -> dict[str, float]:
         name[len(ACTOR_PREFIX) :]: float(actor_metrics.pop(name))
         for name in [key for key in actor_metrics if key.startswith(ACTOR_PREFIX + METRIC_PREFIX)]
     }
-    sums = {name[len(TOKEN_SUM_PREFIX) :]: papo.pop(name) for name in [k for k in papo if k.startswith(TOKEN_SUM_PREFIX)]}
+    sums = {
+        name[len(TOKEN_SUM_PREFIX) :]: papo.pop(name) for name in [k for k in papo if k.startswith(TOKEN_SUM_PREFIX)]
+    }
     count = sums.get(TOKEN_COUNT, 0.0)
     if count > 0:
         papo.update({METRIC_PREFIX + name: sums[name] / count for name in TOKEN_MEAN_METRICS})

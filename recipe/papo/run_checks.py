@@ -141,7 +141,8 @@ def check_ignored_keys(config: DictConfig) -> None:
     if grad_clip not in (None, IGNORED_GRAD_CLIP_DEFAULT, clip_grad):
         raise PapoConfigError(
             f"actor_rollout_ref.actor.grad_clip={grad_clip} is ignored by verl 0.9.1 (its engine clips with "
-            f"actor_rollout_ref.actor.optim.clip_grad={clip_grad}): set actor_rollout_ref.actor.optim.clip_grad instead."
+            f"actor_rollout_ref.actor.optim.clip_grad={clip_grad}): "
+            "set actor_rollout_ref.actor.optim.clip_grad instead."
         )
     if OmegaConf.select(actor, "freeze_vision_tower", default=False):
         raise PapoConfigError(
@@ -168,7 +169,9 @@ def papo_summary(config: DictConfig, papo: PapoConfig) -> dict:
         **{f"papo.{key}": getattr(papo, key) for key in PapoConfig.__dataclass_fields__ if key != "_target_"},
         "algorithm.adv_estimator": config.algorithm.adv_estimator,
         "algorithm.use_kl_in_reward": config.algorithm.use_kl_in_reward,
-        "algorithm.filter_groups.enable": bool(OmegaConf.select(config, "algorithm.filter_groups.enable", default=False)),
+        "algorithm.filter_groups.enable": bool(
+            OmegaConf.select(config, "algorithm.filter_groups.enable", default=False)
+        ),
         "algorithm.filter_groups.metric": OmegaConf.select(config, "algorithm.filter_groups.metric", default=None),
         "reward.reward_manager.name": OmegaConf.select(config, "reward.reward_manager.name", default=None),
         "reward.custom_reward_function.path": OmegaConf.select(config, "reward.custom_reward_function.path"),

@@ -26,7 +26,6 @@ import transfer_queue as tq
 from omegaconf import OmegaConf
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
-
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.workers.engine_workers import ActorRolloutRefWorker
@@ -158,7 +157,9 @@ class PapoTrainer(PPOTrainerSync):
             coefs = coefficients_at_step(self.papo, self.global_steps, self.total_training_steps)
             if self.papo.monitor:
                 coefs = PapoCoefficients(0.0, 0.0, 0.0)
-            batch.extra_info.update(dict(zip(COEF_KEYS, (coefs.kl_prcp, coefs.entropy_ori, coefs.entropy_aug))))
+            batch.extra_info.update(
+                dict(zip(COEF_KEYS, (coefs.kl_prcp, coefs.entropy_ori, coefs.entropy_aug), strict=False))
+            )
             batch.extra_info[STEP_KEY] = self.global_steps
             batch.extra_info[MM_PROCESSOR_KWARGS_KEY] = self._mm_processor_kwargs_json
             metrics[METRIC_PREFIX + "gamma"] = coefs.kl_prcp

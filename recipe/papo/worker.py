@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from tensordict import TensorDict
-
 from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import tensordict_utils as tu
 from verl.utils.config import omega_conf_to_dataclass

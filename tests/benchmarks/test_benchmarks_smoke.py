@@ -19,19 +19,29 @@ BENCHMARKS = REPO / "benchmarks"
 TIMEOUT_S = 300
 
 STEP_COST_PHASES = ["old log-prob", "ref log-prob", "masked log-prob", "update", "step"]
-# id -> (script and its arguments besides --quick, ratio name, words the table must contain, lines the output must contain)
+# id -> (script and its arguments besides --quick, ratio name, words the table must contain,
+#        lines the output must contain)
 CASES = {
     # the scripts' path: remove-padding, reference model, >= 2 micro-batches per call (checked by the
     # benchmark itself on its first repeat; it exits non-zero if a variant runs another path)
     "step_cost_scripts_path": (
-        ["bench_step_cost.py", "--path", "scripts"], "step_cost", STEP_COST_PHASES,
+        ["bench_step_cost.py", "--path", "scripts"],
+        "step_cost",
+        STEP_COST_PHASES,
         ["path: scripts (remove-padding on, reference model on", "packed (remove-padding) inputs: True"],
     ),
     "step_cost_demo_path": (
-        ["bench_step_cost.py", "--path", "demo"], "step_cost", STEP_COST_PHASES,
+        ["bench_step_cost.py", "--path", "demo"],
+        "step_cost",
+        STEP_COST_PHASES,
         ["path: demo (padded inputs, no reference model)", "packed (remove-padding) inputs: False"],
     ),
-    "masking": (["bench_masking.py"], "masking", ["recipe: mask_batch", "per-patch Python loop", "no-grad forward"], []),
+    "masking": (
+        ["bench_masking.py"],
+        "masking",
+        ["recipe: mask_batch", "per-patch Python loop", "no-grad forward"],
+        [],
+    ),
     "data_prep": (["bench_data_prep.py"], "data_prep", ["throughput ours/baseline", "ours peak MiB"], []),
 }
 

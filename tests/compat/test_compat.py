@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from recipe.papo.compat import _guard, qwen_vl_utils, verl as verl_compat, verl_cpu
+from recipe.papo.compat import _guard, qwen_vl_utils, verl_cpu
+from recipe.papo.compat import verl as verl_compat
 from recipe.papo.compat._guard import UnsupportedVersionError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,7 +25,9 @@ def test_require_version_names_the_patch_and_both_versions():
 
 CPU_PATCHES = {
     "process group backend": verl_cpu.install_process_group_backend,
-    "rollout registry": lambda: verl_cpu.register_rollout_adapter("hf", "async", "recipe.papo.cpu.hf_adapter.HFServerAdapter"),
+    "rollout registry": lambda: verl_cpu.register_rollout_adapter(
+        "hf", "async", "recipe.papo.cpu.hf_adapter.HFServerAdapter"
+    ),
     "engine registry": lambda: verl_cpu.registered_engine_devices("language_model", "fsdp2"),
     "platform singleton": verl_cpu.resolved_platform,
     "varlen attention": lambda: verl_cpu.install_varlen_attention(print, print),

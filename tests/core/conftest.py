@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from verl.workers.config import FSDPActorConfig
 
 import recipe.papo.register  # noqa: F401  registers the papo loss / advantage
 from recipe.papo.config import PapoConfig, PapoPolicyLossConfig
-from verl.workers.config import FSDPActorConfig
 
 
 def make_actor_config(loss_agg_mode: str = "token-mean", **papo_options) -> FSDPActorConfig:

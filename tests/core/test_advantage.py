@@ -7,17 +7,17 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from tensordict import TensorDict
-
-from recipe.papo.advantage import SingletonGroupError, compute_papo_outcome_advantage
 from verl.protocol import DataProto
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage, get_adv_estimator_fn
 from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
+
+from recipe.papo.advantage import SingletonGroupError, compute_papo_outcome_advantage
 
 
 def outcome_batch(scores, lengths, width=6):
     mask = (torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).float()
     rewards = torch.zeros(len(scores), width)
-    for i, (score, length) in enumerate(zip(scores, lengths)):
+    for i, (score, length) in enumerate(zip(scores, lengths, strict=False)):
         rewards[i, length - 1] = score  # outcome reward on the last response token
     return rewards, mask
 

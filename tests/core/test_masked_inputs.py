@@ -111,7 +111,9 @@ def test_images_aug_replaces_online_masking_for_its_rows(tiny_processor, black):
     original = image(2)
     aug = np.array(original)
     aug[:, :42] = 0  # left half black: 3 of 6 patch columns
-    data = make_batch(tiny_processor, ["a", "b"], [original, original], images_aug=[[png_dict(Image.fromarray(aug))], None])
+    data = make_batch(
+        tiny_processor, ["a", "b"], [original, original], images_aug=[[png_dict(Image.fromarray(aug))], None]
+    )
     masked, _ = builder.mask_batch(data, step=1)
     expected = tiny_processor.image_processor(images=[Image.fromarray(aug)], return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(pixel_values(masked, 0), expected, rtol=0, atol=0)
@@ -279,7 +281,9 @@ def test_image_space_masking_changes_only_rows_blackened_cells_reach(tiny_proces
     final = (int(grid[0, 2]) * 14, int(grid[0, 1]) * 14)
     reach = reach_of(cells, 14, size, [fetched, final])
     positions = patch_positions(grid, merge_size=2)
-    reachable = torch.tensor([reach[h * 14 : (h + 1) * 14, w * 14 : (w + 1) * 14].any() for _, _, h, w in positions.tolist()])
+    reachable = torch.tensor(
+        [reach[h * 14 : (h + 1) * 14, w * 14 : (w + 1) * 14].any() for _, _, h, w in positions.tolist()]
+    )
     assert cells.any() and changed.any()
     assert not (changed & ~reachable).any(), f"{int((changed & ~reachable).sum())} rows changed beyond the cells' reach"
 

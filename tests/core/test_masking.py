@@ -160,7 +160,9 @@ def test_masked_pixel_values_change_the_tiny_models_logits(tiny_model_bundle, la
     # Explicit (text, t, h, w) mRoPE positions, the layout verl passes: valid whether or not verl's
     # model patches (applied when another test built a verl engine in this process) are active.
     vision_positions, _ = model.model.get_rope_index(
-        inputs["input_ids"], inputs.pop("mm_token_type_ids"), image_grid_thw=inputs["image_grid_thw"],
+        inputs["input_ids"],
+        inputs.pop("mm_token_type_ids"),
+        image_grid_thw=inputs["image_grid_thw"],
         attention_mask=inputs["attention_mask"],
     )
     text_positions = torch.arange(inputs["input_ids"].shape[1]).view(1, 1, -1)

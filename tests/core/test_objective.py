@@ -190,8 +190,14 @@ def test_sample_weights_per_apply_mode():
 def test_sample_weights_scale_each_rows_kl(batch):
     weights = torch.tensor([1.0, 0.1, 0.0, 1.0, 0.5, 0.25])
     terms = compute_papo_terms(
-        batch.log_prob, batch.masked_log_prob, batch.response_mask, weights,
-        PapoCoefficients(1.0, 0.0, 0.0), PapoConfig(), "token-mean", {},
+        batch.log_prob,
+        batch.masked_log_prob,
+        batch.response_mask,
+        weights,
+        PapoCoefficients(1.0, 0.0, 0.0),
+        PapoConfig(),
+        "token-mean",
+        {},
     )
     kl = reference_kl(batch.log_prob, batch.masked_log_prob, "low_var_kl")
     expected = -(kl * weights.double().unsqueeze(-1) * batch.response_mask).sum() / batch.response_mask.sum()
@@ -206,8 +212,13 @@ def test_fixed_schedule_is_constant():
 
 def test_annealing_is_linear_in_the_global_step_and_scales_entropy():
     config = PapoConfig(
-        kl_prcp_coef=0.02, entropy_ori_coef=0.05, entropy_aug_coef=0.03,
-        schedule="annealing", anneal_start=0.04, anneal_end=0.0, anneal_ratio=0.5,
+        kl_prcp_coef=0.02,
+        entropy_ori_coef=0.05,
+        entropy_aug_coef=0.03,
+        schedule="annealing",
+        anneal_start=0.04,
+        anneal_end=0.0,
+        anneal_ratio=0.5,
     )
     total = 200  # annealing over 100 steps: gamma_t = 0.04 * (1 - (t - 1) / 100)
     assert gamma_at_step(config, 1, total) == pytest.approx(0.04)
@@ -231,8 +242,14 @@ def test_terms_do_not_depend_on_micro_batch_split(loss_agg_mode, make_batch):
     def loss_and_grad(rows):
         log_prob = full.log_prob[rows].clone().requires_grad_(True)
         terms = compute_papo_terms(
-            log_prob, full.masked_log_prob[rows], mask[rows], torch.ones(len(rows)), coefs,
-            PapoConfig(), loss_agg_mode, info,
+            log_prob,
+            full.masked_log_prob[rows],
+            mask[rows],
+            torch.ones(len(rows)),
+            coefs,
+            PapoConfig(),
+            loss_agg_mode,
+            info,
         )
         terms.loss.backward()
         return terms.loss.item(), log_prob.grad

@@ -5,6 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from tensordict import TensorDict
+from verl.trainer.ppo.core_algos import get_policy_loss_fn
+from verl.utils import tensordict_utils as tu
+from verl.utils.metric import AggregationType
+from verl.workers.utils.losses import ppo_loss
 
 from recipe.papo.config import PapoConfig
 from recipe.papo.objective import PapoCoefficients, compute_papo_terms
@@ -19,10 +23,6 @@ from recipe.papo.policy_loss import (
     papo_loss_inputs,
     papo_ppo_loss,
 )
-from verl.trainer.ppo.core_algos import get_policy_loss_fn
-from verl.utils import tensordict_utils as tu
-from verl.utils.metric import AggregationType
-from verl.workers.utils.losses import ppo_loss
 
 
 def call_loss(fn, batch, config, log_prob=None):
@@ -52,8 +52,14 @@ def test_loss_is_base_surrogate_plus_papo_terms(batch, make_actor_config):
         loss, metrics = call_loss(compute_policy_loss_papo, batch, config)
     base, base_metrics = call_loss(get_policy_loss_fn("vanilla"), batch, config)
     terms = compute_papo_terms(
-        batch.log_prob, batch.masked_log_prob, batch.response_mask, torch.ones(6), coefs,
-        config.policy_loss.papo, "token-mean", {},
+        batch.log_prob,
+        batch.masked_log_prob,
+        batch.response_mask,
+        torch.ones(6),
+        coefs,
+        config.policy_loss.papo,
+        "token-mean",
+        {},
     )
     assert loss.item() == pytest.approx(base.item() + terms.loss.item(), rel=1e-6)
     assert metrics.keys() == base_metrics.keys()  # the PAPO metrics are added by papo_ppo_loss
@@ -134,8 +140,14 @@ def test_composes_with_another_base_loss(batch, make_actor_config):
     base, _ = call_loss(get_policy_loss_fn("gspo"), batch, config)
     vanilla, _ = call_loss(get_policy_loss_fn("vanilla"), batch, config)
     terms = compute_papo_terms(
-        batch.log_prob, batch.masked_log_prob, batch.response_mask, torch.ones(6), coefs,
-        config.policy_loss.papo, "token-mean", {},
+        batch.log_prob,
+        batch.masked_log_prob,
+        batch.response_mask,
+        torch.ones(6),
+        coefs,
+        config.policy_loss.papo,
+        "token-mean",
+        {},
     )
     assert loss.item() == pytest.approx(base.item() + terms.loss.item(), rel=1e-6)
     assert base.item() != pytest.approx(vanilla.item())
@@ -151,9 +163,15 @@ def micro_batch_td(batch, coefs, prompt_len_seed=0):
     full_seq = []
     for i in range(rows):
         # response log-prob j sits at sequence position prompt_len - 1 + j (verl's left shift).
-        full_seq.append(torch.cat([
-            torch.randn(prompt_lens[i] - 1, generator=g), batch.log_prob[i, : resp_lens[i]], torch.randn(1, generator=g)
-        ]))
+        full_seq.append(
+            torch.cat(
+                [
+                    torch.randn(prompt_lens[i] - 1, generator=g),
+                    batch.log_prob[i, : resp_lens[i]],
+                    torch.randn(1, generator=g),
+                ]
+            )
+        )
     td = TensorDict(
         {
             "prompts": nested([torch.ones(p, dtype=torch.long) for p in prompt_lens]),
@@ -168,7 +186,9 @@ def micro_batch_td(batch, coefs, prompt_len_seed=0):
         batch_size=[rows],
     )
     tu.assign_non_tensor(td, dp_size=1, batch_num_tokens=int(sum(resp_lens)), global_batch_size=rows)
-    tu.assign_non_tensor(td, **dict(zip(COEF_KEYS, (coefs.kl_prcp, coefs.entropy_ori, coefs.entropy_aug))))
+    tu.assign_non_tensor(
+        td, **dict(zip(COEF_KEYS, (coefs.kl_prcp, coefs.entropy_ori, coefs.entropy_aug), strict=False))
+    )
     return td, nested(full_seq)
 
 
@@ -184,8 +204,13 @@ def test_outer_loss_reads_the_micro_batch_and_adds_papo_to_verls_ppo_loss(batch,
     base_td, _ = micro_batch_td(batch, coefs)
     base, _ = ppo_loss(vanilla_config, {"log_probs": log_probs}, base_td)
     terms = compute_papo_terms(
-        batch.log_prob, batch.masked_log_prob, batch.response_mask & batch.has_image.unsqueeze(-1),
-        torch.ones(6), coefs, PapoConfig(), "token-mean",
+        batch.log_prob,
+        batch.masked_log_prob,
+        batch.response_mask & batch.has_image.unsqueeze(-1),
+        torch.ones(6),
+        coefs,
+        PapoConfig(),
+        "token-mean",
         {"dp_size": 1, "batch_num_tokens": int(batch.response_mask.sum()), "global_batch_size": 6},
     )
     assert loss.item() == pytest.approx(base.item() + terms.loss.item(), rel=1e-6)

@@ -27,7 +27,11 @@ def composed(*overrides: str):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         return compose(
             "papo_trainer",
-            overrides=["actor_rollout_ref.model.path=Qwen/Qwen2.5-VL-7B-Instruct", "actor_rollout_ref.rollout.name=vllm", *overrides],
+            overrides=[
+                "actor_rollout_ref.model.path=Qwen/Qwen2.5-VL-7B-Instruct",
+                "actor_rollout_ref.rollout.name=vllm",
+                *overrides,
+            ],
         )
 
 
@@ -39,8 +43,12 @@ def test_the_default_config_uses_only_registered_names():
     "override, key, value, some_allowed",
     [
         ("algorithm.adv_estimator=foo", "algorithm.adv_estimator", "'foo'", ["grpo", "gae", "papo", "rloo"]),
-        ("actor_rollout_ref.actor.policy_loss.loss_mode=bar", "actor_rollout_ref.actor.policy_loss.loss_mode",
-         "'bar'", ["vanilla", "gspo", "papo"]),
+        (
+            "actor_rollout_ref.actor.policy_loss.loss_mode=bar",
+            "actor_rollout_ref.actor.policy_loss.loss_mode",
+            "'bar'",
+            ["vanilla", "gspo", "papo"],
+        ),
         ("reward.reward_manager.name=nope", "reward.reward_manager.name", "'nope'", ["naive", "dapo"]),
         ("actor_rollout_ref.rollout.name=vllmm", "actor_rollout_ref.rollout.name", "'vllmm'", ["vllm", "sglang"]),
     ],
@@ -82,9 +90,19 @@ def test_dry_run_with_an_unknown_estimator_fails_in_seconds_naming_it_and_the_al
     env = {**os.environ, "PAPO_DRY_RUN": "1", "HYDRA_FULL_ERROR": "1"}
     start = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "recipe.papo.main_papo", "actor_rollout_ref.model.path=/nonexistent/model",
-         "algorithm.adv_estimator=foo", f"hydra.run.dir={tmp_path}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "recipe.papo.main_papo",
+            "actor_rollout_ref.model.path=/nonexistent/model",
+            "algorithm.adv_estimator=foo",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     elapsed = time.monotonic() - start
     assert result.returncode != 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import pytest
@@ -47,8 +47,9 @@ def hf_model_config(tiny_model_dir):
 @pytest.fixture(scope="session")
 def hf_server(hf_model_config):
     """The "hf" rollout server body (no Ray) on the tiny model."""
-    from recipe.papo.cpu.hf_server import HFRolloutServer
     from verl.workers.config import RolloutConfig
+
+    from recipe.papo.cpu.hf_server import HFRolloutServer
 
     config = RolloutConfig(
         name="hf", prompt_length=PROMPT_LENGTH, response_length=RESPONSE_LENGTH, tensor_model_parallel_size=1

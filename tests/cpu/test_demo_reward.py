@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import string
 import statistics
+import string
 
 import pytest
 from omegaconf import OmegaConf

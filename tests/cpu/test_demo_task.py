@@ -17,7 +17,7 @@ def count_blobs(image: Image.Image, colour: tuple[int, int, int]) -> int:
     mask = np.all(np.asarray(image.convert("RGB")) == colour, axis=-1)
     seen = np.zeros_like(mask)
     blobs = 0
-    for start in zip(*np.nonzero(mask)):
+    for start in zip(*np.nonzero(mask), strict=False):
         if seen[start]:
             continue
         blobs += 1
@@ -71,9 +71,9 @@ def test_prompts_have_one_length_and_fit_the_cpu_budget(demo_rows, build_prompt)
 def test_verl_dataset_and_image_path_read_the_parquet(demo_data, hf_model_config):
     """verl's RLHFDataset builds the image message; the image path (real or stand-in qwen_vl_utils) loads it."""
     from omegaconf import OmegaConf
+    from verl.utils.dataset.rl_dataset import RLHFDataset
 
     from recipe.papo.cpu import qwen_vl_stub
-    from verl.utils.dataset.rl_dataset import RLHFDataset
 
     qwen_vl_stub.install()
     config = OmegaConf.create({"max_prompt_length": 128, "filter_overlong_prompts": False, "return_raw_chat": True})

@@ -97,9 +97,10 @@ def test_grpo_steps_complete_with_finite_loss_and_gradients(first_run):
         # the demo reward spreads within groups, so GRPO advantages are non-zero
         assert metrics["critic/advantages/max"] > 0 > metrics["critic/advantages/min"], metrics
         # every sequence had the same length: the position_ids fix was on the path
-        assert metrics["response_length/clip_ratio"] == 1.0 and metrics["prompt_length/min"] == metrics[
-            "prompt_length/max"
-        ]
+        assert (
+            metrics["response_length/clip_ratio"] == 1.0
+            and metrics["prompt_length/min"] == metrics["prompt_length/max"]
+        )
         print(f"step {step}: {metrics['timing_s/step']:.1f}s (gen {metrics['timing_s/gen']:.1f}s)")
     print(f"run 1 wall time {first_run.wall_s:.0f}s")
 

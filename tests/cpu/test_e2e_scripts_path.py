@@ -40,11 +40,20 @@ SCRIPTS_PATH = (
 )
 
 
-def run_main_papo(tmp: Path, model_dir: Path, data: tuple[Path, Path], name: str, *extra: str) -> tuple[list[dict], str]:
+def run_main_papo(
+    tmp: Path, model_dir: Path, data: tuple[Path, Path], name: str, *extra: str
+) -> tuple[list[dict], str]:
     """``main_papo`` on 2 CPU workers; returns (per-step metric records, log)."""
     overrides = cpu_overrides(
-        model_dir, data[0], data[1], total_training_steps=STEPS, batch_size=PROMPTS, rollout_n=ROLLOUT_N,
-        world_size=WORKERS, output_dir=tmp / name / "checkpoints", experiment_name=name,
+        model_dir,
+        data[0],
+        data[1],
+        total_training_steps=STEPS,
+        batch_size=PROMPTS,
+        rollout_n=ROLLOUT_N,
+        world_size=WORKERS,
+        output_dir=tmp / name / "checkpoints",
+        experiment_name=name,
     )
     command = [sys.executable, "-m", "recipe.papo.main_papo", *overrides, *reward_overrides(), *PAPO_G_DEMO, *extra]
     metrics = tmp / f"{name}.jsonl"
@@ -76,14 +85,28 @@ def test_remove_padding_reference_kl_and_micro_batches_on_two_workers(workdir, t
     records, log = run_main_papo(workdir, tiny_model_dir, demo_data, "rmpad_ref", *SCRIPTS_PATH)
     assert_scripts_path_metrics(records)
     assert "torch variable-length attention bound" in log or "Monkey patch Qwen2_5_VL" in log
-    print({r["step"]: (r["data"]["actor/kl_loss"], r["data"]["papo/kl_prcp"], r["data"]["timing_s/step"]) for r in records})
+    print(
+        {
+            r["step"]: (r["data"]["actor/kl_loss"], r["data"]["papo/kl_prcp"], r["data"]["timing_s/step"])
+            for r in records
+        }
+    )
 
 
 def test_ulysses_sequence_parallel_of_two_on_two_workers(workdir, tiny_model_dir, demo_data):
     records, _ = run_main_papo(
-        workdir, tiny_model_dir, demo_data, "ulysses", *SCRIPTS_PATH,
+        workdir,
+        tiny_model_dir,
+        demo_data,
+        "ulysses",
+        *SCRIPTS_PATH,
         "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2",
         "actor_rollout_ref.ref.ulysses_sequence_parallel_size=2",
     )
     assert_scripts_path_metrics(records)
-    print({r["step"]: (r["data"]["actor/kl_loss"], r["data"]["papo/kl_prcp"], r["data"]["timing_s/step"]) for r in records})
+    print(
+        {
+            r["step"]: (r["data"]["actor/kl_loss"], r["data"]["papo/kl_prcp"], r["data"]["timing_s/step"])
+            for r in records
+        }
+    )

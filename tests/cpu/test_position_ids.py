@@ -19,9 +19,9 @@ import torch
 from tensordict import TensorDict
 from transfer_queue.storage.managers.simple_storage_manager import AsyncSimpleStorageManager
 from transfer_queue.utils import serial_utils
+from verl.utils import tensordict_utils as tu
 
 from recipe.papo.compat import verl as position_ids
-from verl.utils import tensordict_utils as tu
 
 CHANNELS = 4  # Qwen2/2.5-VL: text positions + 3 mRoPE axes
 
@@ -51,9 +51,7 @@ def actor_update_views(data: TensorDict, mini_batch_size: int) -> list[list[torc
         tu.maybe_fix_3d_position_ids(mini_batch)
         nested = mini_batch["position_ids"]
         lengths = mini_batch["input_ids"].offsets().diff().tolist()
-        padded = torch.nested.to_padded_tensor(
-            nested, padding=0, output_size=(len(lengths), CHANNELS, max(lengths))
-        )
+        padded = torch.nested.to_padded_tensor(nested, padding=0, output_size=(len(lengths), CHANNELS, max(lengths)))
         rmpad = nested.values()  # (CHANNELS, total_tokens) with use_remove_padding
         assert torch.equal(torch.cat([padded[i, :, :n] for i, n in enumerate(lengths)], dim=-1), rmpad)
         views.append([padded[i, :, :n] for i, n in enumerate(lengths)])

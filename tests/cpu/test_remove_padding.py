@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from verl.utils import tensordict_utils as tu
+from verl.workers.utils.padding import response_from_nested
 
 from recipe.papo.policy_loss import COEF_KEYS, IMAGE_ROW_KEY, KL_WEIGHT_KEY, MASKED_LOG_PROBS_KEY
 from recipe.papo.worker import STEP_KEY
-from verl.utils import tensordict_utils as tu
-from verl.workers.utils.padding import response_from_nested
 
 FP32 = "++actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}"
 PATHS = {  # name -> overrides
@@ -103,12 +103,20 @@ def _loss_and_grads(worker, batch, use_remove_padding: bool) -> tuple[float, tor
     data[IMAGE_ROW_KEY] = masked[IMAGE_ROW_KEY]
     data[KL_WEIGHT_KEY] = torch.ones(len(data))
     data["advantages"] = torch.nested.as_nested_tensor(
-        [a * torch.ones_like(m, dtype=torch.float32) for a, m in zip([1.0, -1.0, 0.5, -0.5], data["response_mask"].unbind())],
+        [
+            a * torch.ones_like(m, dtype=torch.float32)
+            for a, m in zip([1.0, -1.0, 0.5, -0.5], data["response_mask"].unbind(), strict=False)
+        ],
         layout=torch.jagged,
     )
     tu.assign_non_tensor(
-        data, **dict(zip(COEF_KEYS, (0.02, 0.05, 0.05))), global_batch_size=len(data), calculate_entropy=True,
-        use_remove_padding=use_remove_padding, use_dynamic_bsz=False, micro_batch_size_per_gpu=2,
+        data,
+        **dict(zip(COEF_KEYS, (0.02, 0.05, 0.05), strict=False)),
+        global_batch_size=len(data),
+        calculate_entropy=True,
+        use_remove_padding=use_remove_padding,
+        use_dynamic_bsz=False,
+        micro_batch_size_per_gpu=2,
         use_fused_kernels=False,
     )
     engine = worker.actor.engine

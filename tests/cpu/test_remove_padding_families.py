@@ -67,8 +67,12 @@ def family_results(request, tmp_path_factory):
     family = request.param
     model_dir = save_tiny_model(tmp_path_factory.mktemp(f"rmpad_{family}"), family, seed=0)
     measured = {}
-    runs = [("padded_fp32", (PADDED, FP32), MODES), ("padded_bf16", (PADDED,), ("precompute",)),
-            ("rmpad_fp32", (RMPAD, FP32), MODES), ("rmpad_bf16", (RMPAD,), ("precompute",))]
+    runs = [
+        ("padded_fp32", (PADDED, FP32), MODES),
+        ("padded_bf16", (PADDED,), ("precompute",)),
+        ("rmpad_fp32", (RMPAD, FP32), MODES),
+        ("rmpad_bf16", (RMPAD,), ("precompute",)),
+    ]
     for name, overrides, modes in runs:
         for mode in modes:
             config = inprocess.compose_config(model_dir, [*overrides, f"papo.masked_logprob_mode={mode}"])
@@ -110,12 +114,20 @@ def _loss_and_grads(worker, batch, use_remove_padding: bool) -> tuple[torch.Tens
     data[IMAGE_ROW_KEY] = masked[IMAGE_ROW_KEY]
     data[KL_WEIGHT_KEY] = torch.ones(len(data))
     data["advantages"] = torch.nested.as_nested_tensor(
-        [a * torch.ones_like(m, dtype=torch.float32) for a, m in zip([1.0, -1.0, 0.5, -0.5], data["response_mask"].unbind())],
+        [
+            a * torch.ones_like(m, dtype=torch.float32)
+            for a, m in zip([1.0, -1.0, 0.5, -0.5], data["response_mask"].unbind(), strict=False)
+        ],
         layout=torch.jagged,
     )
     tu.assign_non_tensor(
-        data, **dict(zip(COEF_KEYS, (0.02, 0.05, 0.05))), global_batch_size=len(data), calculate_entropy=True,
-        use_remove_padding=use_remove_padding, use_dynamic_bsz=False, micro_batch_size_per_gpu=2,
+        data,
+        **dict(zip(COEF_KEYS, (0.02, 0.05, 0.05), strict=False)),
+        global_batch_size=len(data),
+        calculate_entropy=True,
+        use_remove_padding=use_remove_padding,
+        use_dynamic_bsz=False,
+        micro_batch_size_per_gpu=2,
         use_fused_kernels=False,
     )
     engine = worker.actor.engine
@@ -159,8 +171,10 @@ def test_float32_update_agrees(family_results, mode):
     loss_error = _max_abs(rmpad["loss"], padded["loss"])
     grad_error = _max_abs(rmpad["grad"], padded["grad"])
     scale = padded["grad"].abs().max().item()
-    print(f"{family} update ({mode}), fp32 remove-padding vs padded: loss {loss_error:.3e}, "
-          f"gradient {grad_error:.3e} (largest gradient entry {scale:.3e})")
+    print(
+        f"{family} update ({mode}), fp32 remove-padding vs padded: loss {loss_error:.3e}, "
+        f"gradient {grad_error:.3e} (largest gradient entry {scale:.3e})"
+    )
     assert scale > 100 * FP32_TOLERANCE, "gradient too small for the comparison to mean anything"
     assert loss_error < FP32_TOLERANCE and grad_error < FP32_TOLERANCE
 
@@ -177,8 +191,10 @@ def test_bf16_log_probs_within_cast_noise(family_results):
         assert rmpad <= NOISE_FACTOR * padded
 
 
-@pytest.mark.parametrize("key", ["actor_rollout_ref.actor.ulysses_sequence_parallel_size",
-                                 "actor_rollout_ref.ref.ulysses_sequence_parallel_size"])
+@pytest.mark.parametrize(
+    "key",
+    ["actor_rollout_ref.actor.ulysses_sequence_parallel_size", "actor_rollout_ref.ref.ulysses_sequence_parallel_size"],
+)
 def test_ulysses_refused_at_start_up_where_cpu_cannot_run_it(family_model_dir, key):
     """SP=2 on the CPU backend: Qwen2.5-VL passes the start-up checks; Qwen3-VL / Qwen3.5 stop, naming the blocker."""
     import papo_inprocess as inprocess

@@ -51,10 +51,14 @@ def mixed_rows(num_rows: int, split: str) -> list[dict]:
         row["images_aug"] = None
         if index % 4 == 0:
             row["images"] = []
-            row["prompt"] = [{**message, "content": message["content"].replace("<image>", "")} for message in row["prompt"]]
+            row["prompt"] = [
+                {**message, "content": message["content"].replace("<image>", "")} for message in row["prompt"]
+            ]
         elif index % 4 == 1:
             rng = np.random.default_rng(index)
-            row["images_aug"] = [png(mask_image_patches(Image.open(io.BytesIO(i["bytes"])), 0.6, 14, rng)[0]) for i in row["images"]]
+            row["images_aug"] = [
+                png(mask_image_patches(Image.open(io.BytesIO(i["bytes"])), 0.6, 14, rng)[0]) for i in row["images"]
+            ]
     return rows
 
 
@@ -140,7 +144,9 @@ def test_resume_continues_the_gamma_schedule(workdir, tiny_model_dir, data, papo
     resumed_dir = workdir / "resumed"
     shutil.copytree(checkpoints / "global_step_2", resumed_dir / "checkpoints" / "global_step_2")
     (resumed_dir / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("2")
-    records = run_papo(resumed_dir, tiny_model_dir, "resumed", TOTAL_STEPS, *ANNEAL, "trainer.resume_mode=auto", data=data)
+    records = run_papo(
+        resumed_dir, tiny_model_dir, "resumed", TOTAL_STEPS, *ANNEAL, "trainer.resume_mode=auto", data=data
+    )
     assert [r["step"] for r in records] == [3]
     uninterrupted = {r["step"]: r["data"]["papo/gamma"] for r in papo_g_run}
     assert records[0]["data"]["papo/gamma"] == uninterrupted[3] == pytest.approx(expected_gamma(3))
@@ -153,12 +159,20 @@ def test_papo_d_with_dynamic_sampling_and_recomputed_masked_branch(workdir, tiny
     ``score`` (the real recipe filters on ``acc``); the mechanism is verl's same ReplayBuffer path.
     """
     records = run_papo(
-        workdir / "papo_d", tiny_model_dir, "papo_d", 2,
-        "papo.kl_prcp_coef=0.01", "papo.entropy_ori_coef=0.03", "papo.entropy_aug_coef=0.03",
+        workdir / "papo_d",
+        tiny_model_dir,
+        "papo_d",
+        2,
+        "papo.kl_prcp_coef=0.01",
+        "papo.entropy_ori_coef=0.03",
+        "papo.entropy_aug_coef=0.03",
         "papo.masked_logprob_mode=recompute",
-        "actor_rollout_ref.actor.use_kl_loss=False", "actor_rollout_ref.actor.clip_ratio_low=0.2",
-        "actor_rollout_ref.actor.clip_ratio_high=0.28", "actor_rollout_ref.actor.loss_agg_mode=token-mean",
-        "algorithm.filter_groups.enable=True", "algorithm.filter_groups.metric=score",
+        "actor_rollout_ref.actor.use_kl_loss=False",
+        "actor_rollout_ref.actor.clip_ratio_low=0.2",
+        "actor_rollout_ref.actor.clip_ratio_high=0.28",
+        "actor_rollout_ref.actor.loss_agg_mode=token-mean",
+        "algorithm.filter_groups.enable=True",
+        "algorithm.filter_groups.metric=score",
         "reward.reward_manager.name=dapo",
         data=data,
     )

@@ -111,7 +111,9 @@ def test_token_unit_blackens_whole_merged_tokens(layout, processed, patch_positi
     positions = patch_positions(grid, layout.merge_size).view(-1, group, 4)
     assert torch.all(positions[..., 0].max(-1).values == positions[..., 0].min(-1).values)
     for axis in (2, 3):
-        assert torch.all(positions[..., axis].max(-1).values - positions[..., axis].min(-1).values == layout.merge_size - 1)
+        assert torch.all(
+            positions[..., axis].max(-1).values - positions[..., axis].min(-1).values == layout.merge_size - 1
+        )
 
 
 def cells_of(row_mask, grid, positions, image_index: int) -> np.ndarray:
@@ -176,7 +178,9 @@ def test_mask_space_image_gives_the_rows_of_pixel_values_masking(
     torch.testing.assert_close(result, expected_rows(pixel_values, layout, row_mask), rtol=0, atol=1e-6)
 
 
-def test_images_aug_gives_the_rows_of_pixel_values_masking(family, processor, layout, aligned_images, processed, patch_positions):
+def test_images_aug_gives_the_rows_of_pixel_values_masking(
+    family, processor, layout, aligned_images, processed, patch_positions
+):
     """Pre-computed masked images (data_prep --precompute-masks) give the rows pixel_values masking gives."""
     pixel_values, grid = processed
     _, row_mask = mask_pixel_values(pixel_values, grid, layout, 0.5, torch_generator(4))
@@ -186,7 +190,9 @@ def test_images_aug_gives_the_rows_of_pixel_values_masking(family, processor, la
         for index, image in enumerate(aligned_images)
     ]
     papo = PapoConfig(mask_ratio=0.0)  # online masking would leave the row untouched
-    masked, _ = MaskedInputBuilder(papo, processor).mask_batch(one_row_batch(pixel_values, grid, aligned_images, images_aug), 1)
+    masked, _ = MaskedInputBuilder(papo, processor).mask_batch(
+        one_row_batch(pixel_values, grid, aligned_images, images_aug), 1
+    )
     result = tu.get(masked, "multi_modal_inputs")[0]["pixel_values"]
     torch.testing.assert_close(result, expected_rows(pixel_values, layout, row_mask), rtol=0, atol=1e-6)
 
@@ -200,7 +206,9 @@ def test_masked_pixel_values_change_the_tiny_models_logits(family_bundle, layout
     # Explicit (text, t, h, w) mRoPE positions, the layout verl passes: valid whether or not verl's
     # model patches (applied when another test built a verl engine in this process) are active.
     vision_positions, _ = model.model.get_rope_index(
-        inputs["input_ids"], inputs.pop("mm_token_type_ids"), image_grid_thw=inputs["image_grid_thw"],
+        inputs["input_ids"],
+        inputs.pop("mm_token_type_ids"),
+        image_grid_thw=inputs["image_grid_thw"],
         attention_mask=inputs["attention_mask"],
     )
     text_positions = torch.arange(inputs["input_ids"].shape[1]).view(1, 1, -1)

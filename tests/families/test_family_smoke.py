@@ -30,7 +30,12 @@ def test_smoke_run_of_the_familys_papo_g_script(tmp_path, script, model_type):
     env = {**os.environ, "SMOKE": "1", "SMOKE_OUT": str(tmp_path), "PYTHON": sys.executable}
     run = subprocess.run(
         ["bash", str(REPO / "scripts" / script)],
-        check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     folder = tmp_path / script.removesuffix(".sh")
     assert run.returncode == 0, f"{script} failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-4000:]}"

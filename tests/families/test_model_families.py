@@ -111,7 +111,9 @@ def test_the_docs_table_is_the_families_table():
     for model_type, (display, _, layout, token, tested) in rows.items():
         family = FAMILIES[model_type]
         assert display == family.display_name
-        assert layout.startswith(f"{family.patch_size} px / {family.temporal_patch_size} / {family.merge_size}x{family.merge_size}")
+        assert layout.startswith(
+            f"{family.patch_size} px / {family.temporal_patch_size} / {family.merge_size}x{family.merge_size}"
+        )
         side = family.patch_size * family.merge_size
         assert token == f"{side} x {side} px"
         assert tested == family.tested
@@ -155,7 +157,9 @@ def test_verls_processor_binds_the_rope_index_of_the_model(family_model_dir, fam
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(1, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((70, 100), (120, 64))]
     content = [{"type": "image"}, {"type": "text", "text": "Compare"}, {"type": "image"}, {"type": "text", "text": "?"}]
-    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+    )
     inputs = processor(text=[text], images=images, return_tensors="pt")
     kwargs = {"image_grid_thw": inputs["image_grid_thw"], "attention_mask": inputs["attention_mask"]}
     verl_positions, _ = processor.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"], **kwargs)

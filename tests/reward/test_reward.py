@@ -117,7 +117,11 @@ def test_every_benchmark_data_source_is_accepted(benchmark: str) -> None:
 @pytest.mark.parametrize("other_source", ["hiyouga/geometry3k", "geo3k", "PAPO/We_Math", "", None])
 def test_rows_from_any_data_source_are_scored(other_source) -> None:
     """The reward applies to every row (issue 11.3): a right answer scores 1.0, a wrong one 0.1."""
-    assert compute_score(other_source, THINK + "\\boxed{5}", "5", extra_info={}) == {"score": 1.0, "acc": 1.0, "format": 1.0}
+    assert compute_score(other_source, THINK + "\\boxed{5}", "5", extra_info={}) == {
+        "score": 1.0,
+        "acc": 1.0,
+        "format": 1.0,
+    }
     wrong = compute_score(other_source, THINK + "\\boxed{6}", "5", extra_info={})
     assert wrong == {"score": pytest.approx(0.1), "acc": 0.0, "format": 1.0}
 

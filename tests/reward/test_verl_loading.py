@@ -10,7 +10,7 @@ Path of a rollout's reward in verl 0.9.1 (v1 trainer):
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ DS = data_source("We_Math")
 WELL_FORMED = "<think>3 + 4 = 7</think> So the answer is \\boxed{7}."
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compose(*overrides: str) -> DictConfig:
     """verl's own ``ppo_trainer`` config composed with command-line style overrides (strict keys)."""
     from hydra import compose, initialize_config_module

@@ -182,7 +182,6 @@ def test_logger_without_file_is_rejected(run_bash, tmp_path):
     assert "lacks the file logger" in run.stderr
 
 
-
 def _merged_checkpoint(root: Path, experiment: str, step: int) -> Path:
     """A checkpoint of ``experiment`` merged to ``.../global_step_<step>/actor/hf`` as verl lays it out."""
     return merged_checkpoint(root, "checkpoints", "papo", experiment, f"global_step_{step}", "actor", "hf")

@@ -91,11 +91,12 @@ def build_batch(processor: Any, tokenizer: Any, samples: Sequence[tuple[list, st
     ``responses`` / masks, a ``multi_modal_inputs`` stack of per-row dicts and the ``uid`` column.
     """
     import torch
-
     from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
     from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
-    agent_loop = SimpleNamespace(processor=processor, tokenizer=tokenizer, _get_mm_processor_kwargs=lambda audios=None: {})
+    agent_loop = SimpleNamespace(
+        processor=processor, tokenizer=tokenizer, _get_mm_processor_kwargs=lambda audios=None: {}
+    )
     rows = []
     for images, uid, question, response in samples:
         content = [*({"type": "image", "image": image} for image in images), {"type": "text", "text": question}]
@@ -110,9 +111,15 @@ def build_batch(processor: Any, tokenizer: Any, samples: Sequence[tuple[list, st
         position_ids = AgentLoopWorker._compute_position_ids(agent_loop, input_ids[None], ones[None], inputs)
         rows.append(
             dict(
-                prompts=prompt_ids, responses=response_ids, response_mask=torch.ones_like(response_ids),
-                loss_mask=torch.ones_like(response_ids), input_ids=input_ids, attention_mask=ones,
-                position_ids=position_ids.squeeze(0), multi_modal_inputs=inputs, uid=uid,
+                prompts=prompt_ids,
+                responses=response_ids,
+                response_mask=torch.ones_like(response_ids),
+                loss_mask=torch.ones_like(response_ids),
+                input_ids=input_ids,
+                attention_mask=ones,
+                position_ids=position_ids.squeeze(0),
+                multi_modal_inputs=inputs,
+                uid=uid,
             )
         )
     batch = list_of_dict_to_tensordict(rows)

@@ -18,6 +18,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from verl.utils import tensordict_utils as tu
+from verl.utils.metric import reduce_metrics
+from verl.utils.py_functional import rename_dict
+from verl.workers.utils.losses import ppo_loss
+from verl.workers.utils.padding import response_from_nested
 
 from recipe.papo.policy_loss import (
     COEF_KEYS,
@@ -28,17 +33,17 @@ from recipe.papo.policy_loss import (
     papo_step_metrics,
 )
 from recipe.papo.worker import STEP_KEY
-from verl.utils import tensordict_utils as tu
-from verl.utils.metric import reduce_metrics
-from verl.utils.py_functional import rename_dict
-from verl.workers.utils.losses import ppo_loss
-from verl.workers.utils.padding import response_from_nested
 
 GAMMA, ETA_ORI, ETA_AUG = 0.5, 0.05, 0.03
 # (image seed or None, uid, response): ragged responses, two text-only rows, 8 rows in all.
 SAMPLES = [
-    (0, "a", "3 circles"), (0, "a", "two red squares and a long tail of words"), (None, "b", "no image"),
-    (1, "c", "1 square"), (1, "c", "one"), (2, "d", "four triangles, I think, maybe five"), (None, "e", "text"),
+    (0, "a", "3 circles"),
+    (0, "a", "two red squares and a long tail of words"),
+    (None, "b", "no image"),
+    (1, "c", "1 square"),
+    (1, "c", "one"),
+    (2, "d", "four triangles, I think, maybe five"),
+    (None, "e", "text"),
     (2, "d", "4"),
 ]
 ADVANTAGES = [1.0, -1.0, 0.5, -0.5, 0.25, -0.25, 0.75, -0.75]
@@ -82,7 +87,10 @@ def prepared(worker):
     data[IMAGE_ROW_KEY] = masked[IMAGE_ROW_KEY]
     data[KL_WEIGHT_KEY] = torch.ones(len(data))
     data["advantages"] = torch.nested.as_nested_tensor(
-        [a * torch.ones_like(m, dtype=torch.float32) for a, m in zip(ADVANTAGES, data["response_mask"].unbind())],
+        [
+            a * torch.ones_like(m, dtype=torch.float32)
+            for a, m in zip(ADVANTAGES, data["response_mask"].unbind(), strict=False)
+        ],
         layout=torch.jagged,
     )
     return data
@@ -96,10 +104,16 @@ def update_metrics(worker, prepared, *, micro_batch_size=None, max_token_len=Non
     data = prepared.copy()
     tu.assign_non_tensor(
         data,
-        **dict(zip(COEF_KEYS, (GAMMA, ETA_ORI, ETA_AUG))),
-        calculate_entropy=False, distillation_use_topk=False, distillation_only=False,
-        global_batch_size=len(data), mini_batch_size=len(data), epochs=1, seed=1,
-        dataloader_kwargs={"shuffle": False}, temperature=1.0,
+        **dict(zip(COEF_KEYS, (GAMMA, ETA_ORI, ETA_AUG), strict=False)),
+        calculate_entropy=False,
+        distillation_use_topk=False,
+        distillation_only=False,
+        global_batch_size=len(data),
+        mini_batch_size=len(data),
+        epochs=1,
+        seed=1,
+        dataloader_kwargs={"shuffle": False},
+        temperature=1.0,
         use_dynamic_bsz=max_token_len is not None,
         micro_batch_size_per_gpu=micro_batch_size or len(data),
         max_token_len_per_gpu=max_token_len or 10**6,
@@ -193,11 +207,19 @@ def test_monitor_mode_gives_grpos_loss_and_gradient_bit_for_bit_and_logs_the_met
     )
     from verl.workers.config import PolicyLossConfig
 
-    grpo_config = dataclasses.replace(actor_config, policy_loss=PolicyLossConfig(loss_mode="vanilla"), global_batch_info={})
+    grpo_config = dataclasses.replace(
+        actor_config, policy_loss=PolicyLossConfig(loss_mode="vanilla"), global_batch_info={}
+    )
     data = prepared.copy()
     tu.assign_non_tensor(
-        data, **dict(zip(COEF_KEYS, (GAMMA, ETA_ORI, ETA_AUG))), global_batch_size=len(data), calculate_entropy=False,
-        use_remove_padding=False, use_dynamic_bsz=False, micro_batch_size_per_gpu=4, use_fused_kernels=False,
+        data,
+        **dict(zip(COEF_KEYS, (GAMMA, ETA_ORI, ETA_AUG), strict=False)),
+        global_batch_size=len(data),
+        calculate_entropy=False,
+        use_remove_padding=False,
+        use_dynamic_bsz=False,
+        micro_batch_size_per_gpu=4,
+        use_fused_kernels=False,
     )
 
     def loss_and_grads(loss_fn):

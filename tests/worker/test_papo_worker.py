@@ -6,12 +6,12 @@ from functools import partial
 
 import pytest
 import torch
-
-from recipe.papo.policy_loss import COEF_KEYS, IMAGE_ROW_KEY, KL_WEIGHT_KEY, MASKED_LOG_PROBS_KEY
-from recipe.papo.worker import STEP_KEY
 from verl.utils import tensordict_utils as tu
 from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import response_from_nested
+
+from recipe.papo.policy_loss import COEF_KEYS, IMAGE_ROW_KEY, KL_WEIGHT_KEY, MASKED_LOG_PROBS_KEY
+from recipe.papo.worker import STEP_KEY
 
 SAMPLES = [(0, "a", "3 circles"), (0, "a", "two"), (None, "b", "no image here"), (1, "c", "1 square")]
 
@@ -61,10 +61,15 @@ def training_batch(worker, data, coefs, advantages=None):
     if advantages is None:
         advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
     data["advantages"] = torch.nested.as_nested_tensor(
-        [a * torch.ones_like(m, dtype=torch.float32) for a, m in zip(advantages, data["response_mask"].unbind())],
+        [
+            a * torch.ones_like(m, dtype=torch.float32)
+            for a, m in zip(advantages, data["response_mask"].unbind(), strict=False)
+        ],
         layout=torch.jagged,
     )
-    tu.assign_non_tensor(data, **dict(zip(COEF_KEYS, coefs)), global_batch_size=len(data), calculate_entropy=False)
+    tu.assign_non_tensor(
+        data, **dict(zip(COEF_KEYS, coefs, strict=False)), global_batch_size=len(data), calculate_entropy=False
+    )
     for key, value in dict(
         use_remove_padding=False, use_dynamic_bsz=False, micro_batch_size_per_gpu=2, use_fused_kernels=False
     ).items():
@@ -96,7 +101,9 @@ def test_zero_coefficients_give_grpos_loss_and_gradient(precompute_worker, batch
     actor_config = precompute_worker.loss_fn.keywords["config"]
     data = training_batch(precompute_worker, batch, coefs=(0.0, 0.0, 0.0))
     papo_loss, papo_grads = loss_and_grads(precompute_worker, data, precompute_worker.loss_fn)
-    grpo_loss, grpo_grads = loss_and_grads(precompute_worker, data, partial(ppo_loss, config=vanilla_config(actor_config)))
+    grpo_loss, grpo_grads = loss_and_grads(
+        precompute_worker, data, partial(ppo_loss, config=vanilla_config(actor_config))
+    )
     assert papo_loss == grpo_loss
     assert max_grad_difference(papo_grads, grpo_grads) == 0.0
     assert max(g.abs().max().item() for g in grpo_grads.values()) > 0
@@ -110,7 +117,9 @@ def test_positive_gamma_reaches_the_model_gradient(precompute_worker, batch):
     assert max_grad_difference(grads[0.0], grads[0.5]) > 1e-6
 
 
-def test_h_aug_has_no_gradient_when_precomputed_and_gradient_when_recomputed(precompute_worker, recompute_worker, batch):
+def test_h_aug_has_no_gradient_when_precomputed_and_gradient_when_recomputed(
+    precompute_worker, recompute_worker, batch
+):
     """Only eta_aug > 0 and zero advantages: the whole gradient is H_aug's."""
     zero_advantages = torch.zeros(4)
     results = {}

@@ -34,7 +34,7 @@ equals the channel count, i.e. never for a real prompt.
 from __future__ import annotations
 
 import sys
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from tensordict import TensorDict
@@ -48,7 +48,7 @@ _IMPORTERS = ("verl.workers.engine_workers", "verl.workers.engine.base", "verl.w
 _TOKEN_DIM = 2
 
 # verl's own function, as found by :func:`install_position_ids_fix` (kept for tests and diagnosis).
-verl_original: Optional[Callable[[TensorDict], None]] = None
+verl_original: Callable[[TensorDict], None] | None = None
 
 
 def _ragged_along_tokens(position_ids: torch.Tensor) -> torch.Tensor:

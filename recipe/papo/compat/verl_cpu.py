@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from ._guard import log_patched, require_version
 
@@ -36,7 +37,7 @@ _PG_IMPORTERS = ("verl.workers.engine_workers",)  # modules of verl 0.9.1 that i
 
 def _with_cpu_backend(original: Callable) -> Callable:
     @functools.wraps(original)
-    def initialize_global_process_group_ray(timeout_second: Optional[int] = None, backend: Optional[str] = None):
+    def initialize_global_process_group_ray(timeout_second: int | None = None, backend: str | None = None):
         return original(timeout_second=timeout_second, backend=backend or CPU_BACKEND)
 
     initialize_global_process_group_ray.__papo_cpu_backend__ = True
@@ -175,7 +176,7 @@ def install_unpinned_reference_offload() -> None:
     import importlib
 
     module = importlib.import_module(TRANSFORMER_IMPL_MODULE)
-    current = getattr(module, "CPUOffloadPolicy")
+    current = module.CPUOffloadPolicy
     if getattr(current, "__papo_unpinned__", False):
         return
     policy_cls = current
@@ -184,5 +185,5 @@ def install_unpinned_reference_offload() -> None:
         return policy_cls(pin_memory=False, **kwargs)
 
     cpu_offload_policy.__papo_unpinned__ = True
-    setattr(module, "CPUOffloadPolicy", cpu_offload_policy)
+    module.CPUOffloadPolicy = cpu_offload_policy
     log_patched(patch, f"{TRANSFORMER_IMPL_MODULE}.CPUOffloadPolicy builds pin_memory=False policies")

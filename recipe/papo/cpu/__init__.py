@@ -47,7 +47,8 @@ def activate() -> None:
     global _active
     if _active:
         return
-    from recipe.papo.compat import verl as verl_compat, verl_cpu
+    from recipe.papo.compat import verl as verl_compat
+    from recipe.papo.compat import verl_cpu
 
     from . import engines, hf_replica, platform, qwen_vl_stub, varlen_attention
 

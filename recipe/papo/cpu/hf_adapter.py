@@ -13,11 +13,11 @@ memory.
 from __future__ import annotations
 
 import os
-from typing import Any, Generator, Optional
+from collections.abc import Generator
+from typing import Any
 
 import ray
 import torch
-
 from verl.workers.rollout.base import BaseRollout
 
 
@@ -40,7 +40,7 @@ class HFServerAdapter(BaseRollout):
         self.replica_rank = rank // rollout_world_size if replica_rank == -1 else replica_rank
         # One server per replica: its first rank sends the weights.
         self._is_sender = rank % rollout_world_size == 0
-        self._server: Optional[ray.actor.ActorHandle] = None
+        self._server: ray.actor.ActorHandle | None = None
 
     def _server_handle(self) -> ray.actor.ActorHandle:
         # The server starts after the worker (LLMServerManager runs after init_model): look it up lazily.
@@ -58,7 +58,7 @@ class HFServerAdapter(BaseRollout):
         self,
         weights: Generator[tuple[str, torch.Tensor], None, None],
         wire_format: str = "named_tensors",
-        global_steps: Optional[int] = None,
+        global_steps: int | None = None,
         peft_config: Any = None,
         **kwargs: Any,
     ) -> None:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry
 
 from recipe.papo.compat.verl_cpu import register_rollout_adapter
-from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry
 
 from .hf_adapter import server_actor_name
 from .hf_server import HFRolloutServer

@@ -19,11 +19,10 @@ abort are no-ops because nothing is held on a device.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PretrainedConfig
-
 from verl.workers.rollout.replica import TokenOutput
 
 if TYPE_CHECKING:
@@ -85,10 +84,10 @@ class HFRolloutServer:
         self.pad_token_id = generation_config.pad_token_id
         if self.pad_token_id is None:
             self.pad_token_id = self.model_config.tokenizer.pad_token_id
-        self.global_steps: Optional[int] = None
+        self.global_steps: int | None = None
 
     # ------------------------------------------------------------------ generation
-    def _vision_inputs(self, image_data: Optional[list], mm_processor_kwargs: Optional[dict]) -> dict[str, Any]:
+    def _vision_inputs(self, image_data: list | None, mm_processor_kwargs: dict | None) -> dict[str, Any]:
         if not image_data:
             return {}
         if self.processor is None:
@@ -101,10 +100,10 @@ class HFRolloutServer:
         prompt_ids: list[int],
         sampling_params: dict[str, Any],
         request_id: str,
-        image_data: Optional[list[Any]] = None,
-        video_data: Optional[list[Any]] = None,
-        audio_data: Optional[list[Any]] = None,
-        mm_processor_kwargs: Optional[dict[str, Any]] = None,
+        image_data: list[Any] | None = None,
+        video_data: list[Any] | None = None,
+        audio_data: list[Any] | None = None,
+        mm_processor_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> TokenOutput:
         """Sample one response for ``prompt_ids`` (token ids in, token ids + log-probs out)."""
@@ -150,7 +149,7 @@ class HFRolloutServer:
         )
 
     # ------------------------------------------------------------------ weights
-    async def update_weights(self, weights: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> None:
+    async def update_weights(self, weights: dict[str, torch.Tensor], global_steps: int | None = None) -> None:
         """Load a full (HF-named) state dict sent by the trainer; every key must match."""
         expected = self.model.state_dict().keys()
         missing, unexpected = sorted(expected - weights.keys()), sorted(weights.keys() - expected)
@@ -169,7 +168,7 @@ class HFRolloutServer:
     async def sleep(self) -> None:
         return None
 
-    async def wake_up(self, tags: Optional[list[str]] = None) -> None:
+    async def wake_up(self, tags: list[str] | None = None) -> None:
         return None
 
     async def clear_kv_cache(self) -> None:

@@ -20,7 +20,7 @@ import base64
 import math
 import sys
 from io import BytesIO
-from typing import Any, Optional
+from typing import Any
 
 from PIL import Image
 
@@ -31,7 +31,7 @@ MAX_RATIO = 200
 
 
 def smart_resize(
-    height: int, width: int, factor: int, min_pixels: Optional[int] = None, max_pixels: Optional[int] = None
+    height: int, width: int, factor: int, min_pixels: int | None = None, max_pixels: int | None = None
 ) -> tuple[int, int]:
     """``(height, width)`` rounded to multiples of ``factor``, area in ``[min_pixels, max_pixels]``."""
     min_pixels = IMAGE_MIN_TOKEN_NUM * factor**2 if min_pixels is None else min_pixels

@@ -11,13 +11,13 @@ Both compute exact causal softmax attention with ``torch.nn.functional.scaled_do
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 
-def _reject_unsupported(window_size: Any, softcap: Optional[float]) -> None:
+def _reject_unsupported(window_size: Any, softcap: float | None) -> None:
     if window_size not in (None, (-1, -1)) or softcap not in (None, 0.0):
         raise NotImplementedError(
             f"the CPU backend's variable-length attention supports neither sliding windows nor soft-capping "
@@ -25,7 +25,7 @@ def _reject_unsupported(window_size: Any, softcap: Optional[float]) -> None:
         )
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout_p: float, scale: Optional[float]):
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout_p: float, scale: float | None):
     """SDPA over ``(..., seq, heads, head_dim)`` inputs; k/v may have fewer heads (GQA)."""
     q, k, v = (t.transpose(-3, -2) for t in (q, k, v))  # (..., heads, seq, head_dim)
     out = F.scaled_dot_product_attention(
@@ -43,10 +43,10 @@ def varlen_attention(
     max_seqlen_q: Any = None,
     max_seqlen_k: Any = None,
     dropout_p: float = 0.0,
-    softmax_scale: Optional[float] = None,
+    softmax_scale: float | None = None,
     causal: bool = False,
     window_size: Any = (-1, -1),
-    softcap: Optional[float] = None,
+    softcap: float | None = None,
     deterministic: bool = False,
     **unused: Any,
 ) -> torch.Tensor:
@@ -69,7 +69,7 @@ def varlen_attention(
         raise NotImplementedError("the CPU backend's variable-length attention supports self-attention only")
     bounds = cu_seqlens_q.tolist()
     out = torch.empty_like(q)
-    for start, end in zip(bounds[:-1], bounds[1:]):
+    for start, end in zip(bounds[:-1], bounds[1:], strict=False):
         if end > start:
             out[start:end] = _sdpa(q[start:end], k[start:end], v[start:end], causal, dropout_p, softmax_scale)
     return out
@@ -79,13 +79,13 @@ def dense_attention(
     query_states: torch.Tensor,
     key_states: torch.Tensor,
     value_states: torch.Tensor,
-    attention_mask: Optional[torch.Tensor],
+    attention_mask: torch.Tensor | None,
     query_length: int,
     is_causal: bool,
     dropout: float = 0.0,
-    softmax_scale: Optional[float] = None,
-    sliding_window: Optional[int] = None,
-    softcap: Optional[float] = None,
+    softmax_scale: float | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
     **unused: Any,
 ) -> torch.Tensor:
     """transformers' ``_flash_attention_forward`` contract: causal attention over whole rows.

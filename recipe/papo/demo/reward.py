@@ -24,14 +24,14 @@ image-dependent answer scores 1, the maximum.
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any
 
 SHAPING_WEIGHT = 0.5
 _ASCII_RANGE = 128
 _INTEGER = re.compile(r"[0-9]+")
 
 
-def first_integer(text: str) -> Optional[int]:
+def first_integer(text: str) -> int | None:
     """The first run of ASCII digits in ``text`` as an int, or None."""
     match = _INTEGER.search(text)
     return int(match.group()) if match else None
@@ -53,7 +53,7 @@ def score_count_answer(response: str, ground_truth: str) -> dict[str, float]:
 
 
 def compute_score(
-    data_source: str, solution_str: str, ground_truth: str, extra_info: Optional[dict] = None, **kwargs: Any
+    data_source: str, solution_str: str, ground_truth: str, extra_info: dict | None = None, **kwargs: Any
 ) -> dict[str, float]:
     """verl custom reward entry point for the demo's ``papo_demo/`` data sources."""
     if not data_source.startswith("papo_demo/"):
@@ -67,4 +67,3 @@ def reward_overrides() -> list[str]:
         "reward.custom_reward_function.path=pkg://recipe.papo.demo.reward",
         "reward.custom_reward_function.name=compute_score",
     ]
-

@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m recipe.papo.experiments.dynamics " + " ".join(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
     run_experiment(args.out.resolve(), arms, seeds, size, WarmupConfig(steps=args.warmup_steps), command)
-    print(f"[dynamics] done in {time.monotonic() - started:.0f} s: {args.out / 'summary.json'}, {args.out / 'dynamics.png'}")
+    elapsed = time.monotonic() - started
+    print(f"[dynamics] done in {elapsed:.0f} s: {args.out / 'summary.json'}, {args.out / 'dynamics.png'}")
     return 0
 
 

@@ -28,7 +28,7 @@ def plot_dynamics(summary: dict[str, Any], path: Path, title: str = "") -> Path:
     cols = 3
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
-    for ax, (metric, label) in zip(axes.flat, panels):
+    for ax, (metric, label) in zip(axes.flat, panels, strict=False):
         for arm, arm_curves in summary["arms"].items():
             if metric not in arm_curves:
                 continue

@@ -52,7 +52,9 @@ class RunSize:
     lr: float = 5e-4
 
 
-def arm_command(arm: Arm, seed: int, model_dir: Path, train: Path, val: Path, run_dir: Path, size: RunSize) -> list[str]:
+def arm_command(
+    arm: Arm, seed: int, model_dir: Path, train: Path, val: Path, run_dir: Path, size: RunSize
+) -> list[str]:
     """The ``main_papo`` command line of ``arm`` at ``seed``."""
     overrides = cpu_overrides(
         model_dir,

@@ -34,7 +34,9 @@ OPTIONAL_METRICS: tuple[str, ...] = (
 )
 
 
-def curves(records: list[dict], metrics: tuple[str, ...] = REQUIRED_METRICS + OPTIONAL_METRICS) -> dict[str, list[float]]:
+def curves(
+    records: list[dict], metrics: tuple[str, ...] = REQUIRED_METRICS + OPTIONAL_METRICS
+) -> dict[str, list[float]]:
     """``{metric: [value at step 1, 2, ...]}`` from file-logger records (one per training step).
 
     Raises:

@@ -45,7 +45,9 @@ def _messages(row: dict) -> list[dict]:
 
 def _batch(rows: list[dict], digits: list[str], tokenizer, processor) -> dict[str, torch.Tensor]:
     """Model inputs and labels (-100 except on the answer digit and ``<|im_end|>``)."""
-    prompts = [tokenizer.apply_chat_template(_messages(row), tokenize=False, add_generation_prompt=True) for row in rows]
+    prompts = [
+        tokenizer.apply_chat_template(_messages(row), tokenize=False, add_generation_prompt=True) for row in rows
+    ]
     images = [Image.open(io.BytesIO(row["images"][0]["bytes"])).convert("RGB") for row in rows]
     texts = [prompt + digit + tokenizer.eos_token for prompt, digit in zip(prompts, digits, strict=True)]
     inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
