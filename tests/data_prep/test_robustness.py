@@ -179,7 +179,16 @@ def test_interrupted_rerun_leaves_the_previous_outputs_untouched(fx, tmp_path, s
     big = fx.write_parquet(tmp_path / "big.parquet", many)
     command = [sys.executable, "-m", "data_prep.virl39k", "--source", str(big), "--out", str(out)]
     command += ["--row-group-size", "1", "--num-proc", str(num_proc)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As from a terminal: a runner started in the background (nohup, `cmd &`) passes SIGINT on as
+    # ignored, and Python then never raises KeyboardInterrupt; restore the default in the child.
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     partial = out / "virl39k_train.parquet.partial"
     deadline = time.monotonic() + 120
     while not (partial.exists() and partial.stat().st_size > 0) and process.poll() is None:

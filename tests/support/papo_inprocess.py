@@ -54,9 +54,12 @@ def compose_config(
     prompts: int = 2,
     rollout_n: int = 2,
 ):
-    """``configs/papo_trainer.yaml`` + the CPU overrides + float32 params + ``overrides``, resolved.
+    """``configs/papo_trainer.yaml`` + the CPU overrides + float32 params + padded inputs + ``overrides``, resolved.
 
-    float32 keeps gradient comparisons from being dominated by bf16 rounding.
+    float32 keeps gradient comparisons from being dominated by bf16 rounding. Padded by default:
+    building a remove-padding worker makes verl's ``apply_monkey_patch`` replace the model's attention
+    class forward for the rest of the process, so tests that want remove-padding pass
+    ``actor_rollout_ref.model.use_remove_padding=True`` and run last (``tests/conftest.py``).
     """
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
@@ -67,6 +70,7 @@ def compose_config(
             overrides=[
                 *cpu_overrides(model_dir, "unused.parquet", "unused.parquet", batch_size=prompts, rollout_n=rollout_n),
                 "actor_rollout_ref.actor.fsdp_config.dtype=float32",
+                "actor_rollout_ref.model.use_remove_padding=False",
                 *overrides,
             ],
         )
