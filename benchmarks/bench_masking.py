@@ -73,6 +73,9 @@ def loop_mask(pixel_values, row_mask: list[bool], black):
 def main(argv=None) -> int:
     args = parse_args(argv)
     bc.configure_threads(args.threads)
+    # A CPU benchmark: the CPU backend brings the torchvision-free qwen_vl_utils stand-in that the
+    # image-space row needs where torchvision is not installed (it steps aside where it is).
+    bc.activate_cpu_backend()
 
     import torch
     from tensordict import TensorDict

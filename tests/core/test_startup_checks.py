@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from user_env import user_env
 
 from recipe.papo.compat import UnsupportedVersionError
 from recipe.papo.compat.verl_engine import check_engine_forward_step, forward_log_probs_with_grad
@@ -87,7 +88,7 @@ def test_rollout_names_refuse_a_registry_of_another_shape(monkeypatch):
 
 
 def test_dry_run_with_an_unknown_estimator_fails_in_seconds_naming_it_and_the_allowed_names(tmp_path):
-    env = {**os.environ, "PAPO_DRY_RUN": "1", "HYDRA_FULL_ERROR": "1"}
+    env = user_env({"PAPO_DRY_RUN": "1", "HYDRA_FULL_ERROR": "1"})
     start = time.monotonic()
     result = subprocess.run(
         [

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from user_env import user_env
 
 from data_prep import all as prepare_all
 from data_prep import geometry3k, mmk12, papo_eval, virl39k
@@ -295,6 +296,7 @@ def test_module_entry_point(fx, tmp_path):
         capture_output=True,
         text=True,
         cwd=REPO,
+        env=user_env(),  # as typed in a user's shell, not the test session's environment
         timeout=120,
     )
     assert completed.returncode == 0, completed.stderr

@@ -5,7 +5,6 @@ extracted layout and the JSON layouts: all nine benchmarks converted and every r
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import papo_eval_fixtures as fixtures
 import pyarrow.parquet as pq
 import pytest
+from user_env import user_env
 
 from data_prep import eval_layouts, papo_eval
 from recipe.papo.prompt import EVAL_BENCHMARKS, benchmark_group
@@ -87,7 +87,7 @@ def test_hub_layout_folder_converts_through_the_command_offline(tmp_path):
     root = tmp_path / "PAPO_eval"
     content = fixtures.write_hub_layout(root)
     out = tmp_path / "out"
-    env = os.environ | {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")}
+    env = user_env({"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")})
     done = subprocess.run(
         [sys.executable, "-m", "data_prep.papo_eval", "--source", str(root), "--out", str(out)],
         cwd=REPO,

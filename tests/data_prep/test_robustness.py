@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from user_env import user_env
 
 from data_prep import virl39k
 from data_prep.rows import RawRow, RowSpec, Skip, convert_row
@@ -184,6 +185,7 @@ def test_interrupted_rerun_leaves_the_previous_outputs_untouched(fx, tmp_path, s
     process = subprocess.Popen(
         command,
         cwd=REPO,
+        env=user_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

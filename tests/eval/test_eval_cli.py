@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from user_env import user_env
 
 from recipe.papo.eval_table import main, table_from_metrics
 from recipe.papo.prompt import EVAL_BENCHMARKS
@@ -104,6 +105,7 @@ def test_module_entry_point(tmp_path) -> None:
     metrics_file.write_text(json.dumps({"step": 0, "data": {"val-core/papo/We_Math/acc/mean@8": 0.5}}) + "\n")
     completed = subprocess.run(
         [sys.executable, "-m", "recipe.papo.eval_table", "--metrics", str(metrics_file), "--out", str(tmp_path)],
+        env=user_env(),
         capture_output=True,
         text=True,
         check=False,

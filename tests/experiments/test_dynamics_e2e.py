@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from user_env import user_env
 
 from recipe.papo.experiments.arms import ARM_NAMES
 from recipe.papo.experiments.summary import REQUIRED_METRICS
@@ -25,7 +26,7 @@ def test_two_steps_of_every_arm_write_a_finite_summary_and_the_figure(tmp_path):
     # engine patches class-wide once any test in this process has built a worker.
     command = [sys.executable, "-m", "recipe.papo.experiments.dynamics", "--out", str(out)]
     command += ["--steps", "2", "--seeds", "1", "--warmup-steps", "2"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=user_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     summary = json.loads((out / "summary.json").read_text())

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from user_env import user_env
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
@@ -53,9 +54,10 @@ def script_knobs() -> set[str]:
 def script_env(**overrides: str) -> dict[str, str]:
     """The caller's environment without any script knob (a developer's exports must not leak in),
     this venv's ``bin`` first on PATH (``python3`` is the project's), plus ``overrides``."""
-    # The suite's own CPU-backend switch (tests/conftest.py) is not a user's environment either.
-    hidden = script_knobs() | {"VERL_PLATFORM", "VERL_USE_EXTERNAL_MODULES"}
-    env = {key: value for key, value in os.environ.items() if key not in hidden}
+    # What the test session set (its CPU-backend switch, process-group variables: user_env) is not a
+    # user's environment either.
+    hidden = script_knobs()
+    env = {key: value for key, value in user_env().items() if key not in hidden}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(overrides)
     return env
