@@ -3,7 +3,9 @@
 Source images come as encoded bytes, ``{bytes, path}`` dicts (the Hugging Face ``Image`` storage),
 file paths, PIL images, or :class:`MissingImage` markers left by a reader that could not find a
 file. Original encoded bytes are kept unchanged (no re-encoding, no quality loss); only PIL input
-is encoded, losslessly as PNG, and 16-bit images are rewritten as 8-bit PNG (:func:`to_eight_bit`).
+is encoded, losslessly as PNG, and images wider than 8 bits (16-bit and 32-bit integer ``I;16*`` /
+``I``, 32-bit float ``F``) are rewritten as 8-bit PNG by the rule of
+:func:`recipe.papo.image_rgb.to_eight_bit` (:func:`to_eight_bit` here).
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from typing import Any
 from PIL import Image
 
 from data_prep.problems import RowProblem
+from recipe.papo import image_rgb
 
 # Modes PIL can write to PNG as they are; anything else is converted to RGB first.
 PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"})
-# Integer modes wider than 8 bits. verl's image path (qwen_vl_utils' convert("RGB")) clips their
-# values to 255, which turns a 16-bit image almost entirely white.
-WIDE_INTEGER_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
-SIXTEEN_BIT_MAX = 65535
+# Modes wider than 8 bits. verl's image path (qwen_vl_utils' convert("RGB")) clips their values to
+# 0..255, which turns a 16-bit image almost entirely white and a [0, 1] float image black.
+WIDE_MODES = image_rgb.WIDE_MODES
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def entry_to_blob(entry: Any, position: int) -> ImageBlob:
     if isinstance(entry, bytes | bytearray | memoryview):
         return ImageBlob(bytes(entry), None)
     if isinstance(entry, Image.Image):
-        return ImageBlob(encode_png(entry), None)
+        return ImageBlob(encode_png(eight_bit_image(entry, None, position)), None)
     if isinstance(entry, dict):
         data, path = entry.get("bytes"), entry.get("path")
         if data is not None:
@@ -127,29 +129,32 @@ def decode_image(blob: ImageBlob, position: int) -> Image.Image:
     return image
 
 
-def to_eight_bit(blob: ImageBlob, image: Image.Image, position: int) -> tuple[ImageBlob, Image.Image]:
-    """A 16-bit grey image (``I;16*``, or ``I`` with values in [0, 65535]) as an 8-bit ``L`` PNG.
-
-    Values are scaled linearly, ``round(v * 255 / 65535)``, so the training path sees the picture
-    instead of a white sheet. Other modes are returned unchanged. The blob keeps its ``path``.
+def eight_bit_image(image: Image.Image, path: str | None, position: int) -> Image.Image:
+    """``image`` converted by :func:`recipe.papo.image_rgb.to_eight_bit` (8-bit modes unchanged).
 
     Raises:
-        RowProblem: ``corrupt_image`` for an ``I`` image with values outside [0, 65535].
+        RowProblem: ``image_values_out_of_range``, naming the image and its values, for an image the
+            rule has no conversion for (``I`` outside [0, 65535]; ``F`` not finite or outside [0, 255]).
     """
-    if image.mode not in WIDE_INTEGER_MODES:
-        return blob, image
-    import numpy as np
+    try:
+        return image_rgb.to_eight_bit(image)
+    except image_rgb.ImageValueRangeError as error:
+        where = f" ({path})" if path else ""
+        raise RowProblem("image_values_out_of_range", f"image {position}{where}: {error}") from None
 
-    values = np.asarray(image).astype(np.int64)
-    low, high = int(values.min(initial=0)), int(values.max(initial=0))
-    if low < 0 or high > SIXTEEN_BIT_MAX:
-        where = f" ({blob.path})" if blob.path else ""
-        raise RowProblem(
-            "corrupt_image",
-            f"image {position}{where}: mode {image.mode} with values in [{low}, {high}], outside the 16-bit range "
-            "[0, 65535]; convert it to an 8-bit image first",
-        )
-    eight_bit = Image.fromarray(np.rint(values * (255 / SIXTEEN_BIT_MAX)).astype(np.uint8))
+
+def to_eight_bit(blob: ImageBlob, image: Image.Image, position: int) -> tuple[ImageBlob, Image.Image]:
+    """A decoded image wider than 8 bits (``I;16*``, ``I``, ``F``) as an 8-bit ``L`` PNG, by the rule of
+    :func:`recipe.papo.image_rgb.to_eight_bit`, so the training path sees the picture instead of
+    a white (16-bit) or black ([0, 1] float) sheet. Other modes are returned unchanged. The blob
+    keeps its ``path``.
+
+    Raises:
+        RowProblem: ``image_values_out_of_range`` (see :func:`eight_bit_image`).
+    """
+    if image.mode not in WIDE_MODES:
+        return blob, image
+    eight_bit = eight_bit_image(image, blob.path, position)
     return ImageBlob(encode_png(eight_bit), blob.path), eight_bit
 
 

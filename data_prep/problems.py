@@ -5,6 +5,8 @@ from __future__ import annotations
 # Every reason a row can be skipped for, with the text shown to users.
 SKIP_REASONS: dict[str, str] = {
     "corrupt_image": "image bytes cannot be decoded",
+    "image_values_out_of_range": "an image wider than 8 bits has values its 8-bit conversion has no rule for "
+    "(I: outside 0..65535; F: NaN, infinite, or outside 0..255)",
     "missing_image_file": "an image path points to no file (searched folders and zip archives)",
     "ambiguous_image_path": "an image path's longest matching suffix ends several different images",
     "invalid_image_entry": "an image entry is not bytes, {bytes, path}, a path or a PIL image, "

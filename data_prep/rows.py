@@ -128,7 +128,8 @@ def convert_row(raw: RawRow | Skip, spec: RowSpec) -> dict[str, Any] | Skip:
 
     Checks, in order: question, answer, that images is a list, placeholder count == image count,
     then every image is found and decodes. The first failing check names the skip reason.
-    16-bit images are rewritten as 8-bit PNG (:func:`data_prep.images.to_eight_bit`).
+    Images wider than 8 bits (16/32-bit integer, 32-bit float) are rewritten as 8-bit PNG
+    (:func:`data_prep.images.to_eight_bit`).
     """
     if isinstance(raw, Skip):
         return raw

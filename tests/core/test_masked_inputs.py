@@ -161,7 +161,7 @@ def test_same_uid_with_different_pixels_gets_its_own_mask(tiny_processor):
 
 # --- fidelity to verl's own image chain (transparency, resize chain, image modes) ----------------
 
-MODES = ("RGB", "L", "P", "RGBA", "LA", "CMYK", "I;16", "I")
+MODES = ("RGB", "L", "P", "RGBA", "LA", "CMYK", "I;16", "I", "F")
 # (width, height): inside the tiny processor's pixel bounds on the 28-px grid, off the grid, above the
 # processor's max_pixels (qwen_vl_utils keeps it, the processor shrinks it), large, and below min_pixels.
 SIZES = ((84, 56), (97, 61), (300, 200), (2000, 1500), (20, 30))
@@ -183,6 +183,10 @@ def picture_in_mode(mode: str, size=(97, 61), seed: int = 0) -> tuple[Image.Imag
         picture = Image.fromarray(values)  # uint16 -> I;16, int32 -> I
         assert picture.mode == mode
         return picture, "PNG" if mode == "I;16" else "TIFF"
+    if mode == "F":  # 32-bit float: fractional values, some outside 0..255 (verl's conversion clips them)
+        picture = Image.fromarray(rng.uniform(-20.0, 300.0, (height, width)).astype(np.float32))
+        assert picture.mode == "F"
+        return picture, "TIFF"
     if mode == "P":
         return rgb.quantize(16), "PNG"
     return rgb.convert(mode), "TIFF" if mode == "CMYK" else "PNG"

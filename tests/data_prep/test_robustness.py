@@ -73,8 +73,8 @@ def test_sixteen_bit_masks_come_from_the_scaled_image():
 def test_out_of_range_integer_image_is_skipped_with_a_reason():
     values = np.full((8, 8), 70000, dtype=np.int32)
     result = convert_row(raw(images=[encoded(Image.fromarray(values), "TIFF")]), SPEC)
-    assert isinstance(result, Skip) and result.reason == "corrupt_image"
-    assert "outside the 16-bit range" in result.detail
+    assert isinstance(result, Skip) and result.reason == "image_values_out_of_range"
+    assert "image 0" in result.detail and "values in [70000, 70000], outside the 16-bit range" in result.detail
 
 
 @pytest.mark.parametrize(
