@@ -6,7 +6,8 @@ each with its ``.summary.json`` and ``.skipped.jsonl``, then ``DIR/all.summary.j
 every split. A dataset that fails (bad source, or ``--strict`` with skipped rows) is reported and the
 others still run; the exit code is then 2 (bad input) or 1 (``--strict``). Interrupted (SIGINT /
 SIGTERM), the split being written keeps its previous outputs and ``all.summary.json`` is removed
-(the run did not complete).
+(the run did not complete). It is removed when a run starts and written (atomically) when it ends, so
+after a run killed outright (SIGKILL) it is absent too.
 ``--precompute-masks`` applies to the training set (virl39k) only: the other sets are not trained on.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -75,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures: dict[str, str] = {}
     exit_code = 0
     combined_path = options.out_dir / "all.summary.json"
+    combined_path.unlink(missing_ok=True)  # it would describe splits this run is about to replace
     try:
         with terminate_raises(), RowMapper(options.num_proc) as mapper:
             for name, step in plan(args, options).items():
@@ -89,7 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return interrupted_exit(error)
     options.out_dir.mkdir(parents=True, exist_ok=True)
     combined = {"splits": [summary.to_json() for summary in summaries], "failures": failures}
-    combined_path.write_text(json.dumps(combined, indent=2) + "\n")
+    staged = combined_path.with_name(combined_path.name + ".partial")
+    staged.write_text(json.dumps(combined, indent=2) + "\n")
+    os.replace(staged, combined_path)
     print(render_table(summaries, failures))
     return exit_code
 

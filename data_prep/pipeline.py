@@ -138,7 +138,7 @@ def convert_split(
     """
     options.out_dir.mkdir(parents=True, exist_ok=True)
     outputs = SplitOutputs(options.out_dir, stem)
-    outputs.discard()  # stale staging files of a run that was killed outright
+    outputs.begin()  # deletes what a run killed outright left, and makes this run's version folder
     summary = SplitSummary(dataset, spec.split, source, outputs.final, options.summary_options())
     if options.max_rows is not None:
         rows = itertools.islice(rows, options.max_rows)

@@ -8,16 +8,30 @@ For a split written as ``<out>/<stem>.parquet``:
   reason, rows that reuse an earlier row's ``id``, and the options used. It has no timestamps, so
   it is reproducible too.
 
-All three are written beside the old ones as ``<name>.partial`` and swapped in together by
-:meth:`SplitOutputs.commit` when the run completes (with SIGINT/SIGTERM held back during the swap).
-An interrupted or failed run deletes its ``.partial`` files, so the folder keeps the previous run's
-three files untouched (or none). A ``--strict`` failure is a completed run: its summary and skip log
-replace the old ones and the old parquet is removed.
+Crash safety (:class:`SplitOutputs`). Each run writes its three files into a fresh version folder,
+``<out>/.data_prep/<stem>/<n>/``. The user-visible paths ``<out>/<stem>.parquet`` etc. are
+relative symbolic links into ``<out>/.data_prep/<stem>/current/``, and ``current`` is itself a
+link to one version folder. A completed run makes the links if missing, then switches
+``current`` to its folder with one ``os.replace`` (atomic on POSIX), then deletes the older
+folders. So whenever the process stops, even by SIGKILL or a power cut (files and folders are
+fsynced before the switch), the three paths show either the previous run's complete set or the
+new one, never a mix. SIGINT/SIGTERM are held back during the switch; an interrupted or failed
+run deletes its own folder, and the next run deletes any folder a killed run left. A ``--strict``
+failure is a completed run: its summary and skip log replace the old ones and its version has no
+parquet, so ``<stem>.parquet`` disappears (its link is removed after the switch; until then it
+dangles, which readers see as no file).
+
+Outputs of an earlier data_prep (plain files at the user-visible paths) are adopted on the first
+run: hard-linked (or copied) into a version folder that ``current`` points to, then each path is
+replaced by its link atomically; every path shows the old content throughout.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +46,18 @@ from data_prep.rows import Skip
 EXAMPLES_PER_REASON = 5
 DUPLICATE_EXAMPLES = 5
 OUTPUT_KINDS = ("parquet", "skipped", "summary")
+# Hidden folder of an output folder that holds every split's versions.
+STATE_DIR = ".data_prep"
+CURRENT = "current"
+# Test hook: ``DATA_PREP_TEST_PAUSE=<point>:<marker file>`` makes the process write the marker file and
+# sleep at that point of the commit, so a test can kill it there (points: :data:`PAUSE_POINTS`).
+PAUSE_ENV = "DATA_PREP_TEST_PAUSE"
+PAUSE_POINTS = ("adopting", "before_switch", "after_switch")
+PAUSE_SECONDS = 300
 
 
 def output_paths(out_dir: Path, stem: str) -> dict[str, Path]:
-    """The ``parquet``, ``skipped`` and ``summary`` paths of split ``stem`` under ``out_dir``."""
+    """The user-visible ``parquet``, ``skipped`` and ``summary`` paths of split ``stem`` under ``out_dir``."""
     return {
         "parquet": out_dir / f"{stem}.parquet",
         "skipped": out_dir / f"{stem}.skipped.jsonl",
@@ -43,33 +65,165 @@ def output_paths(out_dir: Path, stem: str) -> dict[str, Path]:
     }
 
 
-def staging_path(path: Path) -> Path:
-    """Where the new version of ``path`` is written before it is swapped in."""
+def legacy_staging_path(path: Path) -> Path:
+    """Where data_prep before versioned outputs staged ``path`` (deleted if a killed run left it)."""
     return path.with_name(path.name + ".partial")
 
 
+def pause_point(name: str) -> None:
+    """The :data:`PAUSE_ENV` test hook: at point ``name``, write the marker file and sleep."""
+    setting = os.environ.get(PAUSE_ENV, "")
+    point, _, marker = setting.partition(":")
+    if point != name or not marker:
+        return
+    Path(marker).write_text(f"{os.getpid()}\n")
+    time.sleep(PAUSE_SECONDS)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush ``path`` (a file or a folder) to disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def replace_with_symlink(path: Path, target: str) -> None:
+    """Make ``path`` a symbolic link to ``target`` in one atomic step (whatever ``path`` was)."""
+    temporary = path.with_name(f".{path.name}.link-{os.getpid()}")
+    temporary.unlink(missing_ok=True)
+    os.symlink(target, temporary)
+    os.replace(temporary, path)
+
+
 class SplitOutputs:
-    """The staging and final paths of one split's three output files."""
+    """One split's versioned outputs: the folder this run writes (:attr:`staging`) and the switch.
+
+    Args:
+        out_dir: the output folder.
+        stem: the split's file stem (``virl39k_train``).
+
+    Call :meth:`begin` before writing to :attr:`staging`, then :meth:`commit` or :meth:`discard`.
+    """
 
     def __init__(self, out_dir: Path, stem: str):
+        self.out_dir = out_dir
+        self.stem = stem
         self.final = output_paths(out_dir, stem)
-        self.staging = {kind: staging_path(path) for kind, path in self.final.items()}
+        self.root = out_dir / STATE_DIR / stem
+        self.current = self.root / CURRENT
+        self.version: Path | None = None
+        self.staging: dict[str, Path] = {}
+        self.committed = False
+
+    def link_target(self, kind: str) -> str:
+        """The relative target of the user-visible link of ``kind``."""
+        return f"{STATE_DIR}/{self.stem}/{CURRENT}/{self.final[kind].name}"
+
+    def is_our_link(self, kind: str) -> bool:
+        path = self.final[kind]
+        return path.is_symlink() and os.readlink(path) == self.link_target(kind)
+
+    def current_version(self) -> Path | None:
+        """The version folder ``current`` points to, or None."""
+        if not self.current.is_symlink():
+            return None
+        return self.root / os.readlink(self.current)
+
+    def versions(self) -> list[Path]:
+        """Every version folder of the split (numbered), in any state."""
+        if not self.root.is_dir():
+            return []
+        return [entry for entry in self.root.iterdir() if entry.name.isdigit() and not entry.is_symlink()]
+
+    def new_version(self) -> Path:
+        """A fresh, empty version folder numbered one above every existing one."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        number = max((int(entry.name) for entry in self.versions()), default=0) + 1
+        folder = self.root / str(number)
+        folder.mkdir()
+        return folder
+
+    def begin(self) -> None:
+        """Delete what killed runs left (their version folders, links that lead nowhere, old
+        ``.partial`` files) and create this run's version folder; :attr:`staging` points into it."""
+        for path in self.final.values():
+            legacy_staging_path(path).unlink(missing_ok=True)
+        current = self.current_version()
+        for folder in self.versions():
+            if current is None or folder.name != current.name:
+                shutil.rmtree(folder, ignore_errors=True)
+        if self.root.is_dir():
+            for entry in self.root.iterdir():
+                if entry.name.startswith("."):  # a temporary link of a killed switch
+                    entry.unlink(missing_ok=True)
+        for kind, path in self.final.items():
+            if self.is_our_link(kind) and not path.exists():
+                path.unlink()
+            for leftover in path.parent.glob(f".{path.name}.link-*"):  # a temporary link of a killed run
+                leftover.unlink(missing_ok=True)
+        self.version = self.new_version()
+        self.staging = {kind: self.version / path.name for kind, path in self.final.items()}
 
     def discard(self) -> None:
-        """Delete the staging files (the final files are not touched)."""
-        for path in self.staging.values():
-            path.unlink(missing_ok=True)
+        """Delete this run's version folder (the visible outputs are not touched); no-op once committed."""
+        if self.version is not None and not self.committed:
+            shutil.rmtree(self.version, ignore_errors=True)
+
+    def adopt_plain_files(self) -> None:
+        """Turn outputs that are not this layout's links (an earlier data_prep's plain files) into a
+        version that ``current`` points to, then into links, without changing what any path shows."""
+        if self.current_version() is not None:
+            return
+        present = {kind: path for kind, path in self.final.items() if path.exists()}
+        if not present:
+            return
+        adopted = self.new_version()
+        for path in present.values():
+            try:
+                os.link(path, adopted / path.name)
+            except OSError:  # another filesystem, or no hard links: a copy
+                shutil.copy2(path, adopted / path.name)
+            fsync_path(adopted / path.name)
+        fsync_path(adopted)
+        replace_with_symlink(self.current, adopted.name)
+        fsync_path(self.root)
+        for index, kind in enumerate(present):
+            replace_with_symlink(self.final[kind], self.link_target(kind))
+            if index == 0:
+                pause_point("adopting")
 
     def commit(self, with_parquet: bool) -> None:
-        """Swap the staged files in; without ``with_parquet`` the old parquet is removed instead."""
+        """Switch the visible outputs to this run's version; without ``with_parquet`` it has no parquet.
+
+        The three files are flushed, the links made, then ``current`` is switched atomically; older
+        versions are deleted afterwards.
+        """
+        assert self.version is not None, "begin() was not called"
         with signals_deferred():
-            if with_parquet:
-                self.staging["parquet"].replace(self.final["parquet"])
-            else:
-                self.final["parquet"].unlink(missing_ok=True)
+            if not with_parquet:
                 self.staging["parquet"].unlink(missing_ok=True)
-            self.staging["skipped"].replace(self.final["skipped"])
-            self.staging["summary"].replace(self.final["summary"])
+            for path in self.staging.values():
+                if path.exists():
+                    fsync_path(path)
+            fsync_path(self.version)
+            self.adopt_plain_files()
+            for kind, path in self.final.items():
+                if not self.is_our_link(kind):
+                    replace_with_symlink(path, self.link_target(kind))
+            fsync_path(self.out_dir)
+            pause_point("before_switch")
+            replace_with_symlink(self.current, self.version.name)
+            self.committed = True
+            fsync_path(self.root)
+            pause_point("after_switch")
+            for path in self.final.values():
+                if not path.exists():  # a version without this file (--strict failure: no parquet)
+                    path.unlink(missing_ok=True)
+            for folder in self.versions():
+                if folder.name != self.version.name:
+                    shutil.rmtree(folder, ignore_errors=True)
 
 
 class RecordWriter:
@@ -172,7 +326,7 @@ class SplitSummary:
         }
 
     def save(self, path: Path) -> None:
-        """Write the summary JSON to ``path`` (the staging file; :class:`SplitOutputs` swaps it in)."""
+        """Write the summary JSON to ``path`` (in the run's version folder; :class:`SplitOutputs` switches to it)."""
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
 
     def render(self) -> str:

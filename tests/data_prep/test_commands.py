@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import runpy
 import subprocess
 import sys
@@ -183,7 +184,8 @@ def test_strict_fails_and_leaves_no_parquet(fx, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "5 row(s) skipped with --strict" in err and "missing_answer=2" in err
     assert not (out / "virl39k_train.parquet").exists(), "a stale parquet from the earlier run must not survive"
-    assert not (out / "virl39k_train.parquet.partial").exists()
+    versions = out / ".data_prep" / "virl39k_train"
+    assert sorted(p.name for p in versions.iterdir()) == sorted(["current", os.readlink(versions / "current")])
     result = summary(out, "virl39k_train")
     assert result["status"].startswith("failed: --strict") and result["output"] is None
     assert result["skipped_by_reason"] == expected
@@ -213,14 +215,14 @@ def test_same_input_gives_byte_identical_output_whatever_num_proc(fx, tmp_path):
 def test_rows_are_streamed_in_row_groups(fx, tmp_path):
     """The writer flushes row groups while rows are still being read (memory does not grow with rows)."""
     out = tmp_path / "out"
-    partial = out / "stream.parquet.partial"
     group = 3
     sizes_seen = []
 
     def rows():
         for index in range(4 * group):
-            if index % group == 0 and index:
-                sizes_seen.append(partial.stat().st_size)
+            if index % group == 0 and index:  # the parquet this run writes, in its own version folder
+                (staged,) = (out / ".data_prep" / "stream").glob("[0-9]*/stream.parquet")
+                sizes_seen.append(staged.stat().st_size)
             yield RawRow(index=index, id=None, question="<image>q", answer="1", images=[fx.image(6, 6, index)])
 
     spec = RowSpec(data_source="papo/x", split="train", benchmark="x", group=None, ability="math")

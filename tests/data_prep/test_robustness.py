@@ -163,7 +163,10 @@ def test_missing_prompt_template_file_is_a_clear_error(fx, tmp_path, capsys):
 
 
 def outputs(out: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted(out.iterdir())}
+    """The visible outputs (through their links) and the version folders behind them, by name."""
+    visible = {path.name: path.read_bytes() for path in sorted(out.iterdir()) if path.name != ".data_prep"}
+    versions = sorted(path.name for path in (out / ".data_prep" / "virl39k_train").iterdir())
+    return {**visible, "versions": " ".join(versions).encode()}
 
 
 @pytest.mark.parametrize(("sig", "num_proc", "exit_code"), [(signal.SIGTERM, 1, 143), (signal.SIGINT, 2, 130)])
@@ -173,7 +176,8 @@ def test_interrupted_rerun_leaves_the_previous_outputs_untouched(fx, tmp_path, s
     small = fx.write_parquet(tmp_path / "small.parquet", rows)
     assert virl39k.main(["--source", str(small), "--out", str(out)]) == 0
     before = outputs(out)
-    assert set(before) == {"virl39k_train.parquet", "virl39k_train.skipped.jsonl", "virl39k_train.summary.json"}
+    visible = {"virl39k_train.parquet", "virl39k_train.skipped.jsonl", "virl39k_train.summary.json"}
+    assert set(before) == visible | {"versions"} and before["versions"] == b"1 current"
 
     # A long rerun: many rows, one row per batch and row group, so it is mid-way for seconds.
     many = [{**rows[i % 9], "id": f"m{i}"} for i in range(20000)]
@@ -191,7 +195,7 @@ def test_interrupted_rerun_leaves_the_previous_outputs_untouched(fx, tmp_path, s
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    partial = out / "virl39k_train.parquet.partial"
+    partial = out / ".data_prep" / "virl39k_train" / "2" / "virl39k_train.parquet"  # the rerun's version folder
     deadline = time.monotonic() + 120
     while not (partial.exists() and partial.stat().st_size > 0) and process.poll() is None:
         assert time.monotonic() < deadline, "the rerun never started writing"
