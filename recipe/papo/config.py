@@ -71,7 +71,9 @@ class PapoConfig(BaseConfig):
         mask_unit: ``patch`` (one 14-px patch row of pixel_values) or ``token`` (one merged token).
         mask_space: ``pixel_values`` (aligned with the vision patches) or ``image`` (blacken raw
             images in patch_size cells and re-run the image processor: the authors' order).
-        mask_patch_size: cell side in pixels for ``mask_space=image`` (paper: 14).
+        mask_patch_size: cell side in pixels for ``mask_space=image``; ``None`` (default): the model's
+            vision patch side, read from its image processor (``patch_size``: 14 for Qwen2.5-VL,
+            the paper's setting; 16 for Qwen3-VL and Qwen3.5), so cells are the model's patches.
         mask_seed: seed; the mask is a function of (mask_seed, global step, prompt uid).
         masked_logprob_mode: ``precompute`` (no-grad pass of the pre-update policy once per step,
             the authors' default: H_aug has zero gradient) or ``recompute`` (masked forward with
@@ -102,7 +104,7 @@ class PapoConfig(BaseConfig):
     mask_ratio: float = 0.6
     mask_unit: str = "patch"
     mask_space: str = "pixel_values"
-    mask_patch_size: int = 14
+    mask_patch_size: int | None = None
     mask_seed: int = 0
     masked_logprob_mode: str = "precompute"
     base_loss_mode: str = "vanilla"
@@ -134,12 +136,16 @@ class PapoConfig(BaseConfig):
         _check_choice("mask_space", self.mask_space, MASK_SPACES)
         if self.mask_space == "image" and self.mask_unit != "patch":
             _fail("mask_unit", self.mask_unit, "'patch' with mask_space=image (image cells have no token grouping)")
-        if (
+        if self.mask_patch_size is not None and (
             isinstance(self.mask_patch_size, bool)
             or not isinstance(self.mask_patch_size, int)
             or self.mask_patch_size < 1
         ):
-            _fail("mask_patch_size", self.mask_patch_size, "a positive integer number of pixels")
+            _fail(
+                "mask_patch_size",
+                self.mask_patch_size,
+                "a positive integer number of pixels, or null for the model's patch size",
+            )
         if isinstance(self.mask_seed, bool) or not isinstance(self.mask_seed, int):
             _fail("mask_seed", self.mask_seed, "an integer")
         _check_choice("masked_logprob_mode", self.masked_logprob_mode, MASKED_LOGPROB_MODES)

@@ -154,6 +154,8 @@ class MaskedInputBuilder:
         # verl's agent loop calls qwen_vl_utils with the image processor's patch size; qwen_vl_utils
         # then resizes to multiples of patch_size * 2 (its spatial merge), i.e. 28 px for Qwen2.5-VL.
         self.image_patch_size = int(getattr(getattr(processor, "image_processor", None), "patch_size", 14))
+        # mask_space=image cells: papo.mask_patch_size, or by default the model's own patch side.
+        self.mask_patch_size = papo.mask_patch_size or self.layout.patch_size
 
     def mask_row(
         self,
@@ -179,7 +181,7 @@ class MaskedInputBuilder:
         elif self.papo.mask_space == "image":
             rng = np.random.default_rng(seed)
             blackened = [
-                mask_image_patches(to_rgb(image), self.papo.mask_ratio, self.papo.mask_patch_size, rng)[0]
+                mask_image_patches(to_rgb(image), self.papo.mask_ratio, self.mask_patch_size, rng)[0]
                 for image in raw_images(raw_prompt)
             ]
             masked["pixel_values"] = self._reprocess(
