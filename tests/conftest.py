@@ -11,7 +11,7 @@ import pytest
 from recipe.papo.model_families import FAMILIES
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Test support modules (e.g. ``papo_inprocess``), shared with benchmarks/.
+# Test support modules (e.g. ``papo_inprocess``, ``vision_patches``), imported by name; shared with benchmarks/.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -71,40 +71,6 @@ def family_bundle(family_model_dir):
     from recipe.papo.demo.tiny_model import load_tiny_model
 
     return load_tiny_model(family_model_dir)
-
-
-def patch_positions(image_grid_thw, merge_size: int):
-    """Image index and ``(t, h, w)`` patch coordinates of every ``pixel_values`` row.
-
-    Rows are ordered as the Qwen-VL processors emit them: per image, per frame, per merged block
-    (row-major), then the ``merge_size x merge_size`` patches inside the block (row-major).
-
-    Returns:
-        ``(num_rows, 4)`` int64 tensor of ``(image, t, h, w)``.
-    """
-    import torch
-
-    positions = []
-    for image_index, (t, h, w) in enumerate(image_grid_thw.to(torch.int64).tolist()):
-        frames, block_rows, block_cols, inner_rows, inner_cols = torch.meshgrid(
-            torch.arange(t),
-            torch.arange(h // merge_size),
-            torch.arange(w // merge_size),
-            torch.arange(merge_size),
-            torch.arange(merge_size),
-            indexing="ij",
-        )
-        rows = block_rows * merge_size + inner_rows
-        cols = block_cols * merge_size + inner_cols
-        image_column = torch.full_like(frames, image_index)
-        positions.append(torch.stack([image_column, frames, rows, cols], dim=-1).reshape(-1, 4))
-    return torch.cat(positions, dim=0)
-
-
-@pytest.fixture(name="patch_positions")
-def patch_positions_fixture():
-    """The :func:`patch_positions` helper (test modules cannot import conftest under importlib mode)."""
-    return patch_positions
 
 
 # Test modules that build remove-padding workers in this process. verl's ``apply_monkey_patch``

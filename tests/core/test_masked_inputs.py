@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
+from vision_patches import patch_positions
 
 from recipe.papo.config import PapoConfig
 from recipe.papo.masked_inputs import MaskedInputBuilder, MaskedInputError
@@ -271,7 +272,7 @@ def reach_of(cell_mask: np.ndarray, cell: int, size, sizes_after) -> np.ndarray:
 
 
 @pytest.mark.parametrize("size", SIZES[:4])
-def test_image_space_masking_changes_only_rows_blackened_cells_reach(tiny_processor, patch_positions, size):
+def test_image_space_masking_changes_only_rows_blackened_cells_reach(tiny_processor, size):
     from qwen_vl_utils import smart_resize
 
     papo = PapoConfig(mask_space="image", mask_ratio=0.3, mask_patch_size=14)

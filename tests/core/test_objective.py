@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from papo_loss_batches import make_batch
 
 from recipe.papo.config import PapoConfig
 from recipe.papo.objective import (
@@ -95,7 +96,7 @@ def test_kl_gradient_wrt_log_prob_is_the_analytic_derivative(batch):
     torch.testing.assert_close(log_prob.grad, analytic)
 
 
-def test_precomputed_masked_branch_gets_no_gradient_and_h_aug_adds_none(batch, make_batch):
+def test_precomputed_masked_branch_gets_no_gradient_and_h_aug_adds_none(batch):
     """Precompute mode: masked log-probs are constants, so H_aug's gradient is exactly zero."""
     base = make_batch()
     grads = []
@@ -125,7 +126,7 @@ def test_recompute_mode_gives_both_branches_gradient(batch):
     assert masked.grad[mask].abs().sum() > 0
 
 
-def test_padding_and_imageless_rows_never_contribute(batch, make_batch):
+def test_padding_and_imageless_rows_never_contribute(batch):
     batch.has_image[1] = False
     reference = run_terms(batch, PapoCoefficients(0.02, 0.05, 0.05))
     garbage = make_batch(seed=7)
@@ -140,7 +141,7 @@ def test_padding_and_imageless_rows_never_contribute(batch, make_batch):
     assert log_prob.grad[pad].abs().max() == 0
 
 
-def test_no_image_rows_give_exact_zero_with_graph(make_batch):
+def test_no_image_rows_give_exact_zero_with_graph():
     batch = make_batch()
     batch.has_image[:] = False
     log_prob = batch.log_prob.clone().requires_grad_(True)
@@ -232,7 +233,7 @@ def test_annealing_is_linear_in_the_global_step_and_scales_entropy():
 
 
 @pytest.mark.parametrize("loss_agg_mode", ["token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum"])
-def test_terms_do_not_depend_on_micro_batch_split(loss_agg_mode, make_batch):
+def test_terms_do_not_depend_on_micro_batch_split(loss_agg_mode):
     """Global normalisation (verl's global_batch_info): micro-batch losses and grads add up to the batch's."""
     full = make_batch(batch=8, seed=3)
     mask = full.response_mask

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from papo_loss_batches import make_actor_config
 from tensordict import TensorDict
 from verl.trainer.ppo.core_algos import get_policy_loss_fn
 from verl.utils import tensordict_utils as tu
@@ -44,7 +45,7 @@ def test_papo_is_registered_in_verls_registry():
     assert get_policy_loss_fn("papo") is compute_policy_loss_papo
 
 
-def test_loss_is_base_surrogate_plus_papo_terms(batch, make_actor_config):
+def test_loss_is_base_surrogate_plus_papo_terms(batch):
     config = make_actor_config()
     coefs = PapoCoefficients(0.02, 0.05, 0.03)
     inputs = inputs_for(batch, coefs)
@@ -69,7 +70,7 @@ def test_loss_is_base_surrogate_plus_papo_terms(batch, make_actor_config):
     assert inputs.record.token_sums["kl_prcp"] > 0
 
 
-def test_zero_coefficients_give_exactly_the_base_loss_and_gradient(batch, make_actor_config):
+def test_zero_coefficients_give_exactly_the_base_loss_and_gradient(batch):
     config = make_actor_config(kl_prcp_coef=0.0)
     grads = []
     for fn, use_inputs in ((get_policy_loss_fn("vanilla"), False), (compute_policy_loss_papo, True)):
@@ -86,9 +87,7 @@ def test_zero_coefficients_give_exactly_the_base_loss_and_gradient(batch, make_a
 
 
 @pytest.mark.parametrize("mode", ["monitor", "zero_coefficients"])
-def test_monitor_and_zero_coefficients_give_the_base_loss_and_gradient_bit_for_bit_with_metrics(
-    mode, batch, make_actor_config
-):
+def test_monitor_and_zero_coefficients_give_the_base_loss_and_gradient_bit_for_bit_with_metrics(mode, batch):
     """papo.monitor (issue 12.1): the terms are computed for the metrics, the loss stays the base."""
     monitor = mode == "monitor"
     config = make_actor_config(monitor=monitor, entropy_ori_coef=0.05, entropy_aug_coef=0.03)
@@ -107,7 +106,7 @@ def test_monitor_and_zero_coefficients_give_the_base_loss_and_gradient_bit_for_b
     assert inputs.record.token_sums["kl_prcp"] > 0 and inputs.record.token_sums["tokens"] == batch.response_mask.sum()
 
 
-def test_positive_gamma_changes_the_gradient(batch, make_actor_config):
+def test_positive_gamma_changes_the_gradient(batch):
     """The PAPO terms reach backward (a known defect elsewhere: terms added after the backprop loss)."""
     config = make_actor_config()
     log_prob_base = batch.log_prob.clone().requires_grad_(True)
@@ -120,19 +119,19 @@ def test_positive_gamma_changes_the_gradient(batch, make_actor_config):
     assert difference[~batch.response_mask].max() == 0
 
 
-def test_enabled_without_masked_log_probs_raises(batch, make_actor_config):
+def test_enabled_without_masked_log_probs_raises(batch):
     with pytest.raises(MissingMaskedLogProbsError, match="never|masked-image log-probs"):
         call_loss(compute_policy_loss_papo, batch, make_actor_config())
 
 
-def test_disabled_without_masked_log_probs_is_the_base_loss(batch, make_actor_config):
+def test_disabled_without_masked_log_probs_is_the_base_loss(batch):
     config = make_actor_config(kl_prcp_coef=0.0)
     loss, _ = call_loss(compute_policy_loss_papo, batch, config)
     base, _ = call_loss(get_policy_loss_fn("vanilla"), batch, config)
     assert torch.equal(loss, base)
 
 
-def test_composes_with_another_base_loss(batch, make_actor_config):
+def test_composes_with_another_base_loss(batch):
     config = make_actor_config(base_loss_mode="gspo")
     coefs = PapoCoefficients(0.02, 0.0, 0.0)
     with papo_loss_inputs(inputs_for(batch, coefs)):
@@ -192,7 +191,7 @@ def micro_batch_td(batch, coefs, prompt_len_seed=0):
     return td, nested(full_seq)
 
 
-def test_outer_loss_reads_the_micro_batch_and_adds_papo_to_verls_ppo_loss(batch, make_actor_config):
+def test_outer_loss_reads_the_micro_batch_and_adds_papo_to_verls_ppo_loss(batch):
     batch.has_image[2] = False
     coefs = PapoCoefficients(0.02, 0.05, 0.03)
     config = make_actor_config()
@@ -226,7 +225,7 @@ def test_outer_loss_reads_the_micro_batch_and_adds_papo_to_verls_ppo_loss(batch,
     assert metrics["papo/token_sum/tokens"].aggregate() == (batch.response_mask & batch.has_image.unsqueeze(-1)).sum()
 
 
-def test_outer_loss_missing_trainer_fields_is_a_clear_error(batch, make_actor_config):
+def test_outer_loss_missing_trainer_fields_is_a_clear_error(batch):
     td, log_probs = micro_batch_td(batch, PapoCoefficients(0.02, 0.0, 0.0))
     del td[MASKED_LOG_PROBS_KEY]
     with pytest.raises(MissingMaskedLogProbsError, match=MASKED_LOG_PROBS_KEY):

@@ -1,15 +1,12 @@
-"""Fixtures of the CPU-backend tests: the demo dataset, an HF rollout server and prompt building."""
+"""Fixtures of the CPU-backend tests: the demo dataset and an HF rollout server (prompts: ``demo_prompts``)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from io import BytesIO
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image
 
 PROMPT_LENGTH = 128
 RESPONSE_LENGTH = 16
@@ -55,19 +52,3 @@ def hf_server(hf_model_config):
         name="hf", prompt_length=PROMPT_LENGTH, response_length=RESPONSE_LENGTH, tensor_model_parallel_size=1
     )
     return HFRolloutServer(config, hf_model_config)
-
-
-@pytest.fixture(scope="session")
-def build_prompt(hf_model_config) -> Callable[[dict], tuple[list[int], list[Image.Image]]]:
-    """Row of the demo parquet -> ``(prompt ids with expanded image pads, images)``, as the agent loop sends them."""
-    processor = hf_model_config.processor
-
-    def build(row: dict) -> tuple[list[int], list[Image.Image]]:
-        image = Image.open(BytesIO(row["images"][0]["bytes"])).convert("RGB")
-        text = row["prompt"][0]["content"].replace("<image>", "")
-        messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
-        chat = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        inputs = processor(text=[chat], images=[image], return_tensors="pt")
-        return inputs["input_ids"][0].tolist(), [image]
-
-    return build

@@ -7,6 +7,7 @@ import statistics
 import string
 
 import pytest
+from demo_prompts import demo_prompt
 from omegaconf import OmegaConf
 
 from recipe.papo.demo.reward import SHAPING_WEIGHT, compute_score, reward_overrides, score_count_answer
@@ -48,12 +49,12 @@ def test_verl_loads_it_as_the_custom_reward_function():
     assert fn(data_source=DATA_SOURCE, solution_str="2", ground_truth="2", extra_info={}) == {"score": 1.0, "acc": 1.0}
 
 
-def test_random_policy_gets_a_spread_within_groups(hf_server, build_prompt, demo_rows):
+def test_random_policy_gets_a_spread_within_groups(hf_server, hf_model_config, demo_rows):
     """Rollouts of the random tiny model: scores differ inside groups, so GRPO advantages are non-zero."""
     group_size = 4
     groups = []
     for row in demo_rows:
-        prompt_ids, images = build_prompt(row)
+        prompt_ids, images = demo_prompt(hf_model_config.processor, row)
         scores = []
         for _ in range(group_size):
             output = asyncio.run(

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 import torch
+from demo_prompts import demo_prompt
 
 from recipe.papo.cpu.hf_server import HFRolloutServer, max_new_tokens, vision_placeholder_token_ids
 
@@ -35,9 +36,9 @@ def test_token_budget_follows_verl_server_rules():
     assert max_new_tokens({}, prompt_len=200, prompt_length=128, response_length=16) == 1
 
 
-def test_log_probs_equal_a_teacher_forced_forward(hf_server, build_prompt, demo_rows):
+def test_log_probs_equal_a_teacher_forced_forward(hf_server, hf_model_config, demo_rows):
     """Returned log-probs are what the actor recomputes for the same tokens (temperature 1)."""
-    prompt_ids, images = build_prompt(demo_rows[0])
+    prompt_ids, images = demo_prompt(hf_model_config.processor, demo_rows[0])
     output = generate(hf_server, prompt_ids, images)
     assert 1 <= len(output.token_ids) <= 16 and len(output.log_probs) == len(output.token_ids)
     assert output.stop_reason == "completed"
@@ -51,8 +52,8 @@ def test_log_probs_equal_a_teacher_forced_forward(hf_server, build_prompt, demo_
     torch.testing.assert_close(torch.tensor(output.log_probs), expected[:, 0], atol=1e-4, rtol=1e-4)
 
 
-def test_ignore_eos_generates_the_full_budget(hf_server, build_prompt, demo_rows):
-    prompt_ids, images = build_prompt(demo_rows[1])
+def test_ignore_eos_generates_the_full_budget(hf_server, hf_model_config, demo_rows):
+    prompt_ids, images = demo_prompt(hf_model_config.processor, demo_rows[1])
     output = generate(hf_server, prompt_ids, images, ignore_eos=True, max_tokens=24)
     assert len(output.token_ids) == 24
 
@@ -77,9 +78,9 @@ def rigged_server(hf_model_config, prompt_ids, images, token_id: int, response_l
     return server
 
 
-def test_vision_placeholders_are_never_generated(hf_model_config, build_prompt, demo_rows):
+def test_vision_placeholders_are_never_generated(hf_model_config, demo_rows):
     """With the LM head rigged to favour <|image_pad|>, plain generate emits it; the server does not."""
-    prompt_ids, images = build_prompt(demo_rows[0])
+    prompt_ids, images = demo_prompt(hf_model_config.processor, demo_rows[0])
     image_pad = hf_model_config.hf_config.image_token_id
     server = rigged_server(hf_model_config, prompt_ids, images, image_pad, response_length=8)
 
@@ -113,9 +114,9 @@ def test_update_weights_loads_every_tensor_and_checks_keys(hf_model_config):
         assert torch.equal(tensor, new_weights[name]), name
 
 
-def test_eos_stops_generation_unless_ignored(hf_model_config, build_prompt, demo_rows):
+def test_eos_stops_generation_unless_ignored(hf_model_config, demo_rows):
     """With the LM head rigged so <|im_end|> wins the first step, a response is that one token, or the budget."""
-    prompt_ids, images = build_prompt(demo_rows[0])
+    prompt_ids, images = demo_prompt(hf_model_config.processor, demo_rows[0])
     eos = hf_model_config.hf_config.text_config.eos_token_id
     server = rigged_server(hf_model_config, prompt_ids, images, eos, response_length=6)
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from user_env import user_env
+from papo_eval_metrics import verl_validation_metrics
 
 from recipe.papo.eval_table import main, table_from_metrics
 from recipe.papo.prompt import EVAL_BENCHMARKS
@@ -22,7 +22,7 @@ SAMPLES = {
 EXPECTED = {"We_Math": 0.6875, "PAPO_MMK12": 0.25, "MMMU_MMMU_Pro": 0.625}
 
 
-def test_verl_metric_names_and_avg_at_8(verl_validation_metrics) -> None:
+def test_verl_metric_names_and_avg_at_8() -> None:
     metrics = verl_validation_metrics(SAMPLES, n=8)
     # The exact names verl 0.9.1 gives the per-benchmark avg@8 (the table's input).
     for name, value in EXPECTED.items():
@@ -42,7 +42,7 @@ def test_verl_metric_names_and_avg_at_8(verl_validation_metrics) -> None:
     }
 
 
-def test_cli_on_verl_file_logger_output(tmp_path, verl_validation_metrics, write_with_file_logger, capsys) -> None:
+def test_cli_on_verl_file_logger_output(tmp_path, write_with_file_logger, capsys) -> None:
     metrics = verl_validation_metrics(SAMPLES, n=8)
     metrics_file = write_with_file_logger(tmp_path / "eval.jsonl", [(0, metrics)])
     out = tmp_path / "table"
@@ -66,9 +66,7 @@ def test_cli_on_verl_file_logger_output(tmp_path, verl_validation_metrics, write
     assert markdown in capsys.readouterr().out
 
 
-def test_cli_uses_the_last_validation_of_a_training_log(
-    tmp_path, verl_validation_metrics, write_with_file_logger
-) -> None:
+def test_cli_uses_the_last_validation_of_a_training_log(tmp_path, write_with_file_logger) -> None:
     early = verl_validation_metrics({"We_Math": [[0] * 8]}, n=8)
     late = verl_validation_metrics({"We_Math": [[1] * 8]}, n=8)
     metrics_file = write_with_file_logger(
@@ -80,7 +78,7 @@ def test_cli_uses_the_last_validation_of_a_training_log(
     assert (data["step"], data["benchmarks"]["We_Math"]["accuracy"]) == (5, 1.0)
 
 
-def test_cli_rejects_a_different_n(tmp_path, verl_validation_metrics, write_with_file_logger, capsys) -> None:
+def test_cli_rejects_a_different_n(tmp_path, write_with_file_logger, capsys) -> None:
     metrics_file = write_with_file_logger(tmp_path / "eval.jsonl", [(0, verl_validation_metrics(SAMPLES, n=8))])
     assert main(["--metrics", str(metrics_file), "--out", str(tmp_path / "out"), "--n", "4"]) == 1
     assert "averages 8 samples per question but avg@4 was requested" in capsys.readouterr().err
@@ -105,7 +103,6 @@ def test_module_entry_point(tmp_path) -> None:
     metrics_file.write_text(json.dumps({"step": 0, "data": {"val-core/papo/We_Math/acc/mean@8": 0.5}}) + "\n")
     completed = subprocess.run(
         [sys.executable, "-m", "recipe.papo.eval_table", "--metrics", str(metrics_file), "--out", str(tmp_path)],
-        env=user_env(),
         capture_output=True,
         text=True,
         check=False,

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
+from vision_patches import patch_positions
 
 from recipe.papo.config import PapoConfig
 from recipe.papo.masked_inputs import MaskedInputBuilder
@@ -100,7 +101,7 @@ def test_the_processors_black_pixels_are_the_layouts_black_row(family, processor
     torch.testing.assert_close(out, layout.black_row().expand_as(out), rtol=0, atol=1e-6)
 
 
-def test_token_unit_blackens_whole_merged_tokens(layout, processed, patch_positions):
+def test_token_unit_blackens_whole_merged_tokens(layout, processed):
     pixel_values, grid = processed
     _, row_mask = mask_pixel_values(pixel_values, grid, layout, 0.5, torch_generator(5), unit="token")
     group = layout.merge_size**2
@@ -125,7 +126,7 @@ def cells_of(row_mask, grid, positions, image_index: int) -> np.ndarray:
 
 
 def test_blackening_image_cells_gives_the_rows_of_pixel_values_masking(
-    family, processor, layout, aligned_images, processed, patch_positions
+    family, processor, layout, aligned_images, processed
 ):
     """Cells of patch_size px blackened in the image, then processed: the rows pixel_values masking gives."""
     pixel_values, grid = processed
@@ -157,9 +158,7 @@ def expected_rows(pixel_values, layout, row_mask) -> torch.Tensor:
     return torch.where(row_mask.unsqueeze(-1), layout.black_row().unsqueeze(0), pixel_values)
 
 
-def test_mask_space_image_gives_the_rows_of_pixel_values_masking(
-    family, processor, layout, aligned_images, processed, patch_positions
-):
+def test_mask_space_image_gives_the_rows_of_pixel_values_masking(family, processor, layout, aligned_images, processed):
     """papo.mask_space=image with patch_size cells: black exactly on the drawn cells' rows, others unchanged."""
     pixel_values, grid = processed
     papo = PapoConfig(mask_space="image", mask_ratio=0.5, mask_patch_size=family.patch_size)
@@ -178,9 +177,7 @@ def test_mask_space_image_gives_the_rows_of_pixel_values_masking(
     torch.testing.assert_close(result, expected_rows(pixel_values, layout, row_mask), rtol=0, atol=1e-6)
 
 
-def test_images_aug_gives_the_rows_of_pixel_values_masking(
-    family, processor, layout, aligned_images, processed, patch_positions
-):
+def test_images_aug_gives_the_rows_of_pixel_values_masking(family, processor, layout, aligned_images, processed):
     """Pre-computed masked images (data_prep --precompute-masks) give the rows pixel_values masking gives."""
     pixel_values, grid = processed
     _, row_mask = mask_pixel_values(pixel_values, grid, layout, 0.5, torch_generator(4))
@@ -198,6 +195,7 @@ def test_images_aug_gives_the_rows_of_pixel_values_masking(
 
 
 def test_masked_pixel_values_change_the_tiny_models_logits(family_bundle, layout, aligned_images):
+    """Each family's tiny model sees the mask: same inputs give the same logits, masked ones others."""
     model, _, processor = family_bundle
     image = aligned_images[0]
     messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Count."}]}]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig, OmegaConf
+from reward_inputs import reward_input
 
 import recipe.papo.reward as papo_reward
 from recipe.papo.prompt import data_source
@@ -72,19 +73,19 @@ def test_overrides_are_valid_keys_of_verls_config() -> None:
         ("<think>guess</think>\\boxed{8}", {"score": 0.1, "acc": 0.0, "format": 1.0}),
     ],
 )
-def test_reward_manager_run_single(manager_name, response, expected, tiny_tokenizer, make_reward_input) -> None:
+def test_reward_manager_run_single(manager_name, response, expected, tiny_tokenizer) -> None:
     from verl.trainer.ppo.reward import load_reward_manager
 
     config = _compose(*REWARD_OVERRIDES, f"reward.reward_manager.name={manager_name}")
     manager = load_reward_manager(config, tiny_tokenizer)
     assert type(manager).__name__ == {"naive": "NaiveRewardManager", "dapo": "DAPORewardManager"}[manager_name]
 
-    output = manager.loop.run_until_complete(manager.run_single(make_reward_input(response, "7", DS)))
+    output = manager.loop.run_until_complete(manager.run_single(reward_input(tiny_tokenizer, response, "7", DS)))
 
     assert output == {"reward_score": expected["score"], "reward_extra_info": expected}
 
 
-def test_dapo_filter_groups_reads_acc_from_this_reward(tiny_tokenizer, make_reward_input, monkeypatch) -> None:
+def test_dapo_filter_groups_reads_acc_from_this_reward(tiny_tokenizer, monkeypatch) -> None:
     """verl's v1 ReplayBuffer evicts groups whose ``acc`` is constant, not groups with constant score.
 
     Group ``mixed_format`` is all-correct with different formats: its scores differ (1.0 vs 0.9) but
@@ -109,7 +110,7 @@ def test_dapo_filter_groups_reads_acc_from_this_reward(tiny_tokenizer, make_rewa
     extra_fields = {}
     for uid, responses in groups.items():
         for session, response in enumerate(responses):
-            out = manager.loop.run_until_complete(manager.run_single(make_reward_input(response, "7", DS)))
+            out = manager.loop.run_until_complete(manager.run_single(reward_input(tiny_tokenizer, response, "7", DS)))
             # What AgentLoopWorker stores per trajectory, under key {uid}_{session}_{index}.
             extra_fields[f"{uid}_{session}_0"] = {"reward_extra_info": out["reward_extra_info"]}
 
