@@ -114,15 +114,16 @@ def main(argv=None) -> int:
     from verl.utils import tensordict_utils as tu
     from verl.workers.utils.padding import response_from_nested
 
-    from recipe.papo.demo.tiny_model import TinyQwenSizes, save_tiny_qwen2_5_vl
-    from recipe.papo.policy_loss import (
-        COEF_KEYS,
+    from recipe.papo.batch_keys import (
+        COEFFICIENTS_KEY,
         IMAGE_ROW_KEY,
         KL_WEIGHT_KEY,
         MASKED_LOG_PROBS_KEY,
-        METRIC_PREFIX,
+        STEP_KEY,
     )
-    from recipe.papo.worker import STEP_KEY
+    from recipe.papo.demo.tiny_model import TinyQwenSizes, save_tiny_qwen2_5_vl
+    from recipe.papo.objective import PapoCoefficients
+    from recipe.papo.policy_loss import METRIC_PREFIX
 
     rows = args.prompts * args.n
     # Paper: 3 optimiser steps per rollout step (mini-batch = 1/3 of the prompts) when it divides.
@@ -262,8 +263,10 @@ def main(argv=None) -> int:
                     train[MASKED_LOG_PROBS_KEY] = masked[MASKED_LOG_PROBS_KEY]
                 train[IMAGE_ROW_KEY] = masked[IMAGE_ROW_KEY]
                 train[KL_WEIGHT_KEY] = torch.ones(rows)
-                coefs = (worker.papo.kl_prcp_coef, worker.papo.entropy_ori_coef, worker.papo.entropy_aug_coef)
-                tu.assign_non_tensor(train, **dict(zip(COEF_KEYS, coefs, strict=True)), **{STEP_KEY: step})
+                coefs = PapoCoefficients(
+                    worker.papo.kl_prcp_coef, worker.papo.entropy_ori_coef, worker.papo.entropy_aug_coef
+                )
+                tu.assign_non_tensor(train, **{COEFFICIENTS_KEY: coefs, STEP_KEY: step})
             else:
                 record(times, "masked log-prob", None)
             tu.assign_non_tensor(train, **update_meta)

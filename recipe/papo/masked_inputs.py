@@ -13,7 +13,8 @@ For each row the masked inputs come from, in order of precedence:
 Paths 1 and 2 rebuild ``pixel_values`` through verl's own image chain: the RGB conversion of
 ``qwen_vl_utils`` (transparent pixels on white, :mod:`.image_rgb`), then
 ``qwen_vl_utils.process_vision_info`` (resize to a multiple of ``patch_size * 2`` within its pixel
-bounds, with the row's per-image options) and the processor with ``data.mm_processor_kwargs``.
+bounds, with the row's per-image options) and the processor with the run's ``data.mm_processor_kwargs``
+(given to :class:`MaskedInputBuilder` once, when the worker starts).
 Path 2 blackens cells of the raw image after the RGB conversion and before the resize. So at mask
 ratio 0 the masked input equals the original bit for bit, and otherwise it differs only where
 blackened cells reach after resizing. The grid never changes (a mismatch is an error naming the row),
@@ -24,7 +25,6 @@ Rows without images keep their inputs and are reported in ``has_image``.
 from __future__ import annotations
 
 import base64
-import json
 from io import BytesIO
 from typing import Any
 
@@ -35,6 +35,7 @@ from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
 from verl.utils.tokenizer import build_multimodal_processor_inputs
 
+from .batch_keys import IMAGES_AUG_KEY, MULTI_MODAL_INPUTS_KEY, RAW_PROMPT_KEY, UID_KEY
 from .config import PapoConfig
 from .image_rgb import to_rgb
 from .masking import (
@@ -44,12 +45,6 @@ from .masking import (
     mask_seed,
     torch_generator,
 )
-
-MULTI_MODAL_INPUTS_KEY = "multi_modal_inputs"
-# Non-tensor batch field (JSON object) the PAPO trainer sets from ``data.mm_processor_kwargs``: the
-# processor options verl's agent loop used for the original inputs, so re-processed images match them.
-MM_PROCESSOR_KWARGS_KEY = "papo_mm_processor_kwargs"
-IMAGES_AUG_KEY = "images_aug"
 
 
 class MaskedInputError(ValueError):
@@ -142,8 +137,10 @@ class MaskedInputBuilder:
     Args:
         papo: PAPO options (ratio, unit, space, patch size, seed).
         processor: the model's multimodal processor (patch layout, normalisation, image processor).
-        mm_processor_kwargs: the run's ``data.mm_processor_kwargs``, passed to the processor as verl's
-            agent loop passes them when it builds the original ``multi_modal_inputs``.
+        mm_processor_kwargs: the run's ``data.mm_processor_kwargs`` (``None``: the processor's
+            defaults, verl's default ``{}``), passed to the processor as verl's agent loop passes them
+            when it builds the original ``multi_modal_inputs``. Only the image paths (``images_aug``,
+            ``mask_space=image``) re-process images.
     """
 
     def __init__(self, papo: PapoConfig, processor: Any, mm_processor_kwargs: dict | None = None):
@@ -164,29 +161,22 @@ class MaskedInputBuilder:
         step: int,
         images_aug: list | None = None,
         raw_prompt: list[dict] | None = None,
-        mm_processor_kwargs: dict | None = None,
     ) -> dict | None:
-        """The masked copy of one row's ``multi_modal_inputs`` (the input dict is not modified).
-
-        ``mm_processor_kwargs`` (default: the builder's) are the processor options for re-processed images.
-        """
-        mm_processor_kwargs = self.mm_processor_kwargs if mm_processor_kwargs is None else mm_processor_kwargs
+        """The masked copy of one row's ``multi_modal_inputs`` (the input dict is not modified)."""
         if not row_has_image(inputs):
             return inputs
         seed = mask_seed(self.papo.mask_seed, step, uid)
         masked = dict(inputs)
         if images_aug is not None and len(images_aug) > 0:
             images = [to_rgb(_decode_image(item)) for item in images_aug]
-            masked["pixel_values"] = self._reprocess(images, raw_prompt, inputs, uid, "images_aug", mm_processor_kwargs)
+            masked["pixel_values"] = self._reprocess(images, raw_prompt, inputs, uid, "images_aug")
         elif self.papo.mask_space == "image":
             rng = np.random.default_rng(seed)
             blackened = [
                 mask_image_patches(to_rgb(image), self.papo.mask_ratio, self.mask_patch_size, rng)[0]
                 for image in raw_images(raw_prompt)
             ]
-            masked["pixel_values"] = self._reprocess(
-                blackened, raw_prompt, inputs, uid, "raw_prompt images", mm_processor_kwargs
-            )
+            masked["pixel_values"] = self._reprocess(blackened, raw_prompt, inputs, uid, "raw_prompt images")
         else:
             masked["pixel_values"], _ = mask_pixel_values(
                 inputs["pixel_values"],
@@ -205,14 +195,13 @@ class MaskedInputBuilder:
         inputs: dict,
         uid: str,
         source: str,
-        mm_processor_kwargs: dict,
     ) -> torch.Tensor:
         """``pixel_values`` of raw-size RGB ``images`` through verl's own image chain.
 
         The chain is the one that built the row's original inputs: ``qwen_vl_utils.process_vision_info``
         (resize to a multiple of its factor within its pixel bounds, with the per-image options of the
-        row's content items such as ``min_pixels`` / ``max_pixels``) and then the processor with
-        ``mm_processor_kwargs``. At mask ratio 0 the result equals the original bit for bit.
+        row's content items such as ``min_pixels`` / ``max_pixels``) and then the processor with the
+        builder's ``mm_processor_kwargs``. At mask ratio 0 the result equals the original bit for bit.
         Returns a ``(rows, row_width)`` tensor with the original's dtype and device.
         """
         from qwen_vl_utils import (
@@ -242,7 +231,7 @@ class MaskedInputBuilder:
             self.processor,
             text=[image_token * len(fetched)],
             images=fetched,
-            mm_processor_kwargs=mm_processor_kwargs,
+            mm_processor_kwargs=self.mm_processor_kwargs,
         )
         if not torch.equal(out["image_grid_thw"].to(torch.int64), grid):
             raise MaskedInputError(
@@ -257,18 +246,15 @@ class MaskedInputBuilder:
         """A shallow copy of ``data`` with masked ``multi_modal_inputs``, and ``(batch,)`` bool has-image.
 
         Reads the ``uid`` column (prompt uid, shared by the rollouts of one prompt), and
-        ``images_aug`` / ``raw_prompt`` when present, and the non-tensor ``papo_mm_processor_kwargs``
-        (JSON; overrides the builder's ``mm_processor_kwargs``). In ``pixel_values`` space, rows with the same uid
+        ``images_aug`` / ``raw_prompt`` when present. In ``pixel_values`` space, rows with the same uid
         and equal pixel values share one masked ``pixel_values`` tensor: treat it as read-only.
         """
         batch_size = data.batch_size[0]
         rows = tu.get(data, MULTI_MODAL_INPUTS_KEY) or [None] * batch_size
-        uids = [str(uid) for uid in tu.get(data, "uid")]
-        kwargs_json = tu.get(data, MM_PROCESSOR_KWARGS_KEY)
-        mm_processor_kwargs = json.loads(kwargs_json) if kwargs_json else self.mm_processor_kwargs
+        uids = [str(uid) for uid in tu.get(data, UID_KEY)]
         images_aug = tu.get(data, IMAGES_AUG_KEY) or [None] * batch_size
         uses_images = self.papo.mask_space == "image" or any(aug is not None and len(aug) > 0 for aug in images_aug)
-        raw_prompts = (tu.get(data, "raw_prompt") if uses_images else None) or [None] * batch_size
+        raw_prompts = (tu.get(data, RAW_PROMPT_KEY) if uses_images else None) or [None] * batch_size
         # In pixel_values space a row's masked pixels are a pure function of (uid, step, pixel_values,
         # grid). The n rollouts of a prompt share the uid and carry equal pixel values, so the masked
         # tensor is computed once per prompt and shared (read-only) instead of n times: n times less
@@ -282,7 +268,7 @@ class MaskedInputBuilder:
                 masked = dict(inputs)
                 masked["pixel_values"] = previous[1]["pixel_values"]
             else:
-                masked = self.mask_row(inputs, uid, step, aug, prompt, mm_processor_kwargs)
+                masked = self.mask_row(inputs, uid, step, aug, prompt)
                 if online:
                     done[uid] = (inputs, masked)
             masked_rows.append(masked)

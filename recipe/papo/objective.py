@@ -26,7 +26,16 @@ from .config import PapoConfig
 
 @dataclass(frozen=True)
 class PapoCoefficients:
-    """Effective coefficients at one training step (after the schedule)."""
+    """Effective coefficients at one training step (after the schedule and monitor mode).
+
+    The trainer hands them to the worker as one batch-level value
+    (:data:`recipe.papo.batch_keys.COEFFICIENTS_KEY`).
+
+    Attributes:
+        kl_prcp: gamma_t, weight of the Implicit Perception Loss KL_prcp (maximised).
+        entropy_ori: eta_ori_t, weight of H_ori = -mean log pi_theta(o | q, I).
+        entropy_aug: eta_aug_t, weight of H_aug = -mean log pi(o | q, I_mask).
+    """
 
     kl_prcp: float
     entropy_ori: float
@@ -34,7 +43,21 @@ class PapoCoefficients:
 
     @property
     def any_nonzero(self) -> bool:
+        """Some PAPO term enters the loss with a non-zero weight."""
         return self.kl_prcp != 0 or self.entropy_ori != 0 or self.entropy_aug != 0
+
+
+NO_COEFFICIENTS = PapoCoefficients(0.0, 0.0, 0.0)
+
+
+def loss_coefficients(config: PapoConfig, coefs: PapoCoefficients) -> PapoCoefficients:
+    """The coefficients the PAPO terms enter the loss with: ``coefs``, or all 0 under ``papo.monitor``.
+
+    The one place monitor mode is decided. The trainer's schedule (:func:`coefficients_at_step`) and
+    the ``papo`` loss both go through it, so with ``papo.monitor`` the terms are measured for the
+    metrics but never trained, whatever coefficients a batch carries.
+    """
+    return NO_COEFFICIENTS if config.monitor else coefs
 
 
 def gamma_at_step(config: PapoConfig, step: int, total_steps: int) -> float:
@@ -51,14 +74,16 @@ def gamma_at_step(config: PapoConfig, step: int, total_steps: int) -> float:
 
 
 def coefficients_at_step(config: PapoConfig, step: int, total_steps: int) -> PapoCoefficients:
-    """gamma_t and the entropy coefficients scaled by the same factor gamma_t / gamma."""
+    """gamma_t and the entropy coefficients scaled by the same factor gamma_t / gamma (all 0 under
+    ``papo.monitor``, :func:`loss_coefficients`)."""
     gamma_t = gamma_at_step(config, step, total_steps)
     scale = 1.0 if config.schedule == "fixed" else gamma_t / config.kl_prcp_coef
-    return PapoCoefficients(
+    scheduled = PapoCoefficients(
         kl_prcp=gamma_t,
         entropy_ori=config.entropy_ori_coef * scale,
         entropy_aug=config.entropy_aug_coef * scale,
     )
+    return loss_coefficients(config, scheduled)
 
 
 def perception_kl(log_prob: torch.Tensor, masked_log_prob: torch.Tensor, estimator: str) -> torch.Tensor:

@@ -6,12 +6,13 @@ masked-image log-probs and per-sample weights, which live in the micro-batch. Th
 therefore installs :func:`papo_ppo_loss`, which reads them from the micro-batch, hands them to the
 registered loss through :func:`papo_loss_inputs` (a context variable scoped to one call) and then
 runs verl's own ``ppo_loss`` unchanged, so the entropy bonus, reference-KL loss, global-batch
-normalisation and metrics stay exactly verl's.
+normalisation and metrics stay exactly verl's. The batch fields it reads are named in
+:mod:`recipe.papo.batch_keys`.
 
 The registered ``papo`` loss = verl's registered ``papo.base_loss_mode`` loss (default ``vanilla``,
 so PAPO composes with e.g. ``gspo``) + the PAPO terms (none with ``papo.monitor``: the terms are
-computed for the metrics only). With PAPO enabled and no masked log-probs it raises
-:class:`MissingMaskedLogProbsError`: it never silently trains as GRPO.
+computed for the metrics only, :func:`recipe.papo.objective.loss_coefficients`). With PAPO enabled
+and no masked log-probs it raises :class:`MissingMaskedLogProbsError`: it never silently trains as GRPO.
 
 Metrics. verl sums the micro-batch losses of a mini-batch into ``actor/pg_loss`` (each is its share
 of the mini-batch loss, ``verl.utils.metric.AggregationType.SUM``) but averages a registered
@@ -38,14 +39,15 @@ from verl.utils.metric import Metric
 from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import no_padding_2_padding
 
+from .batch_keys import COEFFICIENTS_KEY, IMAGE_ROW_KEY, KL_WEIGHT_KEY, MASKED_LOG_PROBS_KEY, STEP_KEY
 from .config import PapoConfig
-from .objective import TOKEN_COUNT, TOKEN_MEAN_METRICS, PapoCoefficients, compute_papo_terms
-
-# Micro-batch fields written by the PAPO trainer / worker.
-MASKED_LOG_PROBS_KEY = "papo_masked_log_probs"  # nested (batch, response_len), no grad
-KL_WEIGHT_KEY = "papo_kl_weight"  # (batch,) float: per-sample KL_prcp weight
-IMAGE_ROW_KEY = "papo_has_image"  # (batch,) bool: PAPO terms apply to this row
-COEF_KEYS = ("papo_kl_prcp_coef", "papo_entropy_ori_coef", "papo_entropy_aug_coef")  # non-tensor floats
+from .objective import (
+    TOKEN_COUNT,
+    TOKEN_MEAN_METRICS,
+    PapoCoefficients,
+    compute_papo_terms,
+    loss_coefficients,
+)
 
 METRIC_PREFIX = "papo/"
 LOSS_METRIC = METRIC_PREFIX + "loss"
@@ -68,7 +70,8 @@ class PapoLossInputs:
         masked_log_prob: ``(batch, response_len)`` log pi(o_t | q, I_mask), padded like ``log_prob``.
         has_image: ``(batch,)`` bool; rows without images get no PAPO terms.
         kl_weight: ``(batch,)`` float per-sample weight on KL_prcp.
-        coefs: effective coefficients at this step.
+        coefs: effective coefficients at this step, as the batch carries them (the loss applies
+            :func:`recipe.papo.objective.loss_coefficients` to them).
         record: written by the ``papo`` loss during the call: what :func:`papo_ppo_loss` logs.
     """
 
@@ -158,14 +161,15 @@ def compute_policy_loss_papo(
         return pg_loss, pg_metrics
     # Monitor mode and zero coefficients: the terms are computed for the metrics only, on detached
     # inputs, and the returned loss is the base loss tensor itself (bit-equal loss and gradient).
-    contributes = inputs.coefs.any_nonzero and not papo.monitor
+    coefs = loss_coefficients(papo, inputs.coefs)
+    contributes = coefs.any_nonzero
     mask = response_mask.to(torch.bool) & inputs.has_image.to(torch.bool).unsqueeze(-1)
     terms = compute_papo_terms(
         log_prob=log_prob if contributes else log_prob.detach(),
         masked_log_prob=inputs.masked_log_prob if contributes else inputs.masked_log_prob.detach(),
         mask=mask,
         kl_weight=inputs.kl_weight,
-        coefs=inputs.coefs,
+        coefs=coefs,
         config=papo,
         loss_agg_mode=loss_agg_mode,
         global_batch_info=config.global_batch_info,
@@ -187,30 +191,34 @@ def _pad_to_width(tensor: torch.Tensor, width: int) -> torch.Tensor:
 def read_papo_inputs(
     data: TensorDict,
     response_width: int,
+    papo: PapoConfig,
     masked_forward: Callable[[TensorDict], torch.Tensor] | None = None,
-    masked_grad: bool = True,
 ) -> PapoLossInputs:
     """Collect :class:`PapoLossInputs` from one micro-batch.
 
     Args:
         data: the micro-batch TensorDict verl passes to the loss (nested tensors).
         response_width: padded response length of this micro-batch (``response_len`` above).
+        papo: the run's PAPO options.
         masked_forward: in ``recompute`` mode, a function returning the full-sequence nested
-            masked log-probs *with gradient* for this micro-batch; ``None`` reads the precomputed
-            ``papo_masked_log_probs`` field.
-        masked_grad: run ``masked_forward`` with gradient (False in monitor mode: nothing of it
-            reaches the loss).
+            masked log-probs for this micro-batch; ``None`` reads the precomputed
+            ``papo_masked_log_probs`` field. It runs with gradient only when the terms train
+            (:func:`recipe.papo.objective.loss_coefficients` non-zero): otherwise nothing of it
+            reaches the loss.
     """
-    missing = [key for key in (*COEF_KEYS, KL_WEIGHT_KEY, IMAGE_ROW_KEY) if key not in data.keys()]
-    if masked_forward is None and MASKED_LOG_PROBS_KEY not in data.keys():
-        missing.append(MASKED_LOG_PROBS_KEY)
+    required = [COEFFICIENTS_KEY, KL_WEIGHT_KEY, IMAGE_ROW_KEY]
+    required.append(STEP_KEY if masked_forward is not None else MASKED_LOG_PROBS_KEY)
+    missing = [key for key in required if key not in data.keys()]
     if missing:
         raise MissingMaskedLogProbsError(
             f"PAPO is enabled but the micro-batch lacks {', '.join(missing)}: the PAPO trainer writes these each "
             "step before the actor update. Train with `python -m recipe.papo.main_papo` (trainer.v1.trainer_mode=papo)."
         )
-    coefs = PapoCoefficients(*(float(tu.get(data, key)) for key in COEF_KEYS))
+    coefs = tu.get(data, COEFFICIENTS_KEY)
+    if not isinstance(coefs, PapoCoefficients):
+        raise TypeError(f"{COEFFICIENTS_KEY} must be a PapoCoefficients, got {type(coefs).__name__}")
     if masked_forward is not None:
+        masked_grad = loss_coefficients(papo, coefs).any_nonzero
         with torch.set_grad_enabled(masked_grad and torch.is_grad_enabled()):
             masked = no_padding_2_padding(masked_forward(data), data)
     else:
@@ -238,10 +246,9 @@ def papo_ppo_loss(
     """
     if config.policy_loss.loss_mode != "papo" or not _papo_config_of(config).enabled:
         return ppo_loss(config, model_output, data, dp_group)
-    papo = _papo_config_of(config)
     # ppo_loss pads old_log_probs / advantages the same way, so the widths agree.
     response_width = data["response_mask"].to_padded_tensor(0).shape[-1]
-    inputs = read_papo_inputs(data, response_width, masked_forward, masked_grad=not papo.monitor)
+    inputs = read_papo_inputs(data, response_width, _papo_config_of(config), masked_forward)
     with papo_loss_inputs(inputs):
         loss, metrics = ppo_loss(config, model_output, data, dp_group)
     assert inputs.record is not None, "the papo policy loss did not run inside ppo_loss"

@@ -12,18 +12,24 @@ Registered as ``trainer.v1.trainer_mode=papo``. Per step, after old log-probs (v
 
 and logs ``papo/*`` metrics (:func:`recipe.papo.policy_loss.papo_step_metrics`). With PAPO off (all
 coefficients 0, no ``papo.monitor``) it skips all of this and is exactly verl's synchronous trainer.
-In monitor mode it does all of this with the coefficients set to 0.
+In monitor mode it does all of this with the coefficients set to 0
+(:func:`recipe.papo.objective.loss_coefficients`).
+
+Once, when the workers exist, it hands the actor workers what their own config (``actor_rollout_ref``)
+lacks, ``data.mm_processor_kwargs`` (``PapoActorRolloutRefWorker.init_papo``). Per step it writes
+only what changes per step: the global step, once, into the call that masks, and the step's
+coefficients as one :class:`recipe.papo.objective.PapoCoefficients` (:mod:`recipe.papo.batch_keys`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
+from typing import Any
 
 import ray
 import torch
 import transfer_queue as tq
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.trainer_base import register_trainer
@@ -31,23 +37,18 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from . import register as _register  # noqa: F401  (registries in this process)
+from .batch_keys import COEFFICIENTS_KEY, IMAGE_ROW_KEY, KL_WEIGHT_KEY, MASKED_LOG_PROBS_KEY, STEP_KEY
 from .compat.verl import install_position_ids_fix
 from .config import PapoConfig, papo_config_from
-from .masked_inputs import MM_PROCESSOR_KWARGS_KEY
-from .objective import PapoCoefficients, coefficients_at_step, sample_weights
-from .policy_loss import (
-    COEF_KEYS,
-    IMAGE_ROW_KEY,
-    KL_WEIGHT_KEY,
-    MASKED_LOG_PROBS_KEY,
-    METRIC_PREFIX,
-    papo_step_metrics,
-)
-from .worker import STEP_KEY, PapoActorRolloutRefWorker
+from .objective import coefficients_at_step, sample_weights
+from .policy_loss import METRIC_PREFIX, papo_step_metrics
+from .worker import PapoActorRolloutRefWorker
 
 logger = logging.getLogger(__name__)
 
 TRAINER_MODE = "papo"
+# The mode verl's base trainer runs this trainer as (see PapoTrainer.__init__).
+BASE_TRAINER_MODE = "sync"
 
 
 def correctness_from_extra_fields(extra_fields: list, key: str) -> torch.Tensor:
@@ -66,36 +67,39 @@ def correctness_from_extra_fields(extra_fields: list, key: str) -> torch.Tensor:
     return torch.tensor(correct, dtype=torch.bool)
 
 
-def mm_processor_kwargs_json(config) -> str:
-    """``data.mm_processor_kwargs`` of a run config as a JSON object (``"{}"`` when unset)."""
+def mm_processor_kwargs_of(config: DictConfig) -> dict[str, Any]:
+    """``data.mm_processor_kwargs`` of a run config as a plain dict (``{}`` when unset)."""
     kwargs = OmegaConf.select(config, "data.mm_processor_kwargs", default=None)
     if kwargs is None:
-        return "{}"
-    return json.dumps(OmegaConf.to_container(kwargs, resolve=True) if OmegaConf.is_config(kwargs) else dict(kwargs))
+        return {}
+    return OmegaConf.to_container(kwargs, resolve=True) if OmegaConf.is_config(kwargs) else dict(kwargs)
 
 
 @register_trainer(TRAINER_MODE)
 class PapoTrainer(PPOTrainerSync):
     """Synchronous PPO/GRPO/DAPO trainer with PAPO's masked-image branch."""
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config: DictConfig):
+        # verl reads trainer.v1.trainer_mode for two things: main_ppo picks the trainer class by it
+        # ("papo": this class), and PPOTrainer.__init__ copies it to self.trainer_mode, on which the
+        # base class branches (== "sync") for the replay buffer, exact-refill batching, checkpointed
+        # TransferQueue state and in-flight prompt re-issue. PAPO runs verl's synchronous schedule, so
+        # the base class is built as a "sync" trainer; the config keeps the registered name.
+        registered_mode = config.trainer.v1.trainer_mode
+        config.trainer.v1.trainer_mode = BASE_TRAINER_MODE
+        try:
+            super().__init__(config)
+        finally:
+            config.trainer.v1.trainer_mode = registered_mode
         install_position_ids_fix()
         self.papo: PapoConfig = papo_config_from(config.papo)
+
+    def on_init_end(self):
+        # Once, before the first step: the run-constant setting the actor workers' own config lacks.
         # The processor options verl's agent loop used for the original images: the masked pass
         # re-processes images (mask_space=image, images_aug) with the same ones.
-        self._mm_processor_kwargs_json = mm_processor_kwargs_json(config)
-
-    # verl's base trainer branches on ``trainer_mode == "sync"`` for the replay buffer, exact-refill
-    # batching, checkpointed TransferQueue state and in-flight prompt re-issue. This trainer is
-    # registered as "papo" but behaves as "sync" in all of those, so it reports "sync".
-    @property
-    def trainer_mode(self) -> str:
-        return "sync"
-
-    @trainer_mode.setter
-    def trainer_mode(self, _registered_name: str) -> None:
-        pass
+        self.actor_rollout_wg.init_papo(mm_processor_kwargs=mm_processor_kwargs_of(self.config))
+        super().on_init_end()
 
     def _init_resource_pool_mgr(self):
         super()._init_resource_pool_mgr()
@@ -112,19 +116,19 @@ class PapoTrainer(PPOTrainerSync):
 
     def _compute_papo_inputs(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         """Masked log-probs, has-image flags and per-sample KL weights for this step's batch."""
+        precompute = self.papo.masked_logprob_mode == "precompute"
         batch.extra_info.update(
             {
                 "calculate_entropy": False,
                 "compute_loss": False,
                 "temperature": self.config.actor_rollout_ref.rollout.temperature,
-                STEP_KEY: self.global_steps,
-                MM_PROCESSOR_KWARGS_KEY: self._mm_processor_kwargs_json,
             }
         )
+        if precompute:  # this pass masks; in recompute mode the update does (_update_actor)
+            batch.extra_info[STEP_KEY] = self.global_steps
         output = self.actor_rollout_wg.compute_masked_log_prob(batch)
         assert len(output) == len(batch)
 
-        precompute = self.papo.masked_logprob_mode == "precompute"
         fields = [IMAGE_ROW_KEY, "response_mask"]
         if self.papo.apply_mode != "all":
             fields.append("extra_fields")
@@ -155,13 +159,9 @@ class PapoTrainer(PPOTrainerSync):
     def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         if self.papo.enabled:
             coefs = coefficients_at_step(self.papo, self.global_steps, self.total_training_steps)
-            if self.papo.monitor:
-                coefs = PapoCoefficients(0.0, 0.0, 0.0)
-            batch.extra_info.update(
-                dict(zip(COEF_KEYS, (coefs.kl_prcp, coefs.entropy_ori, coefs.entropy_aug), strict=False))
-            )
-            batch.extra_info[STEP_KEY] = self.global_steps
-            batch.extra_info[MM_PROCESSOR_KWARGS_KEY] = self._mm_processor_kwargs_json
+            batch.extra_info[COEFFICIENTS_KEY] = coefs
+            if self.papo.masked_logprob_mode == "recompute":  # each update micro-batch masks itself
+                batch.extra_info[STEP_KEY] = self.global_steps
             metrics[METRIC_PREFIX + "gamma"] = coefs.kl_prcp
             metrics[METRIC_PREFIX + "entropy_ori_coef"] = coefs.entropy_ori
             metrics[METRIC_PREFIX + "entropy_aug_coef"] = coefs.entropy_aug

@@ -1,7 +1,13 @@
 """The PAPO actor worker: verl 0.9.1's engine ``ActorRolloutRefWorker`` plus masked-image log-probs.
 
-* ``init_model`` builds verl's actor as usual, then installs :func:`recipe.papo.policy_loss.papo_ppo_loss`
-  as the actor's loss (verl's ``ppo_loss`` + the PAPO inputs of each micro-batch).
+* ``init_model`` is verl's (after the ``position_ids`` repair, :mod:`recipe.papo.compat.verl`).
+* ``init_papo``, called once by the PAPO trainer right after ``init_model`` (as verl's trainer calls
+  ``set_loss_fn`` on its critic), receives the run-constant setting the worker's own config lacks
+  (``data.mm_processor_kwargs``: verl hands a worker only ``actor_rollout_ref``), builds the
+  :class:`recipe.papo.masked_inputs.MaskedInputBuilder` and installs
+  :func:`recipe.papo.policy_loss.papo_ppo_loss` as the actor's loss (verl's ``ppo_loss`` + the PAPO
+  inputs of each micro-batch). The PAPO options come from the actor config
+  (``actor.policy_loss.papo``), where the registered loss reads them too.
 * ``compute_masked_log_prob`` (``papo.masked_logprob_mode=precompute``, the authors' default): one
   no-grad pass of the pre-update policy over the batch with masked ``multi_modal_inputs``,
   micro-batched exactly like old log-probs (``rollout.log_prob_micro_batch_size_per_gpu``). It writes
@@ -12,6 +18,8 @@
   (:func:`masked_log_probs_with_grad`), so H_aug and both KL branches carry gradient; the
   per-step call only reports ``papo_has_image``. The engine's per-micro-batch forward is not part of
   verl's engine interface: :mod:`recipe.papo.compat.verl_engine` checks it when the worker starts.
+
+The batch fields read and written here are named in :mod:`recipe.papo.batch_keys`.
 """
 
 from __future__ import annotations
@@ -30,13 +38,27 @@ from verl.workers.engine_workers import ActorRolloutRefWorker
 from verl.workers.utils.padding import response_from_nested
 
 from . import register as _register  # noqa: F401  (registries in this process)
+from .batch_keys import IMAGE_ROW_KEY, MASKED_LOG_PROBS_KEY, STEP_KEY
 from .compat.verl import install_position_ids_fix
 from .compat.verl_engine import check_engine_forward_step, forward_log_probs_with_grad
 from .config import PapoConfig
 from .masked_inputs import MaskedInputBuilder, rows_with_images
-from .policy_loss import IMAGE_ROW_KEY, MASKED_LOG_PROBS_KEY, papo_ppo_loss
+from .policy_loss import papo_ppo_loss
 
-STEP_KEY = "papo_global_step"  # non-tensor: global step, part of the mask seed
+
+def masking_step(data: TensorDict) -> int:
+    """The global step a batch is masked for (:data:`recipe.papo.batch_keys.STEP_KEY`), part of the mask seed.
+
+    Raises:
+        KeyError: the batch has no step: the PAPO trainer writes it into the call that masks.
+    """
+    step = tu.get(data, STEP_KEY)
+    if step is None:
+        raise KeyError(
+            f"the batch has no {STEP_KEY}: the PAPO trainer writes it each step into the call that masks "
+            "(compute_masked_log_prob in precompute mode, update_actor in recompute mode)"
+        )
+    return int(step)
 
 
 def masked_log_probs_with_grad(micro_batch: TensorDict, engine: Any, builder: MaskedInputBuilder) -> torch.Tensor:
@@ -47,7 +69,7 @@ def masked_log_probs_with_grad(micro_batch: TensorDict, engine: Any, builder: Ma
     micro-batch whose ``multi_modal_inputs`` are masked. Called from inside the engine's forward of
     the original micro-batch (the PAPO loss), so before its ``backward``.
     """
-    masked, _ = builder.mask_batch(micro_batch, step=int(tu.get(micro_batch, STEP_KEY)))
+    masked, _ = builder.mask_batch(micro_batch, step=masking_step(micro_batch))
     tu.assign_non_tensor(masked, calculate_entropy=False, calculate_sum_pi_squared=False)
     return forward_log_probs_with_grad(engine, masked)
 
@@ -59,6 +81,20 @@ class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
     def init_model(self):
         install_position_ids_fix()
         super().init_model()
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def init_papo(self, mm_processor_kwargs: dict[str, Any] | None = None) -> None:
+        """Set up PAPO on an initialised actor: the masked-input builder and the PAPO loss. Called once.
+
+        Args:
+            mm_processor_kwargs: the run's ``data.mm_processor_kwargs`` (processor options such as
+                ``min_pixels`` / ``max_pixels``), with which verl's agent loop built the original
+                image inputs; the masked pass re-processes images with the same ones.
+
+        Raises:
+            NotImplementedError: on-policy distillation is enabled.
+            ValueError: the model has no multimodal processor.
+        """
         if "actor" not in self.role:
             return
         if self.distillation_enabled:
@@ -74,7 +110,7 @@ class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
                 "use a vision-language model (Qwen2.5-VL / Qwen3-VL)."
             )
         self.papo = papo
-        self.masked_input_builder = MaskedInputBuilder(papo, processor)
+        self.masked_input_builder = MaskedInputBuilder(papo, processor, mm_processor_kwargs)
         masked_forward = None
         if papo.masked_logprob_mode == "recompute":
             check_engine_forward_step(self.actor.engine)
@@ -89,8 +125,8 @@ class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
     def compute_masked_log_prob(self, data: TensorDict) -> TensorDict | None:
         """Masked-image log-probs of the pre-update policy (no grad) and the has-image flags.
 
-        Expects the non-tensor ``papo_global_step`` plus the usual log-prob metadata
-        (``temperature``, ``calculate_entropy=False``, ``compute_loss=False``).
+        Expects the usual log-prob metadata (``temperature``, ``calculate_entropy=False``,
+        ``compute_loss=False``) and, in ``precompute`` mode, ``papo_global_step``.
         Returns a TensorDict with ``papo_masked_log_probs`` (nested, response tokens; omitted in
         ``recompute`` mode) and ``papo_has_image`` ``(batch,)`` bool.
         """
@@ -98,7 +134,7 @@ class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
             if not self.actor.engine.is_mp_src_rank_with_outputs():
                 return None
             return TensorDict({IMAGE_ROW_KEY: rows_with_images(data)}, batch_size=data.batch_size)
-        masked, has_image = self.masked_input_builder.mask_batch(data, step=int(tu.get(data, STEP_KEY)))
+        masked, has_image = self.masked_input_builder.mask_batch(data, step=masking_step(data))
         fields: dict[str, torch.Tensor] = {IMAGE_ROW_KEY: has_image}
         output = self.actor.infer_batch(masked)
         if output is None:  # not an output-collecting model-parallel rank

@@ -293,12 +293,11 @@ def test_image_space_masking_changes_only_rows_blackened_cells_reach(tiny_proces
     assert not (changed & ~reachable).any(), f"{int((changed & ~reachable).sum())} rows changed beyond the cells' reach"
 
 
-def test_image_paths_use_the_runs_processor_options_from_the_batch(tiny_processor):
-    """With data.mm_processor_kwargs that change the grid, the trainer's per-batch copy of them
-    (``papo_mm_processor_kwargs``) makes the re-processed images match the original at ratio 0."""
-    import json
-
-    from recipe.papo.masked_inputs import MM_PROCESSOR_KWARGS_KEY, MaskedInputError
+def test_image_paths_use_the_runs_processor_options_given_at_start_up(tiny_processor):
+    """With data.mm_processor_kwargs that change the grid, the builder given them (as the worker's
+    ``init_papo`` gives them, once) makes the re-processed images match the original at ratio 0;
+    a builder without them names the setting."""
+    from recipe.papo.masked_inputs import MaskedInputError
 
     kwargs = {"min_pixels": 112 * 112, "max_pixels": 224 * 224}  # upscales the 84x56 picture
     picture = image(5)
@@ -315,9 +314,8 @@ def test_image_paths_use_the_runs_processor_options_from_the_batch(tiny_processo
         data, "multi_modal_inputs", [{"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}]
     )
     assert not torch.equal(out["image_grid_thw"], verl_inputs(tiny_processor, [item])["image_grid_thw"])
-    builder = MaskedInputBuilder(PapoConfig(mask_space="image", mask_ratio=0.0), tiny_processor)
+    papo = PapoConfig(mask_space="image", mask_ratio=0.0)
     with pytest.raises(MaskedInputError, match="mm_processor_kwargs"):
-        builder.mask_batch(data, step=1)
-    tu.assign_non_tensor(data, **{MM_PROCESSOR_KWARGS_KEY: json.dumps(kwargs)})
-    masked, _ = builder.mask_batch(data, step=1)
+        MaskedInputBuilder(papo, tiny_processor).mask_batch(data, step=1)
+    masked, _ = MaskedInputBuilder(papo, tiny_processor, mm_processor_kwargs=kwargs).mask_batch(data, step=1)
     assert torch.equal(pixel_values(masked, 0), out["pixel_values"])

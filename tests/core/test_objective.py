@@ -13,6 +13,7 @@ from recipe.papo.objective import (
     coefficients_at_step,
     compute_papo_terms,
     gamma_at_step,
+    loss_coefficients,
     perception_kl,
     sample_weights,
     top_p_token_mask,
@@ -209,6 +210,16 @@ def test_fixed_schedule_is_constant():
     config = PapoConfig(kl_prcp_coef=0.02, entropy_ori_coef=0.05, entropy_aug_coef=0.03)
     for step in (1, 50, 1000):
         assert coefficients_at_step(config, step, 200) == PapoCoefficients(0.02, 0.05, 0.03)
+
+
+def test_monitor_mode_zeroes_the_coefficients_of_the_schedule_and_of_any_batch():
+    """papo.monitor is decided in loss_coefficients, which the schedule and the loss both apply."""
+    scheduled = PapoCoefficients(0.02, 0.05, 0.03)
+    monitor = PapoConfig(kl_prcp_coef=0.02, entropy_ori_coef=0.05, entropy_aug_coef=0.03, monitor=True)
+    assert coefficients_at_step(monitor, 7, 200) == PapoCoefficients(0.0, 0.0, 0.0)
+    assert loss_coefficients(monitor, scheduled) == PapoCoefficients(0.0, 0.0, 0.0)
+    assert not loss_coefficients(monitor, scheduled).any_nonzero
+    assert loss_coefficients(PapoConfig(), scheduled) is scheduled
 
 
 def test_annealing_is_linear_in_the_global_step_and_scales_entropy():

@@ -11,13 +11,10 @@ from verl.utils import tensordict_utils as tu
 from verl.utils.metric import AggregationType
 from verl.workers.utils.losses import ppo_loss
 
+from recipe.papo.batch_keys import COEFFICIENTS_KEY, IMAGE_ROW_KEY, KL_WEIGHT_KEY, MASKED_LOG_PROBS_KEY
 from recipe.papo.config import PapoConfig
 from recipe.papo.objective import PapoCoefficients, compute_papo_terms
 from recipe.papo.policy_loss import (
-    COEF_KEYS,
-    IMAGE_ROW_KEY,
-    KL_WEIGHT_KEY,
-    MASKED_LOG_PROBS_KEY,
     MissingMaskedLogProbsError,
     PapoLossInputs,
     compute_policy_loss_papo,
@@ -185,9 +182,7 @@ def micro_batch_td(batch, coefs, prompt_len_seed=0):
         batch_size=[rows],
     )
     tu.assign_non_tensor(td, dp_size=1, batch_num_tokens=int(sum(resp_lens)), global_batch_size=rows)
-    tu.assign_non_tensor(
-        td, **dict(zip(COEF_KEYS, (coefs.kl_prcp, coefs.entropy_ori, coefs.entropy_aug), strict=False))
-    )
+    tu.assign_non_tensor(td, **{COEFFICIENTS_KEY: coefs})
     return td, nested(full_seq)
 
 
@@ -226,7 +221,8 @@ def test_outer_loss_reads_the_micro_batch_and_adds_papo_to_verls_ppo_loss(batch)
 
 
 def test_outer_loss_missing_trainer_fields_is_a_clear_error(batch):
-    td, log_probs = micro_batch_td(batch, PapoCoefficients(0.02, 0.0, 0.0))
-    del td[MASKED_LOG_PROBS_KEY]
-    with pytest.raises(MissingMaskedLogProbsError, match=MASKED_LOG_PROBS_KEY):
-        papo_ppo_loss(make_actor_config(), {"log_probs": log_probs}, td)
+    for key in (MASKED_LOG_PROBS_KEY, COEFFICIENTS_KEY):
+        td, log_probs = micro_batch_td(batch, PapoCoefficients(0.02, 0.0, 0.0))
+        del td[key]
+        with pytest.raises(MissingMaskedLogProbsError, match=key):
+            papo_ppo_loss(make_actor_config(), {"log_probs": log_probs}, td)

@@ -17,15 +17,11 @@ padded path under the same bf16 cast (within a factor 1.5 of bf16 rounding noise
 
 from __future__ import annotations
 
-import numpy as np
+import papo_inprocess as inprocess
 import pytest
 import torch
-from PIL import Image
-from verl.utils import tensordict_utils as tu
-from verl.workers.utils.padding import response_from_nested
 
-from recipe.papo.policy_loss import COEF_KEYS, IMAGE_ROW_KEY, KL_WEIGHT_KEY, MASKED_LOG_PROBS_KEY
-from recipe.papo.worker import STEP_KEY
+from recipe.papo.objective import PapoCoefficients
 
 FP32 = "++actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}"
 PATHS = {  # name -> overrides
@@ -34,17 +30,15 @@ PATHS = {  # name -> overrides
     "rmpad_bf16": ("actor_rollout_ref.model.use_remove_padding=True",),
 }
 NOISE_FACTOR = 1.5
-
-
-def _image(seed: int, size: int) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+PAPO_G = PapoCoefficients(0.02, 0.05, 0.05)
+ADVANTAGES = [1.0, -1.0, 0.5, -0.5]
 
 
 SAMPLES = [  # (images, uid, question, response): ragged prompts and responses
-    ([_image(0, 56)], "a", "How many shapes?", "3 circles"),
+    ([inprocess.random_image(0, 56)], "a", "How many shapes?", "3 circles"),
     ([], "b", "Say something.", "no image here at all, a longer reply"),
-    ([_image(1, 84)], "c", "Count!", "1"),
-    ([_image(2, 56)], "d", "How many shapes are in the picture?", "two"),
+    ([inprocess.random_image(1, 84)], "c", "Count!", "1"),
+    ([inprocess.random_image(2, 56)], "d", "How many shapes are in the picture?", "two"),
 ]
 
 
@@ -55,8 +49,6 @@ def results(tiny_model_dir):
     verl's ``apply_monkey_patch`` replaces the attention *class's* forward when a remove-padding
     model is built, so every padded result is taken before the first remove-padding worker exists.
     """
-    import papo_inprocess as inprocess
-
     inprocess.activate_in_process()
     measured = {}
     for name, overrides in PATHS.items():
@@ -64,73 +56,24 @@ def results(tiny_model_dir):
             worker = inprocess.make_worker(
                 inprocess.compose_config(tiny_model_dir, [*overrides, f"papo.masked_logprob_mode={mode}"])
             )
-            batch = _batch(worker)
-            loss, grad = _loss_and_grads(worker, _batch(worker), use_remove_padding=name.startswith("rmpad"))
+            batch = inprocess.worker_batch(worker, SAMPLES, step=3)
+            loss, grad = inprocess.update_loss_and_gradient(
+                worker,
+                inprocess.worker_batch(worker, SAMPLES, step=3),
+                PAPO_G,
+                ADVANTAGES,
+                micro_batch_size=2,
+                use_remove_padding=name.startswith("rmpad"),
+                calculate_entropy=True,
+            )
+            masked = inprocess.masked_response_log_probs(worker, batch) if mode == "precompute" else None
             measured[(name, mode)] = {
-                "old": _old_log_probs(worker, batch),
-                "masked": _masked_log_probs(worker, batch) if mode == "precompute" else None,
-                "loss": torch.tensor(loss),
+                "old": inprocess.response_log_probs(worker, batch).values().float(),
+                "masked": None if masked is None else masked.values().float(),
+                "loss": loss,
                 "grad": grad,
             }
     return measured
-
-
-def _batch(worker):
-    from papo_inprocess import build_batch
-
-    batch = build_batch(worker.actor.model_config.processor, worker.actor.model_config.tokenizer, SAMPLES)
-    tu.assign_non_tensor(batch, temperature=1.0, calculate_entropy=False, compute_loss=False, **{STEP_KEY: 3})
-    return batch
-
-
-def _old_log_probs(worker, batch) -> torch.Tensor:
-    out = worker.compute_log_prob(batch.copy())
-    return response_from_nested(out["log_probs"], batch["response_mask"]).values().float()
-
-
-def _masked_log_probs(worker, batch) -> torch.Tensor:
-    return worker.compute_masked_log_prob(batch.copy())[MASKED_LOG_PROBS_KEY].values().float()
-
-
-def _loss_and_grads(worker, batch, use_remove_padding: bool) -> tuple[float, torch.Tensor]:
-    """PAPO-G loss of one update over ``batch`` (2 micro-batches) and the flat gradient."""
-    data = batch.copy()
-    old = worker.compute_log_prob(data.copy())
-    data["old_log_probs"] = response_from_nested(old["log_probs"], data["response_mask"]).float()
-    masked = worker.compute_masked_log_prob(data.copy())
-    if MASKED_LOG_PROBS_KEY in masked.keys():
-        data[MASKED_LOG_PROBS_KEY] = masked[MASKED_LOG_PROBS_KEY]
-    data[IMAGE_ROW_KEY] = masked[IMAGE_ROW_KEY]
-    data[KL_WEIGHT_KEY] = torch.ones(len(data))
-    data["advantages"] = torch.nested.as_nested_tensor(
-        [
-            a * torch.ones_like(m, dtype=torch.float32)
-            for a, m in zip([1.0, -1.0, 0.5, -0.5], data["response_mask"].unbind(), strict=False)
-        ],
-        layout=torch.jagged,
-    )
-    tu.assign_non_tensor(
-        data,
-        **dict(zip(COEF_KEYS, (0.02, 0.05, 0.05), strict=False)),
-        global_batch_size=len(data),
-        calculate_entropy=True,
-        use_remove_padding=use_remove_padding,
-        use_dynamic_bsz=False,
-        micro_batch_size_per_gpu=2,
-        use_fused_kernels=False,
-    )
-    engine = worker.actor.engine
-    with engine.train_mode():
-        engine.optimizer_zero_grad()
-        output = engine.forward_backward_batch(data, loss_function=worker.loss_fn, forward_only=False)
-        grads = [
-            (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).detach().float().flatten()
-            for _, p in sorted(engine.module.named_parameters())
-            if p.grad is not None
-        ]
-        engine.optimizer_zero_grad()
-    loss = sum(output["loss"]) if isinstance(output["loss"], list) else output["loss"]
-    return float(loss), torch.cat(grads)
 
 
 def _errors(values: dict[str, torch.Tensor], relative: bool = False) -> tuple[float, float]:

@@ -7,17 +7,23 @@ installs its own top-level ``tests`` package, so ``tests.support`` would not res
 Used by the worker-level tests and the step-cost benchmark: no Ray, no rollout, but verl 0.9.1's
 own ``ActorRolloutRefWorker`` machinery (FSDP2 engine on a world-size-1 gloo group), composed from
 ``configs/papo_trainer.yaml`` with the CPU overrides. Batches are built with verl's own agent-loop
-code for ``multi_modal_inputs`` and mRoPE ``position_ids`` and stacked like TransferQueue holds them.
+code for ``multi_modal_inputs`` and mRoPE ``position_ids`` and stacked like TransferQueue holds them;
+:func:`with_trainer_fields` and :func:`training_batch` add what the trainers write before an update,
+and :func:`loss_and_grads` runs one update's forward and backward on the worker's engine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from recipe.papo.cpu.launch import cpu_overrides
 
@@ -79,12 +85,23 @@ def compose_config(
 
 
 def make_worker(config):
-    """An initialised ``PapoActorRolloutRefWorker`` (role ``actor``) for a composed config."""
+    """An initialised ``PapoActorRolloutRefWorker`` (role ``actor``) for a composed config.
+
+    Started as the PAPO trainer starts it: ``init_model``, then ``init_papo`` with the run's
+    ``data.mm_processor_kwargs`` (``PapoTrainer.on_init_end``).
+    """
+    from recipe.papo.trainer import mm_processor_kwargs_of
     from recipe.papo.worker import PapoActorRolloutRefWorker
 
     worker = PapoActorRolloutRefWorker(config=config.actor_rollout_ref, role="actor")
     worker.init_model()
+    worker.init_papo(mm_processor_kwargs=mm_processor_kwargs_of(config))
     return worker
+
+
+def random_image(seed: int, size: int = 56) -> Image.Image:
+    """A ``size`` x ``size`` RGB image of uniform noise, a pure function of ``seed``."""
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
 
 
 def build_batch(processor: Any, tokenizer: Any, samples: Sequence[tuple[list, str, str, str]]):
@@ -132,3 +149,159 @@ def build_batch(processor: Any, tokenizer: Any, samples: Sequence[tuple[list, st
         if not batch[key].is_nested:
             batch[key] = torch.nested.as_nested_tensor([row[key] for row in rows], layout=torch.jagged)
     return batch
+
+
+def worker_batch(worker, samples: Sequence[tuple[list, str, str, str]], *, step: int):
+    """:func:`build_batch` with ``worker``'s processor and tokenizer, plus the metadata of a log-prob call.
+
+    The metadata is what the trainers set for ``compute_log_prob`` / ``compute_masked_log_prob``
+    (temperature 1, no entropy, no loss) and the masking step (:data:`recipe.papo.batch_keys.STEP_KEY`),
+    which copies of the batch carry into an update (where ``recompute`` mode masks).
+    """
+    from verl.utils import tensordict_utils as tu
+
+    from recipe.papo.batch_keys import STEP_KEY
+
+    model_config = worker.actor.model_config
+    batch = build_batch(model_config.processor, model_config.tokenizer, samples)
+    tu.assign_non_tensor(batch, temperature=1.0, calculate_entropy=False, compute_loss=False, **{STEP_KEY: step})
+    return batch
+
+
+def response_log_probs(worker, batch):
+    """Nested ``(batch, response_len)`` log-probs of the responses under ``worker``'s policy (no grad)."""
+    from verl.workers.utils.padding import response_from_nested
+
+    return response_from_nested(worker.compute_log_prob(batch.copy())["log_probs"], batch["response_mask"])
+
+
+def masked_response_log_probs(worker, batch):
+    """Nested ``(batch, response_len)`` masked-image log-probs of the responses (``precompute`` mode)."""
+    from recipe.papo.batch_keys import MASKED_LOG_PROBS_KEY
+
+    return worker.compute_masked_log_prob(batch.copy())[MASKED_LOG_PROBS_KEY]
+
+
+def with_trainer_fields(worker, batch, advantages: Sequence[float]):
+    """A copy of ``batch`` with what the trainers write into it before the actor update.
+
+    verl's trainer: ``old_log_probs`` (:func:`response_log_probs`) and ``advantages`` (``advantages[i]``
+    on every response token of row ``i``). The PAPO trainer: the masked pass's outputs (masked
+    log-probs in ``precompute`` mode, has-image flags) and KL_prcp weight 1 on every row
+    (``papo.apply_mode=all``).
+    """
+    import torch
+
+    from recipe.papo.batch_keys import IMAGE_ROW_KEY, KL_WEIGHT_KEY, MASKED_LOG_PROBS_KEY
+
+    data = batch.copy()
+    data["old_log_probs"] = response_log_probs(worker, data).float()
+    masked = worker.compute_masked_log_prob(data.copy())
+    if MASKED_LOG_PROBS_KEY in masked.keys():  # noqa: SIM118  (TensorDict has no `in`)
+        data[MASKED_LOG_PROBS_KEY] = masked[MASKED_LOG_PROBS_KEY]
+    data[IMAGE_ROW_KEY] = masked[IMAGE_ROW_KEY]
+    data[KL_WEIGHT_KEY] = torch.ones(len(data))
+    data["advantages"] = torch.nested.as_nested_tensor(
+        [
+            a * torch.ones_like(m, dtype=torch.float32)
+            for a, m in zip(advantages, data["response_mask"].unbind(), strict=True)
+        ],
+        layout=torch.jagged,
+    )
+    return data
+
+
+def with_engine_update_metadata(
+    data,
+    coefficients,
+    *,
+    micro_batch_size: int,
+    use_remove_padding: bool = False,
+    calculate_entropy: bool = False,
+):
+    """A copy of ``data`` ready for ``engine.forward_backward_batch`` as one global batch.
+
+    Adds the step's :class:`recipe.papo.objective.PapoCoefficients` (as the PAPO trainer does) and the
+    engine options verl's ``update_actor`` would otherwise set from the worker config: fixed
+    micro-batches of ``micro_batch_size`` rows, no fused kernels, the padded or remove-padding path.
+    """
+    from verl.utils import tensordict_utils as tu
+
+    from recipe.papo.batch_keys import COEFFICIENTS_KEY
+
+    data = data.copy()
+    tu.assign_non_tensor(
+        data,
+        **{COEFFICIENTS_KEY: coefficients},
+        global_batch_size=len(data),
+        calculate_entropy=calculate_entropy,
+        use_remove_padding=use_remove_padding,
+        use_dynamic_bsz=False,
+        micro_batch_size_per_gpu=micro_batch_size,
+        use_fused_kernels=False,
+    )
+    return data
+
+
+def training_batch(worker, batch, coefficients, advantages: Sequence[float], **engine_options):
+    """:func:`with_trainer_fields` then :func:`with_engine_update_metadata` (``engine_options``)."""
+    return with_engine_update_metadata(with_trainer_fields(worker, batch, advantages), coefficients, **engine_options)
+
+
+def forward_backward(worker, data, loss_fn: Callable | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One forward and backward of ``data`` on ``worker``'s engine, without an optimiser step.
+
+    Args:
+        worker: an initialised PAPO worker.
+        data: a :func:`training_batch` (copied: the engine sees a fresh copy each call).
+        loss_fn: the loss (default: the worker's, ``papo_ppo_loss``).
+
+    Returns:
+        ``(output, grads)``: the engine's output (``loss`` per micro-batch or in total, ``metrics``)
+        and every parameter's gradient (full tensor, cloned) by parameter name. The gradients are
+        zeroed again after.
+    """
+    engine = worker.actor.engine
+    with engine.train_mode():
+        engine.optimizer_zero_grad()
+        output = engine.forward_backward_batch(data.copy(), loss_function=loss_fn or worker.loss_fn, forward_only=False)
+        grads = {
+            name: (param.grad.full_tensor() if hasattr(param.grad, "full_tensor") else param.grad).detach().clone()
+            for name, param in engine.module.named_parameters()
+            if param.grad is not None
+        }
+        engine.optimizer_zero_grad()
+    return output, grads
+
+
+def loss_and_grads(worker, data, loss_fn: Callable | None = None) -> tuple[Any, dict[str, Any]]:
+    """:func:`forward_backward`, with the loss summed over micro-batches: ``(loss, grads)``."""
+    output, grads = forward_backward(worker, data, loss_fn)
+    loss = sum(output["loss"]) if isinstance(output["loss"], list) else output["loss"]
+    return loss, grads
+
+
+def update_loss_and_gradient(worker, batch, coefficients, advantages: Sequence[float], **engine_options):
+    """The loss of one update over ``batch`` and its gradient as one vector: ``(loss, gradient)``.
+
+    :func:`training_batch` (``engine_options`` as there), :func:`loss_and_grads`, :func:`flat_gradient`;
+    the loss is a 0-dim float tensor.
+    """
+    import torch
+
+    loss, grads = loss_and_grads(worker, training_batch(worker, batch, coefficients, advantages, **engine_options))
+    return torch.tensor(float(loss)), flat_gradient(grads)
+
+
+def flat_gradient(grads: dict[str, Any]):
+    """The gradients of :func:`loss_and_grads` as one float32 vector, parameters in name order."""
+    import torch
+
+    return torch.cat([grads[name].float().flatten() for name in sorted(grads)])
+
+
+def vanilla_config(actor_config):
+    """A copy of verl's ``ActorConfig`` whose policy loss is plain verl ``vanilla`` (GRPO/DAPO surrogate)."""
+    from verl.workers.config import PolicyLossConfig
+
+    return dataclasses.replace(actor_config, policy_loss=PolicyLossConfig(loss_mode="vanilla"), global_batch_info={})

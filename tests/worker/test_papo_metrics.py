@@ -14,25 +14,17 @@ from __future__ import annotations
 import dataclasses
 from functools import partial
 
-import numpy as np
+import papo_inprocess as inprocess
 import pytest
 import torch
-from PIL import Image
 from verl.utils import tensordict_utils as tu
 from verl.utils.metric import reduce_metrics
 from verl.utils.py_functional import rename_dict
 from verl.workers.utils.losses import ppo_loss
-from verl.workers.utils.padding import response_from_nested
 
-from recipe.papo.policy_loss import (
-    COEF_KEYS,
-    IMAGE_ROW_KEY,
-    KL_WEIGHT_KEY,
-    MASKED_LOG_PROBS_KEY,
-    papo_ppo_loss,
-    papo_step_metrics,
-)
-from recipe.papo.worker import STEP_KEY
+from recipe.papo.batch_keys import COEFFICIENTS_KEY, IMAGE_ROW_KEY, MASKED_LOG_PROBS_KEY
+from recipe.papo.objective import PapoCoefficients
+from recipe.papo.policy_loss import papo_ppo_loss, papo_step_metrics
 
 GAMMA, ETA_ORI, ETA_AUG = 0.5, 0.05, 0.03
 # (image seed or None, uid, response): ragged responses, two text-only rows, 8 rows in all.
@@ -47,16 +39,11 @@ SAMPLES = [
     (2, "d", "4"),
 ]
 ADVANTAGES = [1.0, -1.0, 0.5, -0.5, 0.25, -0.25, 0.75, -0.75]
-
-
-def image(seed: int) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (56, 56, 3), dtype=np.uint8))
+COEFFICIENTS = PapoCoefficients(GAMMA, ETA_ORI, ETA_AUG)
 
 
 @pytest.fixture(scope="module")
 def worker(tiny_model_dir):
-    import papo_inprocess as inprocess
-
     inprocess.activate_in_process()
     config = inprocess.compose_config(
         tiny_model_dir,
@@ -74,26 +61,11 @@ def worker(tiny_model_dir):
 @pytest.fixture(scope="module")
 def prepared(worker):
     """The batch with what the trainer writes before the update: old and masked log-probs, weights."""
-    from papo_inprocess import build_batch
-
-    model_config = worker.actor.model_config
-    rows = [([] if seed is None else [image(seed)], uid, "How many shapes?", text) for seed, uid, text in SAMPLES]
-    data = build_batch(model_config.processor, model_config.tokenizer, rows)
-    tu.assign_non_tensor(data, temperature=1.0, calculate_entropy=False, compute_loss=False, **{STEP_KEY: 2})
-    old = worker.compute_log_prob(data.copy())
-    data["old_log_probs"] = response_from_nested(old["log_probs"], data["response_mask"]).float()
-    masked = worker.compute_masked_log_prob(data.copy())
-    data[MASKED_LOG_PROBS_KEY] = masked[MASKED_LOG_PROBS_KEY]
-    data[IMAGE_ROW_KEY] = masked[IMAGE_ROW_KEY]
-    data[KL_WEIGHT_KEY] = torch.ones(len(data))
-    data["advantages"] = torch.nested.as_nested_tensor(
-        [
-            a * torch.ones_like(m, dtype=torch.float32)
-            for a, m in zip(ADVANTAGES, data["response_mask"].unbind(), strict=False)
-        ],
-        layout=torch.jagged,
-    )
-    return data
+    rows = [
+        ([] if seed is None else [inprocess.random_image(seed)], uid, "How many shapes?", text)
+        for seed, uid, text in SAMPLES
+    ]
+    return inprocess.with_trainer_fields(worker, inprocess.worker_batch(worker, rows, step=2), ADVANTAGES)
 
 
 def update_metrics(worker, prepared, *, micro_batch_size=None, max_token_len=None, loss_fn=None):
@@ -104,7 +76,7 @@ def update_metrics(worker, prepared, *, micro_batch_size=None, max_token_len=Non
     data = prepared.copy()
     tu.assign_non_tensor(
         data,
-        **dict(zip(COEF_KEYS, (GAMMA, ETA_ORI, ETA_AUG), strict=False)),
+        **{COEFFICIENTS_KEY: COEFFICIENTS},
         calculate_entropy=False,
         distillation_use_topk=False,
         distillation_only=False,
@@ -205,38 +177,10 @@ def test_monitor_mode_gives_grpos_loss_and_gradient_bit_for_bit_and_logs_the_met
         policy_loss=dataclasses.replace(policy_loss, papo=dataclasses.replace(policy_loss.papo, monitor=True)),
         global_batch_info={},
     )
-    from verl.workers.config import PolicyLossConfig
-
-    grpo_config = dataclasses.replace(
-        actor_config, policy_loss=PolicyLossConfig(loss_mode="vanilla"), global_batch_info={}
-    )
-    data = prepared.copy()
-    tu.assign_non_tensor(
-        data,
-        **dict(zip(COEF_KEYS, (GAMMA, ETA_ORI, ETA_AUG), strict=False)),
-        global_batch_size=len(data),
-        calculate_entropy=False,
-        use_remove_padding=False,
-        use_dynamic_bsz=False,
-        micro_batch_size_per_gpu=4,
-        use_fused_kernels=False,
-    )
-
-    def loss_and_grads(loss_fn):
-        engine = worker.actor.engine
-        with engine.train_mode():
-            engine.optimizer_zero_grad()
-            output = engine.forward_backward_batch(data.copy(), loss_function=loss_fn, forward_only=False)
-            grads = {
-                name: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).detach().clone()
-                for name, p in engine.module.named_parameters()
-                if p.grad is not None
-            }
-            engine.optimizer_zero_grad()
-        return output, grads
-
-    monitor_out, monitor_grads = loss_and_grads(partial(papo_ppo_loss, config=monitor_config))
-    grpo_out, grpo_grads = loss_and_grads(partial(ppo_loss, config=grpo_config))
+    grpo_config = inprocess.vanilla_config(actor_config)
+    data = inprocess.with_engine_update_metadata(prepared, COEFFICIENTS, micro_batch_size=4)
+    monitor_out, monitor_grads = inprocess.forward_backward(worker, data, partial(papo_ppo_loss, config=monitor_config))
+    grpo_out, grpo_grads = inprocess.forward_backward(worker, data, partial(ppo_loss, config=grpo_config))
     assert monitor_out["loss"] == grpo_out["loss"]
     assert monitor_grads.keys() == grpo_grads.keys() and len(grpo_grads) > 0
     assert all(torch.equal(monitor_grads[k], grpo_grads[k]) for k in grpo_grads)
