@@ -4,7 +4,7 @@ The run is real: Ray, TransferQueue, the FSDP2 engine on gloo, the "hf" rollout 
 reward loop with the demo reward, validation and checkpointing, on the tiny random Qwen2.5-VL and
 the demo counting task. Every response is generated to the full length (``ignore_eos``) and every
 prompt has the same length, so every batch takes the equal-length ``position_ids`` path that
-crashes verl 0.9.1 unpatched (see ``recipe/papo/position_ids.py``).
+crashes verl 0.9.1 unpatched (see ``recipe/papo/compat/verl.py``).
 
 Run 1: validation before training, 2 GRPO steps, validation and a checkpoint at step 2.
 Run 2: the same command with 3 steps resumes from that checkpoint (``resume_mode=auto``).

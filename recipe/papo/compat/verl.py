@@ -29,6 +29,31 @@ ragged-dim-1 tensor has ``offsets[-1] == values.shape[0]``; the pickled ``(B, 4,
 ragged along the tokens, keeps verl's behaviour for the other, and raises a clear error if the
 result is still inconsistent. Both readings coincide only for a batch whose total token count
 equals the channel count, i.e. never for a real prompt.
+
+Upstream. The same defect is reported to verl (states as checked when this was written):
+
+- https://github.com/verl-project/verl/issues/7899 (open): this exact crash in the v1 trainer
+  (``split_with_sizes`` after ``maybe_fix_3d_position_ids`` sets ``_ragged_idx = 2`` on an
+  equal-length or one-sample batch); its fix, https://github.com/verl-project/verl/pull/7901, is an
+  open pull request (a validating ``normalize_3d_position_ids`` behind ``maybe_fix_3d_position_ids``,
+  and write sites that build ragged-along-tokens tensors);
+- https://github.com/verl-project/verl/pull/5829 (closed without merging): the same
+  ``split_with_sizes`` crash on the engine worker with a small batch, and the hard-coded
+  ``_ragged_idx``;
+- https://github.com/verl-project/verl/issues/6073 (open): the same jagged-dimension flip for
+  equal-length micro-batches on the SFT path. https://github.com/verl-project/verl/pull/6127
+  (merged in April 2026, so in 0.9.x) fixed it where verl *rebuilds* nested tensors after
+  selecting or chunking, but not in ``maybe_fix_3d_position_ids``, which verl 0.9.1 and verl's main
+  branch of late August 2026 still have unchanged.
+
+When to drop it. Once the verl that ``pyproject.toml`` pins fixes issue 7899 (verl 0.9.1, the pin,
+does not), delete this module and its three calls (``PapoTrainer.__init__``,
+``PapoActorRolloutRefWorker.init_model``, ``recipe.papo.cpu.activate``). On such a verl
+:func:`install_position_ids_fix` already steps aside and logs "verl's own function handles
+equal-length mRoPE batches; not patched", and
+``tests/compat/test_compat.py::test_position_ids_fix_detects_the_defect_in_verl_0_9_1`` fails:
+that failure is the signal. ``tests/cpu/test_position_ids.py`` keeps checking equal-length batches
+through the actor update either way.
 """
 
 from __future__ import annotations

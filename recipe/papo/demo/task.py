@@ -9,7 +9,7 @@ Sizes fit the tiny demo model: images are ``image_size`` pixels square (default 
 processor's minimum of 28*28*4 pixels, i.e. 4 visual tokens), the four colour names have the same
 length, so every prompt has the same number of tokens (the tokenizer is byte-level: one token per
 byte), which also exercises the equal-length ``position_ids`` path
-(:mod:`recipe.papo.position_ids`).
+(:mod:`recipe.papo.compat.verl`).
 
 Rows follow verl's RLHF parquet schema (as in ``examples/data_preprocess/geo3k.py``):
 ``data_source``, ``prompt`` (chat messages with an ``<image>`` placeholder), ``images`` (a list of
