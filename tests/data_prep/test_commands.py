@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import data_prep_fixtures as fx
 import pyarrow.parquet as pq
 import pytest
 from user_env import user_env
@@ -34,7 +35,7 @@ def skipped(out: Path, stem: str) -> list[dict]:
     return [json.loads(line) for line in (out / f"{stem}.skipped.jsonl").read_text().splitlines()]
 
 
-def test_virl39k_from_parquet_accounts_for_every_row(fx, tmp_path, capsys):
+def test_virl39k_from_parquet_accounts_for_every_row(tmp_path, capsys):
     rows, expected, written = fx.problem_rows()
     source = fx.write_parquet(tmp_path / "src" / "virl.parquet", rows)
     out = tmp_path / "out"
@@ -68,7 +69,7 @@ def test_virl39k_from_parquet_accounts_for_every_row(fx, tmp_path, capsys):
     assert "images_aug" not in pq.read_schema(out / "virl39k_train.parquet").names
 
 
-def test_mmk12_from_saved_dataset_dict(fx, tmp_path):
+def test_mmk12_from_saved_dataset_dict(tmp_path):
     rows, expected, written = fx.problem_rows(with_missing_file=False)
     source = fx.write_saved_dataset(tmp_path / "mmk12", {"test": rows})
     out = tmp_path / "out"
@@ -82,7 +83,7 @@ def test_mmk12_from_saved_dataset_dict(fx, tmp_path):
     }
 
 
-def test_geometry3k_hub_snapshot_folder(fx, tmp_path):
+def test_geometry3k_hub_snapshot_folder(tmp_path):
     rows, _, _ = fx.problem_rows()
     good = [rows[i] for i in (0, 1, 6, 8)]
     for name, part in (
@@ -102,7 +103,7 @@ def test_geometry3k_hub_snapshot_folder(fx, tmp_path):
     assert not (out / "geometry3k_validation.parquet").exists()
 
 
-def test_geometry3k_saved_dataset_dict_with_splits_flag(fx, tmp_path):
+def test_geometry3k_saved_dataset_dict_with_splits_flag(tmp_path):
     rows, _, _ = fx.problem_rows(with_missing_file=False)
     source = fx.write_saved_dataset(tmp_path / "g3k", {"train": rows, "validation": rows[:2], "test": rows[:3]})
     out = tmp_path / "out"
@@ -112,7 +113,7 @@ def test_geometry3k_saved_dataset_dict_with_splits_flag(fx, tmp_path):
     assert not (out / "geometry3k_train.parquet").exists()
 
 
-def test_papo_eval_extracted_folder_and_zip(fx, tmp_path):
+def test_papo_eval_extracted_folder_and_zip(tmp_path):
     root = tmp_path / "PAPO_eval"
     zipped = fx.write_sharegpt(root, "We_Math", zipped=True)
     folder = fx.write_sharegpt(root, "lscpku_LogicVista", zipped=False, jsonl=True)
@@ -141,14 +142,14 @@ def test_papo_eval_extracted_folder_and_zip(fx, tmp_path):
     assert not (out / "AI4Math_MathVista.parquet").exists()
 
 
-def test_papo_eval_single_split_file(fx, tmp_path):
+def test_papo_eval_single_split_file(tmp_path):
     fx.write_sharegpt(tmp_path / "src", "MMMU_MMMU_Pro", zipped=True)
     out = tmp_path / "out"
     assert run(papo_eval, ["--source", tmp_path / "src" / "MMMU_MMMU_Pro.json", "--out", out]) == 0
     assert summary(out, "MMMU_MMMU_Pro")["rows_written"] == 2
 
 
-def test_json_rows_with_images_inside_a_zip(fx, tmp_path):
+def test_json_rows_with_images_inside_a_zip(tmp_path):
     """A JSONL training source whose image paths live in a zipped folder next to it."""
     import zipfile
 
@@ -174,7 +175,7 @@ def test_json_rows_with_images_inside_a_zip(fx, tmp_path):
     assert "line 3: a JSON str, not an object" in details[1] and "line 4: invalid JSON" in details[2]
 
 
-def test_strict_fails_and_leaves_no_parquet(fx, tmp_path, capsys):
+def test_strict_fails_and_leaves_no_parquet(tmp_path, capsys):
     rows, expected, _ = fx.problem_rows()
     source = fx.write_parquet(tmp_path / "v.parquet", rows)
     out = tmp_path / "out"
@@ -191,7 +192,7 @@ def test_strict_fails_and_leaves_no_parquet(fx, tmp_path, capsys):
     assert result["skipped_by_reason"] == expected
 
 
-def test_strict_passes_on_clean_input_and_max_rows(fx, tmp_path):
+def test_strict_passes_on_clean_input_and_max_rows(tmp_path):
     rows, _, _ = fx.problem_rows()
     source = fx.write_parquet(tmp_path / "v.parquet", rows)
     out = tmp_path / "out"
@@ -200,7 +201,7 @@ def test_strict_passes_on_clean_input_and_max_rows(fx, tmp_path):
     assert (result["rows_in"], result["rows_written"], result["options"]["max_rows"]) == (2, 2, 2)
 
 
-def test_same_input_gives_byte_identical_output_whatever_num_proc(fx, tmp_path):
+def test_same_input_gives_byte_identical_output_whatever_num_proc(tmp_path):
     rows, _, _ = fx.problem_rows()
     source = fx.write_parquet(tmp_path / "v.parquet", rows)
     outputs = []
@@ -212,7 +213,7 @@ def test_same_input_gives_byte_identical_output_whatever_num_proc(fx, tmp_path):
     assert outputs[0] == outputs[1] == outputs[2]
 
 
-def test_rows_are_streamed_in_row_groups(fx, tmp_path):
+def test_rows_are_streamed_in_row_groups(tmp_path):
     """The writer flushes row groups while rows are still being read (memory does not grow with rows)."""
     out = tmp_path / "out"
     group = 3
@@ -242,7 +243,7 @@ def test_rows_are_streamed_in_row_groups(fx, tmp_path):
     assert sizes_seen[0] > 4 and sizes_seen[0] < sizes_seen[1] < sizes_seen[2]
 
 
-def test_all_runs_every_dataset_and_reports_failures(fx, tmp_path, capsys):
+def test_all_runs_every_dataset_and_reports_failures(tmp_path, capsys):
     rows, _, _ = fx.problem_rows()
     train = fx.write_parquet(tmp_path / "virl.parquet", rows)
     val = fx.write_saved_dataset(tmp_path / "mmk12", rows[:3])
@@ -290,7 +291,7 @@ def test_all_runs_every_dataset_and_reports_failures(fx, tmp_path, capsys):
     assert (out / "geometry3k_train.parquet").exists() and (out / "geometry3k_test.parquet").exists()
 
 
-def test_module_entry_point(fx, tmp_path):
+def test_module_entry_point(tmp_path):
     rows, _, _ = fx.problem_rows()
     source = fx.write_parquet(tmp_path / "v.parquet", rows)
     completed = subprocess.run(

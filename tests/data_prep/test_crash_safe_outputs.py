@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import data_prep_fixtures as fx
 import pyarrow.parquet as pq
 import pytest
 from user_env import user_env
@@ -92,31 +93,23 @@ def no_leftovers(out: Path) -> None:
     assert not [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != writer.STATE_DIR]
 
 
-# The source and the reference outputs, built once per module (``fx`` is function-scoped).
-_BUILT: dict[str, object] = {}
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """The 9 fixture rows of ``fx.problem_rows()`` as a parquet source (built once per module)."""
+    rows, _, _ = fx.problem_rows()
+    return fx.write_parquet(tmp_path_factory.mktemp("source") / "v.parquet", rows)
 
 
-@pytest.fixture
-def source(fx, tmp_path_factory) -> Path:
-    """The 9 fixture rows of ``fx.problem_rows()`` as a parquet source."""
-    if "source" not in _BUILT:
-        rows, _, _ = fx.problem_rows()
-        _BUILT["source"] = fx.write_parquet(tmp_path_factory.mktemp("source") / "v.parquet", rows)
-    return _BUILT["source"]
-
-
-@pytest.fixture
+@pytest.fixture(scope="module")
 def reference(source, tmp_path_factory) -> dict[tuple[str, ...], dict]:
-    """The outputs of uninterrupted runs of each argument set, each in a fresh folder."""
-    if "reference" not in _BUILT:
-        sets = {}
-        for args in (OLD_ARGS, NEW_ARGS, STRICT_ARGS):
-            out = tmp_path_factory.mktemp("reference")
-            finish(run_virl39k(source, out, *args), expected=1 if args == STRICT_ARGS else 0)
-            sets[args] = visible_set(out)
-        assert sets[OLD_ARGS] != sets[NEW_ARGS]
-        _BUILT["reference"] = sets
-    return _BUILT["reference"]
+    """The outputs of uninterrupted runs of each argument set, each in a fresh folder (once per module)."""
+    sets = {}
+    for args in (OLD_ARGS, NEW_ARGS, STRICT_ARGS):
+        out = tmp_path_factory.mktemp("reference")
+        finish(run_virl39k(source, out, *args), expected=1 if args == STRICT_ARGS else 0)
+        sets[args] = visible_set(out)
+    assert sets[OLD_ARGS] != sets[NEW_ARGS]
+    return sets
 
 
 @pytest.mark.parametrize(

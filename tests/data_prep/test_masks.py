@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import data_prep_fixtures as fx
 import numpy as np
 
 from data_prep import geometry3k, virl39k
@@ -27,7 +28,7 @@ def cell_states(original: np.ndarray, masked: np.ndarray, patch: int) -> np.ndar
     return states
 
 
-def convert(fx, tmp_path, *flags):
+def convert(tmp_path, *flags):
     rows, _, _ = fx.problem_rows()
     source = fx.write_parquet(tmp_path / "v.parquet", rows)
     out = tmp_path / "out"
@@ -35,8 +36,8 @@ def convert(fx, tmp_path, *flags):
     return fx.read_parquet(out / "virl39k_train.parquet"), json.loads((out / "virl39k_train.summary.json").read_text())
 
 
-def test_masks_are_black_cells_over_unchanged_pixels(fx, tmp_path):
-    records, result = convert(fx, tmp_path, "--mask-ratio", 0.6, "--patch-size", PATCH, "--seed", 3)
+def test_masks_are_black_cells_over_unchanged_pixels(tmp_path):
+    records, result = convert(tmp_path, "--mask-ratio", 0.6, "--patch-size", PATCH, "--seed", 3)
     assert result["options"] == {
         "max_rows": None,
         "strict": False,
@@ -64,21 +65,21 @@ def test_masks_are_black_cells_over_unchanged_pixels(fx, tmp_path):
     assert 0 < masked_cells < total_cells
 
 
-def test_ratio_extremes_and_seed(fx, tmp_path):
-    none, _ = convert(fx, tmp_path / "r0", "--mask-ratio", 0, "--patch-size", PATCH)
-    full, _ = convert(fx, tmp_path / "r1", "--mask-ratio", 1, "--patch-size", PATCH)
+def test_ratio_extremes_and_seed(tmp_path):
+    none, _ = convert(tmp_path / "r0", "--mask-ratio", 0, "--patch-size", PATCH)
+    full, _ = convert(tmp_path / "r1", "--mask-ratio", 1, "--patch-size", PATCH)
     for kept, blacked in zip(none, full, strict=True):
         for image, aug0, aug1 in zip(kept["images"], kept["images_aug"], blacked["images_aug"], strict=True):
             original = np.asarray(fx.decode(image).convert("RGB"))
             assert np.array_equal(np.asarray(fx.decode(aug0)), original)
             assert not np.asarray(fx.decode(aug1)).any()
-    seed0, _ = convert(fx, tmp_path / "s0", "--seed", 0)
-    seed1, _ = convert(fx, tmp_path / "s1", "--seed", 1)
+    seed0, _ = convert(tmp_path / "s0", "--seed", 0)
+    seed1, _ = convert(tmp_path / "s1", "--seed", 1)
     assert [r["images"] for r in seed0] == [r["images"] for r in seed1]
     assert [r["images_aug"] for r in seed0] != [r["images_aug"] for r in seed1]
 
 
-def test_geometry3k_masks_use_the_row_index_without_ids(fx, tmp_path):
+def test_geometry3k_masks_use_the_row_index_without_ids(tmp_path):
     rows, _, _ = fx.problem_rows()
     good = [{k: v for k, v in rows[i].items() if k != "id"} for i in (0, 1)]
     source = fx.write_parquet(tmp_path / "g.parquet", good, columns=("images", "problem", "answer"))

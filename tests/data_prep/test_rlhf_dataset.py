@@ -5,6 +5,7 @@ It yields the expected messages and images, and passes ``images_aug`` through.
 
 from __future__ import annotations
 
+import data_prep_fixtures as fx
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
@@ -37,7 +38,7 @@ def rlhf_dataset(tiny_model_bundle, tmp_path, monkeypatch):
     return load
 
 
-def test_training_rows_load_with_images_and_masks(fx, tmp_path, rlhf_dataset, tiny_processor):
+def test_training_rows_load_with_images_and_masks(tmp_path, rlhf_dataset, tiny_processor):
     rows, _, written = fx.problem_rows()
     source = fx.write_parquet(tmp_path / "v.parquet", rows)
     out = tmp_path / "out"
@@ -72,7 +73,7 @@ def test_training_rows_load_with_images_and_masks(fx, tmp_path, rlhf_dataset, ti
     assert int((inputs["input_ids"] == pad_id).sum()) == int(inputs["image_grid_thw"].prod(dim=-1).sum()) // merge
 
 
-def test_eval_files_load_together(fx, tmp_path, rlhf_dataset):
+def test_eval_files_load_together(tmp_path, rlhf_dataset):
     root = tmp_path / "eval"
     fx.write_sharegpt(root, "We_Math", zipped=True)
     fx.write_sharegpt(root, "BUAADreamer_clevr_count_70k", zipped=False)

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import data_prep_fixtures as fx
 import numpy as np
 import pytest
 from PIL import Image
@@ -37,7 +38,7 @@ def raw(answer="3", images=None, index=0, row_id="r0", question="<image>Find x."
     return RawRow(index=index, id=row_id, question=question, answer=answer, images=images)
 
 
-def run_virl39k(fx, tmp_path, rows, *flags) -> tuple[list[dict], dict]:
+def run_virl39k(tmp_path, rows, *flags) -> tuple[list[dict], dict]:
     source = fx.write_parquet(tmp_path / "v.parquet", rows)
     out = tmp_path / "out"
     assert virl39k.main(["--source", str(source), "--out", str(out), *map(str, flags)]) == 0
@@ -87,12 +88,12 @@ def test_out_of_range_integer_image_is_skipped_with_a_reason():
         (" \t\n", "missing_answer", "answer is"),
     ],
 )
-def test_nan_inf_and_blank_answers_are_skipped(fx, answer, reason, detail):
+def test_nan_inf_and_blank_answers_are_skipped(answer, reason, detail):
     result = convert_row(raw(answer=answer, images=[fx.png_bytes()]), SPEC)
     assert isinstance(result, Skip) and result.reason == reason and detail in result.detail
 
 
-def test_duplicate_ids_are_reported_and_get_distinct_masks(fx, tmp_path, capsys):
+def test_duplicate_ids_are_reported_and_get_distinct_masks(tmp_path, capsys):
     picture = fx.image(24, 24, 5)
     rows = [
         {"id": "dup", "problem": "<image>A", "answer": "1", "images": [picture]},
@@ -100,7 +101,7 @@ def test_duplicate_ids_are_reported_and_get_distinct_masks(fx, tmp_path, capsys)
         {"id": "dup", "problem": "<image>A", "answer": "1", "images": [picture]},
         {"id": "dup", "problem": "<image>C", "answer": "3", "images": [picture]},
     ]
-    records, summary = run_virl39k(fx, tmp_path, rows, "--precompute-masks", "--patch-size", 4)
+    records, summary = run_virl39k(tmp_path, rows, "--precompute-masks", "--patch-size", 4)
     assert summary["duplicate_id_rows"] == 2
     assert summary["duplicate_id_examples"] == [
         {"id": "dup", "first_index": 0, "index": 2},
@@ -124,15 +125,15 @@ def test_precomputed_masks_composite_transparent_pixels_on_white(tmp_path):
     assert (aug[:, :8] == (200, 10, 10)).all()
 
 
-def test_prompt_template_file_replaces_the_default(fx, tmp_path):
+def test_prompt_template_file_replaces_the_default(tmp_path):
     template = tmp_path / "prompt.txt"
     template.write_text("Question: {question}\nPut the answer in \\boxed{}.\n")
     rows = [{"id": "q", "problem": "  <image>What is 2+2?  ", "answer": "4", "images": [fx.image()]}]
-    records, summary = run_virl39k(fx, tmp_path, rows, "--prompt-template", template)
+    records, summary = run_virl39k(tmp_path, rows, "--prompt-template", template)
     content = records[0]["prompt"][0]["content"]
     assert content == "Question: <image>What is 2+2?\nPut the answer in \\boxed{}."
     assert summary["options"]["prompt_template"] == "Question: {question}\nPut the answer in \\boxed{}."
-    default, _ = run_virl39k(fx, tmp_path / "default", rows)
+    default, _ = run_virl39k(tmp_path / "default", rows)
     assert default[0]["prompt"][0]["content"] == DEFAULT_PROMPT_TEMPLATE.replace("{question}", "<image>What is 2+2?")
 
 
@@ -143,7 +144,7 @@ def test_prompt_template_file_replaces_the_default(fx, tmp_path):
         ("{question} {answer} {image}", "unknown placeholder(s) {answer}, {image}"),
     ],
 )
-def test_bad_prompt_template_fails_at_start_naming_the_file(fx, tmp_path, capsys, text, message):
+def test_bad_prompt_template_fails_at_start_naming_the_file(tmp_path, capsys, text, message):
     template = tmp_path / "bad.txt"
     template.write_text(text)
     source = fx.write_parquet(tmp_path / "v.parquet", [])
@@ -153,7 +154,7 @@ def test_bad_prompt_template_fails_at_start_naming_the_file(fx, tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_prompt_template_file_is_a_clear_error(fx, tmp_path, capsys):
+def test_missing_prompt_template_file_is_a_clear_error(tmp_path, capsys):
     source = fx.write_parquet(tmp_path / "v.parquet", [])
     code = virl39k.main(["--source", str(source), "--out", str(tmp_path / "o"), "--prompt-template", "nope.txt"])
     assert code == 2 and "--prompt-template nope.txt: cannot read it" in capsys.readouterr().err
@@ -170,7 +171,7 @@ def outputs(out: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize(("sig", "num_proc", "exit_code"), [(signal.SIGTERM, 1, 143), (signal.SIGINT, 2, 130)])
-def test_interrupted_rerun_leaves_the_previous_outputs_untouched(fx, tmp_path, sig, num_proc, exit_code):
+def test_interrupted_rerun_leaves_the_previous_outputs_untouched(tmp_path, sig, num_proc, exit_code):
     rows, _, _ = fx.problem_rows()
     out = tmp_path / "out"
     small = fx.write_parquet(tmp_path / "small.parquet", rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import data_prep_fixtures as fx
 import pytest
 from PIL import Image
 
@@ -18,7 +19,7 @@ def raw(question="<image>Find x.", answer="3", images=None, index=4, row_id="q4"
     return RawRow(index=index, id=row_id, question=question, answer=answer, images=images)
 
 
-def test_good_row_builds_the_verl_record(fx):
+def test_good_row_builds_the_verl_record():
     data = fx.png_bytes(20, 12)
     record = convert_row(
         raw(question="  <image>Find x.  ", answer=" 3 ", images=[{"bytes": data, "path": "/abs/dir/a.png"}]), SPEC
@@ -33,7 +34,7 @@ def test_good_row_builds_the_verl_record(fx):
     }
 
 
-def test_image_entry_forms(fx, tmp_path):
+def test_image_entry_forms(tmp_path):
     """bytes, {bytes, path}, a file path and a PIL image are all accepted; bytes are kept as they are."""
     data = fx.png_bytes(9, 7)
     (tmp_path / "f.png").write_bytes(data)
@@ -48,7 +49,7 @@ def test_image_entry_forms(fx, tmp_path):
     assert fx.decode(images[3]).size == (5, 6) and fx.decode(images[3]).getpixel((0, 0)) == 77
 
 
-def test_numeric_answer_and_id_become_strings(fx):
+def test_numeric_answer_and_id_become_strings():
     record = convert_row(raw(answer=12, images=[fx.image()], row_id="7"), SPEC)
     assert record["reward_model"]["ground_truth"] == "12"
     assert record["extra_info"]["id"] == "7"

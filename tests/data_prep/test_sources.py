@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import data_prep_fixtures as fx
 import pytest
 
 from data_prep import geometry3k, mmk12, papo_eval, virl39k
@@ -18,7 +19,7 @@ def run(module, argv, capsys) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("layout", ["parquet", "saved", "json"])
-def test_missing_column_names_it_and_lists_columns_found(fx, tmp_path, capsys, layout):
+def test_missing_column_names_it_and_lists_columns_found(tmp_path, capsys, layout):
     rows, _, _ = fx.problem_rows(with_missing_file=False)
     if layout == "parquet":
         source = fx.write_parquet(tmp_path / "v.parquet", rows, columns=("id", "images", "problem"))
@@ -87,7 +88,7 @@ def test_directory_without_data(tmp_path, capsys):
     assert "neither a saved dataset" in err and "README.md" in err
 
 
-def test_unreadable_zip_archive(fx, tmp_path, capsys):
+def test_unreadable_zip_archive(tmp_path, capsys):
     fx.write_sharegpt(tmp_path, "We_Math", zipped=False)
     (tmp_path / "We-Math_We-Math_images.zip").write_bytes(b"not a zip")  # the benchmark's archive
     code, err = run(papo_eval, ["--source", tmp_path, "--out", tmp_path / "out", "--splits", "We_Math"], capsys)
@@ -103,7 +104,7 @@ def test_hub_id_offline_says_to_pass_a_local_path(tmp_path, capsys, monkeypatch)
     assert "cannot load hub dataset 'nobody-xyz/no-such-dataset'" in err and "--source" in err
 
 
-def test_split_selection(fx, tmp_path):
+def test_split_selection(tmp_path):
     rows, _, _ = fx.problem_rows(with_missing_file=False)
     saved = fx.write_saved_dataset(tmp_path / "dd", {"train": rows[:2], "test": rows[:1]})
     assert available_splits(str(saved)) == ("train", "test")
@@ -118,7 +119,7 @@ def test_split_selection(fx, tmp_path):
         open_table(str(single), "train")
 
 
-def test_hub_snapshot_parquet_folder_split_names(fx, tmp_path):
+def test_hub_snapshot_parquet_folder_split_names(tmp_path):
     rows, _, _ = fx.problem_rows()
     for name, part in (
         ("train-00000-of-00002", rows[:3]),
@@ -131,14 +132,14 @@ def test_hub_snapshot_parquet_folder_split_names(fx, tmp_path):
     assert open_table(str(tmp_path), "train").num_rows == len(rows)
 
 
-def test_geometry3k_one_split_source_needs_a_name(fx, tmp_path, capsys):
+def test_geometry3k_one_split_source_needs_a_name(tmp_path, capsys):
     rows, _, _ = fx.problem_rows()
     single = fx.write_parquet(tmp_path / "g.parquet", rows)
     code, err = run(geometry3k, ["--source", single, "--out", tmp_path / "out"], capsys)
     assert code == 2 and "name it with exactly one --splits value" in err
 
 
-def test_mask_flags_need_precompute_masks(fx, tmp_path, capsys):
+def test_mask_flags_need_precompute_masks(tmp_path, capsys):
     rows, _, _ = fx.problem_rows()
     source = fx.write_parquet(tmp_path / "v.parquet", rows)
     code, err = run(virl39k, ["--source", source, "--out", tmp_path / "out", "--mask-ratio", "0.5"], capsys)

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 
+import data_prep_fixtures as fx
 import numpy as np
 import pytest
 from PIL import Image
@@ -101,7 +102,7 @@ def test_values_without_a_rule_skip_the_row_with_their_own_reason(values, detail
     assert "(maps/depth.tif)" in result.detail  # the image's path, when the source has one
 
 
-def test_the_command_writes_or_skips_every_float_row_and_says_why(fx, tmp_path):
+def test_the_command_writes_or_skips_every_float_row_and_says_why(tmp_path):
     ramp = normalised_ramp()
     rows = [
         {"id": "f0", "problem": "<image>A", "answer": "1", "images": [{"bytes": tiff(ramp), "path": "f0.tif"}]},

@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from script_runs import run_script
 
 from recipe.papo.prompt import EVAL_BENCHMARKS
 
@@ -62,8 +63,8 @@ def test_dry_run_is_a_validation_only_avg_at_8_run(dry_runs, checkpoints, tmp_pa
     assert not out_dir.exists()  # a dry run writes nothing
 
 
-def test_model_path_is_required(run_bash, tmp_path):
-    run = run_bash("eval_papo.sh", cwd=tmp_path, DRY_RUN="1")
+def test_model_path_is_required(tmp_path):
+    run = run_script("eval_papo.sh", cwd=tmp_path, DRY_RUN="1")
     assert run.returncode != 0
     assert "set MODEL_PATH" in run.stderr
 
@@ -106,7 +107,7 @@ def fake_python(tmp_path) -> Path:
 
 
 @pytest.fixture
-def faked_eval(run_bash, fake_python, tmp_path):
+def faked_eval(fake_python, tmp_path):
     """``faked_eval(present, *args, **env) -> (run, eval_dir, record)``: eval_papo.sh with the fake
     ``main_papo`` (records its input to ``record``) and an EVAL_DIR holding ``present`` benchmark files."""
 
@@ -118,7 +119,7 @@ def faked_eval(run_bash, fake_python, tmp_path):
         record = tmp_path / "record.json"
         defaults = {"PYTHON": str(fake_python), "MODEL_PATH": MODEL, "EVAL_DIR": str(eval_dir)}
         env = defaults | {"FAKE_RECORD": str(record)} | env
-        return run_bash("eval_papo.sh", *args, cwd=tmp_path, **env), eval_dir, record
+        return run_script("eval_papo.sh", *args, cwd=tmp_path, **env), eval_dir, record
 
     return run
 
@@ -176,8 +177,8 @@ def test_missing_benchmark_file_fails_before_verl(faked_eval):
     assert not record.exists()
 
 
-def test_logger_without_file_is_rejected(run_bash, tmp_path):
-    run = run_bash("eval_papo.sh", cwd=tmp_path, MODEL_PATH=MODEL, LOGGER='["console","wandb"]', DRY_RUN="1")
+def test_logger_without_file_is_rejected(tmp_path):
+    run = run_script("eval_papo.sh", cwd=tmp_path, MODEL_PATH=MODEL, LOGGER='["console","wandb"]', DRY_RUN="1")
     assert run.returncode == 2
     assert "lacks the file logger" in run.stderr
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from script_runs import python_args_of, run_script
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 DATA_DIR = "/data/papo"  # DATA_DIR knob of every dry run below: the default file names hang off it
@@ -154,7 +155,7 @@ def start_all(request, dry_runs):
 
 
 @pytest.fixture(scope="module")
-def summary_of(python_args, tmp_path_factory):
+def summary_of(tmp_path_factory):
     """``summary_of(name)``: the settings ``DRY_RUN=1 bash scripts/<name>`` prints, computed in this
     process: bash records the arguments the script passes to Python, then main_papo's own dry-run
     steps (compose, ``prepare``, JSON) run here. A full dry run costs a Python start and the verl
@@ -165,7 +166,7 @@ def summary_of(python_args, tmp_path_factory):
 
     def summary(name: str) -> dict:
         if name not in cache:
-            argv = python_args(name, cwd=cwd, DATA_DIR=DATA_DIR, DRY_RUN="1")
+            argv = python_args_of(name, cwd=cwd, DATA_DIR=DATA_DIR, DRY_RUN="1")
             assert argv[:2] == ["-m", "recipe.papo.main_papo"]
             cache[name] = json.loads(json.dumps(prepare(compose(*argv[2:])), default=str))
         return cache[name]
@@ -326,8 +327,8 @@ def test_start_up_checks_reject(override, message):
     assert message in str(error.value)
 
 
-def test_bad_dry_run_value_is_rejected(run_bash, tmp_path):
-    run = run_bash("run_qwen2_5_vl_3b_grpo.sh", cwd=tmp_path, DRY_RUN="yes")
+def test_bad_dry_run_value_is_rejected(tmp_path):
+    run = run_script("run_qwen2_5_vl_3b_grpo.sh", cwd=tmp_path, DRY_RUN="yes")
     assert run.returncode == 2
     assert "DRY_RUN must be 0 or 1, got 'yes'" in run.stderr
 

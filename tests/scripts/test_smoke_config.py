@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from script_runs import python_args_of, run_script
 
 from recipe.papo.smoke.checks import Expectations, check_records
 from recipe.papo.smoke.run import SmokeError, compose, fresh_folder, parse_args, plan, split_arguments
@@ -129,7 +130,7 @@ def workdir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def smoke_plan(python_args, workdir):
+def smoke_plan(workdir):
     """``smoke_plan(name, *args, machine=CPU)``: the plan ``SMOKE=1 bash scripts/<name> args...``
     makes on ``machine`` (composed here) and the script's own overrides; cached per module."""
     cache: dict = {}
@@ -137,7 +138,7 @@ def smoke_plan(python_args, workdir):
     def make(name: str, *args: str, machine: Machine = CPU):
         key = (name, args, machine)
         if key not in cache:
-            argv = python_args(name, *args, cwd=workdir, SMOKE="1")
+            argv = python_args_of(name, *args, cwd=workdir, SMOKE="1")
             assert argv[:2] == ["-m", "recipe.papo.smoke"]
             parsed = parse_args(argv[2:])
             script_args, user_args = split_arguments(parsed.overrides, parsed.user_args)
@@ -149,13 +150,13 @@ def smoke_plan(python_args, workdir):
 
 
 @pytest.fixture(scope="module")
-def plain_config(python_args, workdir):
+def plain_config(workdir):
     """``plain_config(name)``: the configuration ``bash scripts/<name>`` (no SMOKE) composes; cached."""
     cache: dict = {}
 
     def make(name: str):
         if name not in cache:
-            argv = python_args(name, cwd=workdir)
+            argv = python_args_of(name, cwd=workdir)
             assert argv[:2] == ["-m", "recipe.papo.main_papo"]
             cache[name] = compose(argv[2:])
         return cache[name]
@@ -187,11 +188,11 @@ def default_model(name: str) -> str:
     return re.search(r"^DEFAULT_MODEL_PATH=(\S+)$", (SCRIPTS / name).read_text(), re.MULTILINE).group(1)
 
 
-def test_smoke_and_dry_run_exclude_each_other(run_bash, tmp_path):
-    run = run_bash(PAPO_G, cwd=tmp_path, SMOKE="1", DRY_RUN="1")
+def test_smoke_and_dry_run_exclude_each_other(tmp_path):
+    run = run_script(PAPO_G, cwd=tmp_path, SMOKE="1", DRY_RUN="1")
     assert run.returncode == 2
     assert "SMOKE=1 and DRY_RUN=1 exclude each other" in run.stderr
-    run = run_bash(PAPO_G, cwd=tmp_path, SMOKE="yes")
+    run = run_script(PAPO_G, cwd=tmp_path, SMOKE="yes")
     assert (run.returncode, "SMOKE must be 0 or 1, got 'yes'" in run.stderr) == (2, True)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from script_runs import run_script
 
 from recipe.papo.smoke.sizes import micro_batches_per_worker
 
@@ -30,11 +31,11 @@ RUNS = {
 
 
 @pytest.fixture(scope="module", params=sorted(RUNS))
-def smoke_run(request, run_bash, tmp_path_factory):
+def smoke_run(request, tmp_path_factory):
     """(run, output folder, resolved config, training records) of one smoke run."""
     name, args = RUNS[request.param]
     cwd = tmp_path_factory.mktemp(f"smoke_{request.param}")
-    run = run_bash(name, *args, cwd=cwd, timeout=SMOKE_TIMEOUT_S, SMOKE="1")
+    run = run_script(name, *args, cwd=cwd, timeout=SMOKE_TIMEOUT_S, SMOKE="1")
     folder = cwd / "smoke_output" / name.removesuffix(".sh")
     log = (folder / "run.log").read_text()[-6000:] if (folder / "run.log").exists() else ""
     assert run.returncode == 0, (

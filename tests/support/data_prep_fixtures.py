@@ -1,7 +1,7 @@
-"""Small synthetic fixtures written in each source layout the data_prep commands read.
+"""Small synthetic inputs written in each source layout the data_prep commands read.
 
-Helpers are exposed as fixtures (``fx``), because test modules are imported in importlib mode and
-cannot import a shared helper module by name.
+Test support: importable by name once ``tests/support`` is on ``sys.path`` (``tests/conftest.py``
+puts it there); the data_prep tests import it as ``fx`` (``import data_prep_fixtures as fx``).
 """
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ import io
 import json
 import zipfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from PIL import Image
 
 # Truncated PNG: the signature and part of a header, then garbage. PIL cannot decode it.
@@ -173,20 +171,3 @@ def read_parquet(path: Path) -> list[dict]:
 
 def decode(image_dict: dict) -> Image.Image:
     return Image.open(io.BytesIO(image_dict["bytes"]))
-
-
-@pytest.fixture
-def fx() -> SimpleNamespace:
-    """The fixture writers and helpers above."""
-    return SimpleNamespace(
-        CORRUPT_IMAGE=CORRUPT_IMAGE,
-        png_bytes=png_bytes,
-        image=image,
-        problem_rows=problem_rows,
-        write_parquet=write_parquet,
-        write_saved_dataset=write_saved_dataset,
-        sharegpt_row=sharegpt_row,
-        write_sharegpt=write_sharegpt,
-        read_parquet=read_parquet,
-        decode=decode,
-    )
