@@ -73,18 +73,8 @@ def family_bundle(family_model_dir):
     return load_tiny_model(family_model_dir)
 
 
-# Test modules that build remove-padding workers in this process. verl's ``apply_monkey_patch``
-# replaces the model's attention *class* forward when such a worker is built (verl casts attention
-# inputs to bf16 there), so every padded or float32 forward of the same family later in the process
-# would run verl's packed attention instead of the model's own. They run last, in this order.
-CLASS_PATCHING_MODULES = ("test_remove_padding_families.py", "test_remove_padding.py")
+def pytest_configure(config):
+    """Modules marked ``own_process`` (they build verl workers, which patch model classes) run in a child process."""
+    import own_process
 
-
-def pytest_collection_modifyitems(session, config, items):
-    """Move the tests of :data:`CLASS_PATCHING_MODULES` to the end of the session (stable order)."""
-
-    def rank(item) -> int:
-        name = item.path.name
-        return CLASS_PATCHING_MODULES.index(name) + 1 if name in CLASS_PATCHING_MODULES else 0
-
-    items.sort(key=rank)
+    own_process.configure(config)

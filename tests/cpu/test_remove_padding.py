@@ -23,6 +23,9 @@ import torch
 
 from recipe.papo.objective import PapoCoefficients
 
+# Builds verl workers, whose apply_monkey_patch replaces model class forwards for the rest of the process.
+pytestmark = pytest.mark.own_process
+
 FP32 = "++actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}"
 PATHS = {  # name -> overrides
     "padded_fp32": ("actor_rollout_ref.model.use_remove_padding=False", FP32),

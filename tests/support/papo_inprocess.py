@@ -62,10 +62,12 @@ def compose_config(
 ):
     """``configs/papo_trainer.yaml`` + the CPU overrides + float32 params + padded inputs + ``overrides``, resolved.
 
-    float32 keeps gradient comparisons from being dominated by bf16 rounding. Padded by default:
-    building a remove-padding worker makes verl's ``apply_monkey_patch`` replace the model's attention
-    class forward for the rest of the process, so tests that want remove-padding pass
-    ``actor_rollout_ref.model.use_remove_padding=True`` and run last (``tests/conftest.py``).
+    float32 parameters keep gradient comparisons from being dominated by bf16 rounding; verl's engine
+    still computes under bf16 autocast unless ``+actor_rollout_ref.actor.fsdp_config.mixed_precision.
+    param_dtype=fp32`` is passed. Padded by default; tests that want remove-padding pass
+    ``actor_rollout_ref.model.use_remove_padding=True``. Building any worker runs verl's
+    ``apply_monkey_patch``, which replaces model class forwards for the rest of the process: a module
+    that builds workers is marked ``own_process`` (``tests/support/own_process.py``).
     """
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf

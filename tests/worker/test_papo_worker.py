@@ -12,6 +12,9 @@ from verl.workers.utils.losses import ppo_loss
 from recipe.papo.batch_keys import IMAGE_ROW_KEY, MASKED_LOG_PROBS_KEY
 from recipe.papo.objective import PapoCoefficients
 
+# Builds verl workers, whose apply_monkey_patch replaces model class forwards for the rest of the process.
+pytestmark = pytest.mark.own_process
+
 SAMPLES = [(0, "a", "3 circles"), (0, "a", "two"), (None, "b", "no image here"), (1, "c", "1 square")]
 ADVANTAGES = [1.0, -1.0, 0.5, -0.5]
 
