@@ -6,8 +6,9 @@ the demo counting task. Every response is generated to the full length (``ignore
 prompt has the same length, so every batch takes the equal-length ``position_ids`` path that
 crashes verl 0.9.1 unpatched (see ``recipe/papo/compat/verl.py``).
 
-Run 1: validation before training, 2 GRPO steps, validation and a checkpoint at step 2.
-Run 2: the same command with 3 steps resumes from that checkpoint (``resume_mode=auto``).
+One run: validation before training, 2 GRPO steps, validation and a checkpoint at step 2. Resuming
+from a checkpoint is proven through ``main_papo`` (verl's same trainer and checkpoint code) in
+``tests/e2e/test_papo_e2e.py``.
 """
 
 from __future__ import annotations
@@ -111,16 +112,8 @@ def test_validation_runs_before_training_and_at_test_freq(first_run):
     assert 0.0 <= first_run.metrics[2][VAL_ACC] <= 1.0
 
 
-def test_checkpoint_is_saved_and_a_rerun_resumes_from_it(first_run, workdir, tiny_model_dir, demo_data):
+def test_checkpoint_is_saved_at_save_freq(first_run, workdir):
     assert_succeeded(first_run)
     checkpoints = workdir / "checkpoints"
     assert (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
     assert (checkpoints / "global_step_2" / "actor").is_dir()
-
-    resumed = run_main_ppo(workdir, tiny_model_dir, demo_data, "run2", total_training_steps=3, save_freq=3)
-    assert_succeeded(resumed)
-    assert f"Loaded model from {checkpoints / 'global_step_2'}" in resumed.log
-    assert sorted(resumed.metrics) == [3], "a resumed run trains only the remaining step"
-    assert resumed.metrics[3]["actor/grad_norm"] > 0
-    assert (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
-    print(f"run 2 (resume, 1 step) wall time {resumed.wall_s:.0f}s")

@@ -147,7 +147,12 @@ def test_resume_continues_the_gamma_schedule(workdir, tiny_model_dir, data, papo
     records = run_papo(
         resumed_dir, tiny_model_dir, "resumed", TOTAL_STEPS, *ANNEAL, "trainer.resume_mode=auto", data=data
     )
-    assert [r["step"] for r in records] == [3]
+    assert (
+        f"Loaded model from {resumed_dir / 'checkpoints' / 'global_step_2'}"
+        in (resumed_dir / "resumed.log").read_text()
+    )
+    assert [r["step"] for r in records] == [3], "a resumed run trains only the remaining step"
+    assert records[0]["data"]["actor/grad_norm"] > 0
     uninterrupted = {r["step"]: r["data"]["papo/gamma"] for r in papo_g_run}
     assert records[0]["data"]["papo/gamma"] == uninterrupted[3] == pytest.approx(expected_gamma(3))
 
