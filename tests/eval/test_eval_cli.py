@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from papo_eval_metrics import verl_validation_metrics
+from user_env import user_env
 
 from recipe.papo.eval_table import main, table_from_metrics
 from recipe.papo.prompt import EVAL_BENCHMARKS
@@ -103,6 +104,7 @@ def test_module_entry_point(tmp_path) -> None:
     metrics_file.write_text(json.dumps({"step": 0, "data": {"val-core/papo/We_Math/acc/mean@8": 0.5}}) + "\n")
     completed = subprocess.run(
         [sys.executable, "-m", "recipe.papo.eval_table", "--metrics", str(metrics_file), "--out", str(tmp_path)],
+        env=user_env(),
         capture_output=True,
         text=True,
         check=False,
