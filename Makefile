@@ -3,12 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.papo-installed
-# Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k masking"`.
+# Extra arguments of the main pytest pass, e.g. `make pytest PYTEST_ARGS="-k masking"`.
 PYTEST_ARGS ?=
-# Arguments of `make experiment`, e.g. `make experiment EXPERIMENT_ARGS="--quick --out quick_output"`.
-EXPERIMENT_ARGS ?= --out experiment_output
+# pytest-xdist workers; each test file stays on one worker (--dist loadfile). Timings per worker
+# count on 2 cores: docs/testing.md.
+TEST_WORKERS ?= 3
+XDIST := -n $(TEST_WORKERS) --dist loadfile
+# Seed of the portable pass's shuffled order: fixed per commit and printed by pytest-randomly, so a
+# failure reproduces with `make pytest-portable SHUFFLE_SEED=<seed>`.
+SHUFFLE_SEED ?= $(shell printf '%d' 0x$$(git rev-parse --short=7 HEAD 2>/dev/null || echo 1))
 
-.PHONY: install test demo experiment clean-venv
+.PHONY: install test lint pytest pytest-portable demo experiment clean-venv
 
 install: $(STAMP)
 
@@ -23,10 +28,19 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import recipe.papo, data_prep, verl, torch; print('papo-verl installed: verl', verl.__version__, 'torch', torch.__version__)"
 	touch $(STAMP)
 
-test: $(STAMP)
+# Lint; the whole suite; then every non-e2e test again on another CPU's bf16 kernels (oneDNN limited
+# to AVX2) in a shuffled order: numeric tests must hold on any x86-64 CPU, and tests in any order.
+test: lint pytest pytest-portable
+
+lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+
+pytest: $(STAMP)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
+
+pytest-portable: $(STAMP)
+	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest $(XDIST) -m "not e2e" -p randomly --randomly-seed=$(SHUFFLE_SEED)
 
 demo: $(STAMP)
 	$(PY) -m recipe.papo.demo.run_demo
