@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	@# compat mode puts the repo root on sys.path, so our regular `recipe` package wins over the
 	@# namespace folder TransferQueue installs as site-packages/recipe.
 	$(PY) -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
-	$(PY) -c "import recipe.papo, data_prep, verl, torch; print('papo-verl installed: verl', verl.__version__, 'torch', torch.__version__)"
+	$(PY) -c "import recipe.papo, papo_tools, data_prep, verl, torch; print('papo-verl installed: verl', verl.__version__, 'torch', torch.__version__)"
 	touch $(STAMP)
 
 # Lint; the whole suite; then every non-e2e test again on another CPU's bf16 kernels (oneDNN limited
@@ -43,11 +43,11 @@ pytest-portable: $(STAMP)
 	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest $(XDIST) -m "not e2e" -p randomly --randomly-seed=$(SHUFFLE_SEED)
 
 demo: $(STAMP)
-	$(PY) -m recipe.papo.demo.run_demo
+	$(PY) -m papo_tools.demo.run_demo
 
 experiment: $(STAMP)
 	$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install --quiet -e '.[experiments]' --config-settings editable_mode=compat
-	$(PY) -m recipe.papo.experiments.dynamics $(EXPERIMENT_ARGS)
+	$(PY) -m papo_tools.experiments.dynamics $(EXPERIMENT_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     from verl.utils import tensordict_utils as tu
 
     from recipe.papo.config import PapoConfig
-    from recipe.papo.demo.tiny_model import TinyQwenSizes, load_tiny_qwen2_5_vl, save_tiny_qwen2_5_vl
+    from papo_tools.demo.tiny_model import TinyQwenSizes, load_tiny_qwen2_5_vl, save_tiny_qwen2_5_vl
     from recipe.papo.masked_inputs import MaskedInputBuilder
     from recipe.papo.masking import draw_unit_mask, mask_seed, torch_generator
 

@@ -121,7 +121,7 @@ def main(argv=None) -> int:
         MASKED_LOG_PROBS_KEY,
         STEP_KEY,
     )
-    from recipe.papo.demo.tiny_model import TinyQwenSizes, save_tiny_qwen2_5_vl
+    from papo_tools.demo.tiny_model import TinyQwenSizes, save_tiny_qwen2_5_vl
     from recipe.papo.objective import PapoCoefficients
     from recipe.papo.policy_loss import METRIC_PREFIX
 

@@ -160,10 +160,10 @@ PAPO_OFF_ARGS=(
 )
 
 # Run the PAPO entry point with the given overrides (DRY_RUN=1: validate and print, no GPU). The
-# last len(USER_ARGS) arguments are the user's; SMOKE=1 hands them to recipe.papo.smoke separately.
+# last len(USER_ARGS) arguments are the user's; SMOKE=1 hands them to papo_tools.smoke separately.
 papo_main() {
     if [[ "$SMOKE" == 1 ]]; then
-        "$PYTHON" -m recipe.papo.smoke --script "$(basename "$0")" --out "$SMOKE_OUT" \
+        "$PYTHON" -m papo_tools.smoke --script "$(basename "$0")" --out "$SMOKE_OUT" \
             --user-args "${#USER_ARGS[@]}" -- "$@"
     else
         PAPO_DRY_RUN="$DRY_RUN" "$PYTHON" -m recipe.papo.main_papo "$@"

@@ -22,13 +22,13 @@ def _select_cpu_backend() -> None:
     verl fixes its platform the first time something asks for the device name (some verl modules do
     at import), so switching later in a fixture is too late once another test module has imported verl.
     """
-    import recipe.papo.cpu as cpu_backend
-    from recipe.papo.cpu.launch import cpu_env
+    import papo_tools.cpu as cpu_backend
+    from papo_tools.cpu.launch import cpu_env
 
     env = cpu_env()
     for key in ("VERL_PLATFORM", "VERL_USE_EXTERNAL_MODULES"):
         os.environ.setdefault(key, env[key])  # inherited by subprocesses that import verl
-    # recipe.papo.cpu was imported above with the switch still off, so verl's import of it (through
+    # papo_tools.cpu was imported above with the switch still off, so verl's import of it (through
     # VERL_USE_EXTERNAL_MODULES) would be a no-op in this process: activate it explicitly.
     cpu_backend.activate()
 
@@ -39,7 +39,7 @@ _select_cpu_backend()
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """Directory of a tiny random Qwen2.5-VL (model, tokenizer, PIL processor) built in code."""
-    from recipe.papo.demo.tiny_model import save_tiny_qwen2_5_vl
+    from papo_tools.demo.tiny_model import save_tiny_qwen2_5_vl
 
     return save_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl"), seed=0)
 
@@ -47,7 +47,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_bundle(tiny_model_dir):
     """``(model, tokenizer, processor)`` loaded from :func:`tiny_model_dir` through ``from_pretrained``."""
-    from recipe.papo.demo.tiny_model import load_tiny_qwen2_5_vl
+    from papo_tools.demo.tiny_model import load_tiny_qwen2_5_vl
 
     return load_tiny_qwen2_5_vl(tiny_model_dir)
 
@@ -60,7 +60,7 @@ def tiny_processor(tiny_model_bundle):
 @pytest.fixture(scope="session", params=sorted(FAMILIES))
 def family_model_dir(request, tmp_path_factory) -> Path:
     """A tiny random model of each supported family (parametrized: tests using it run once per family)."""
-    from recipe.papo.demo.tiny_model import save_tiny_model
+    from papo_tools.demo.tiny_model import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp(f"tiny_{request.param}"), request.param, seed=0)
 
@@ -68,7 +68,7 @@ def family_model_dir(request, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def family_bundle(family_model_dir):
     """``(model, tokenizer, processor)`` of :func:`family_model_dir` loaded through ``from_pretrained``."""
-    from recipe.papo.demo.tiny_model import load_tiny_model
+    from papo_tools.demo.tiny_model import load_tiny_model
 
     return load_tiny_model(family_model_dir)
 

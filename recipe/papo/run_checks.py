@@ -7,11 +7,10 @@ from collections.abc import Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import cpu as cpu_backend
 from . import register as _register  # noqa: F401  (the papo loss and estimator in this process's registries)
+from .backend_checks import run_backend_checks
 from .compat.verl_registries import rollout_names
 from .config import PapoConfig, PapoConfigError, papo_config_from
-from .cpu.launch import check_cpu_sequence_parallel
 from .model_families import check_model_supported
 
 GROUP_ESTIMATORS = ("papo", "grpo", "grpo_vectorized")
@@ -41,8 +40,7 @@ def check_papo_run_config(config: DictConfig) -> PapoConfig:
         )
     check_ignored_keys(config)
     model_type = check_model_supported(config.actor_rollout_ref.model.path, papo.allow_unsupported_model)
-    if cpu_backend.is_enabled():
-        check_cpu_sequence_parallel(config, model_type)
+    run_backend_checks(config, model_type)  # e.g. the CPU backend refuses Ulysses where it cannot run
     loss_mode = actor.policy_loss.loss_mode
     trainer_mode = config.trainer.v1.trainer_mode
     if papo.enabled and loss_mode != "papo":

@@ -1,4 +1,4 @@
-"""Every patch in recipe/papo/compat refuses a verl it does not know, or steps aside when not needed."""
+"""Every patch in recipe/papo/compat and papo_tools/compat refuses a verl it does not know, or steps aside."""
 
 from __future__ import annotations
 
@@ -9,24 +9,25 @@ from pathlib import Path
 
 import pytest
 
-from recipe.papo.compat import _guard, qwen_vl_utils, verl_cpu
+from papo_tools.compat import qwen_vl_utils, verl_cpu
+from recipe.papo.compat import guard
 from recipe.papo.compat import verl as verl_compat
-from recipe.papo.compat._guard import UnsupportedVersionError
+from recipe.papo.compat.guard import UnsupportedVersionError
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_require_version_names_the_patch_and_both_versions():
     with pytest.raises(UnsupportedVersionError, match=r"'demo patch'.*verl 0\.0\.1.*verl \d") as info:
-        _guard.require_version("verl", ("0.0.1",), "demo patch")
+        guard.require_version("verl", ("0.0.1",), "demo patch")
     assert "recipe/papo/compat/" in str(info.value)
-    assert _guard.require_version("verl", verl_cpu.SUPPORTED_VERL, "demo patch") == "0.9.1"
+    assert guard.require_version("verl", verl_cpu.SUPPORTED_VERL, "demo patch") == "0.9.1"
 
 
 CPU_PATCHES = {
     "process group backend": verl_cpu.install_process_group_backend,
     "rollout registry": lambda: verl_cpu.register_rollout_adapter(
-        "hf", "async", "recipe.papo.cpu.hf_adapter.HFServerAdapter"
+        "hf", "async", "papo_tools.cpu.hf_adapter.HFServerAdapter"
     ),
     "engine registry": lambda: verl_cpu.registered_engine_devices("language_model", "fsdp2"),
     "platform singleton": verl_cpu.resolved_platform,
@@ -37,7 +38,7 @@ CPU_PATCHES = {
 
 @pytest.mark.parametrize("name", sorted(CPU_PATCHES))
 def test_cpu_patches_refuse_an_unknown_verl(name, monkeypatch):
-    monkeypatch.setattr(_guard, "installed_version", lambda distribution: "0.10.0")
+    monkeypatch.setattr(guard, "installed_version", lambda distribution: "0.10.0")
     with pytest.raises(UnsupportedVersionError, match="verl 0.10.0 is installed"):
         CPU_PATCHES[name]()
 
@@ -47,7 +48,7 @@ def test_cpu_patches_are_in_place_after_activation():
     from verl.models.transformers import qwen2_vl
     from verl.workers.engine.fsdp import transformer_impl
 
-    from recipe.papo.cpu import varlen_attention
+    from papo_tools.cpu import varlen_attention
 
     for name, patch in CPU_PATCHES.items():
         if name != "varlen attention":  # the real functions are passed below
@@ -106,9 +107,10 @@ def test_qwen_vl_utils_stand_in_steps_aside_when_the_real_package_imports(monkey
 
 
 def test_no_patch_of_another_package_outside_compat():
-    """Only recipe/papo/compat sets attributes on modules or writes sys.modules."""
+    """Only recipe/papo/compat and papo_tools/compat set attributes on modules or write sys.modules."""
     offenders = []
-    for path in [*REPO.joinpath("recipe").rglob("*.py"), *REPO.joinpath("data_prep").rglob("*.py")]:
+    packages = ("recipe", "data_prep", "papo_tools")
+    for path in [path for package in packages for path in REPO.joinpath(package).rglob("*.py")]:
         if "compat" in path.relative_to(REPO).parts:
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):

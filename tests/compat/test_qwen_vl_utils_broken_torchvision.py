@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 PROBE = """
 import sys
-from recipe.papo.cpu import qwen_vl_stub
+from papo_tools.cpu import qwen_vl_stub
 assert qwen_vl_stub.install() is True
 import qwen_vl_utils
 assert qwen_vl_utils is qwen_vl_stub, qwen_vl_utils
@@ -44,7 +44,7 @@ def test_stand_in_is_registered_when_torchvision_raises_at_import(tmp_path, erro
         [sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "stand-in: recipe.papo.cpu.qwen_vl_stub" in done.stdout
+    assert "stand-in: papo_tools.cpu.qwen_vl_stub" in done.stdout
 
 
 def test_the_broken_torchvision_does_break_the_real_package(tmp_path):

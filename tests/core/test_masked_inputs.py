@@ -222,7 +222,7 @@ def qwen_vl_utils_function(name: str):
 @pytest.mark.parametrize("mode", MODES)
 def test_rgb_conversion_and_stand_in_fetch_image_equal_the_real_qwen_vl_utils(mode):
     """The conversion the masked pass uses, and the CPU stand-in's fetch_image, are qwen_vl_utils' own."""
-    from recipe.papo.cpu import qwen_vl_stub
+    from papo_tools.cpu import qwen_vl_stub
     from recipe.papo.image_rgb import to_rgb
 
     real_to_rgb, real_fetch = qwen_vl_utils_function("to_rgb"), qwen_vl_utils_function("fetch_image")

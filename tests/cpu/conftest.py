@@ -21,7 +21,7 @@ def switch_off_env() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> tuple[Path, Path]:
     """``(train.parquet, val.parquet)`` of the demo counting task (8 and 4 rows)."""
-    from recipe.papo.demo.task import write_demo_dataset
+    from papo_tools.demo.task import write_demo_dataset
 
     return write_demo_dataset(tmp_path_factory.mktemp("demo_data"), num_train=8, num_val=4, seed=0)
 
@@ -46,7 +46,7 @@ def hf_server(hf_model_config):
     """The "hf" rollout server body (no Ray) on the tiny model."""
     from verl.workers.config import RolloutConfig
 
-    from recipe.papo.cpu.hf_server import HFRolloutServer
+    from papo_tools.cpu.hf_server import HFRolloutServer
 
     config = RolloutConfig(
         name="hf", prompt_length=PROMPT_LENGTH, response_length=RESPONSE_LENGTH, tensor_model_parallel_size=1

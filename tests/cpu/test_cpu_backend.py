@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from recipe.papo.cpu import qwen_vl_stub
-from recipe.papo.cpu.platform import CPU_DEVICE_MODULE, PlatformCPU
+from papo_tools.cpu import qwen_vl_stub
+from papo_tools.cpu.platform import CPU_DEVICE_MODULE, PlatformCPU
 
 
 def test_device_module_answers_the_calls_verl_makes():
@@ -45,7 +45,7 @@ GLOO_PROBE = """
 import os, socket
 import torch
 import verl.utils.distributed as distributed
-from recipe.papo.compat import verl_cpu
+from papo_tools.compat import verl_cpu
 
 verl_cpu.install_process_group_backend()
 verl_cpu.install_process_group_backend()  # idempotent: wrapped once
@@ -115,7 +115,7 @@ try:
     real = True
 except ImportError:
     real = False
-from recipe.papo.cpu import qwen_vl_stub
+from papo_tools.cpu import qwen_vl_stub
 installed = qwen_vl_stub.install()
 import qwen_vl_utils
 print(real, installed, qwen_vl_utils is qwen_vl_stub)

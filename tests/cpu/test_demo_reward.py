@@ -10,8 +10,8 @@ import pytest
 from demo_prompts import demo_prompt
 from omegaconf import OmegaConf
 
-from recipe.papo.demo.reward import SHAPING_WEIGHT, compute_score, reward_overrides, score_count_answer
-from recipe.papo.demo.task import DATA_SOURCE
+from papo_tools.demo.reward import SHAPING_WEIGHT, compute_score, reward_overrides, score_count_answer
+from papo_tools.demo.task import DATA_SOURCE
 
 
 @pytest.mark.parametrize("response", ["3", "The answer is 3.", "x3y", " 3 shapes, not 4"])

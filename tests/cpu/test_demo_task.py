@@ -7,9 +7,10 @@ from io import BytesIO
 
 import numpy as np
 import pytest
+from demo_prompts import demo_prompt
 from PIL import Image
 
-from recipe.papo.demo.task import COLOURS, DATA_SOURCE, QUESTION, ShapeTaskConfig, make_rows
+from papo_tools.demo.task import COLOURS, DATA_SOURCE, QUESTION, ShapeTaskConfig, make_rows
 
 
 def count_blobs(image: Image.Image, colour: tuple[int, int, int]) -> int:
@@ -63,8 +64,8 @@ def test_answer_is_the_count_of_the_asked_colour_in_the_image():
     assert set(answers) == set(range(1, config.max_target + 1))
 
 
-def test_prompts_have_one_length_and_fit_the_cpu_budget(demo_rows, build_prompt):
-    lengths = {len(build_prompt(row)[0]) for row in demo_rows}
+def test_prompts_have_one_length_and_fit_the_cpu_budget(demo_rows, hf_model_config):
+    lengths = {len(demo_prompt(hf_model_config.processor, row)[0]) for row in demo_rows}
     assert len(lengths) == 1 and lengths.pop() <= 128
 
 
@@ -73,7 +74,7 @@ def test_verl_dataset_and_image_path_read_the_parquet(demo_data, hf_model_config
     from omegaconf import OmegaConf
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
-    from recipe.papo.cpu import qwen_vl_stub
+    from papo_tools.cpu import qwen_vl_stub
 
     qwen_vl_stub.install()
     config = OmegaConf.create({"max_prompt_length": 128, "filter_overlong_prompts": False, "return_raw_chat": True})

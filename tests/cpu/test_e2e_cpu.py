@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from recipe.papo.cpu.launch import cpu_env, cpu_overrides
-from recipe.papo.demo.reward import reward_overrides
+from papo_tools.cpu.launch import cpu_env, cpu_overrides
+from papo_tools.demo.reward import reward_overrides
 
 pytestmark = pytest.mark.e2e
 

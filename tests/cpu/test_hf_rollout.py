@@ -8,7 +8,7 @@ import pytest
 import torch
 from demo_prompts import demo_prompt
 
-from recipe.papo.cpu.hf_server import HFRolloutServer, max_new_tokens, vision_placeholder_token_ids
+from papo_tools.cpu.hf_server import HFRolloutServer, max_new_tokens, vision_placeholder_token_ids
 
 SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": True}
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 from hydra import compose, initialize_config_module
 
-from recipe.papo.cpu.launch import PLUGIN_MODULE, cpu_env, cpu_overrides
-from recipe.papo.demo.reward import reward_overrides
+from papo_tools.cpu.launch import PLUGIN_MODULE, cpu_env, cpu_overrides
+from papo_tools.demo.reward import reward_overrides
 
 
 def test_overrides_compose_and_validate_against_verl_ppo_trainer(tmp_path):

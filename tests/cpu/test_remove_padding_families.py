@@ -51,7 +51,7 @@ SAMPLES = [  # (images, uid, question, response): ragged prompts and responses, 
 @pytest.fixture(scope="module", params=FAMILIES)
 def family_results(request, tmp_path_factory):
     """``(family, {(path, mode): {"old", "masked", "loss", "grad"}})``; padded paths measured first."""
-    from recipe.papo.demo.tiny_model import save_tiny_model
+    from papo_tools.demo.tiny_model import save_tiny_model
 
     inprocess.activate_in_process()
     family = request.param

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recipe.papo.cpu.varlen_attention import dense_attention, varlen_attention
+from papo_tools.cpu.varlen_attention import dense_attention, varlen_attention
 
 LENGTHS = [5, 1, 9, 3]
 
@@ -75,7 +75,7 @@ def test_padded_rows_equal_their_unpadded_attention():
 @pytest.mark.parametrize("additive", [False, True])
 def test_dense_attention_accepts_transformers_4d_masks(additive):
     """A model built after verl patched the attention class passes transformers' (batch, 1, q, k) mask."""
-    from recipe.papo.cpu.varlen_attention import dense_attention
+    from papo_tools.cpu.varlen_attention import dense_attention
 
     torch.manual_seed(0)
     batch, seq, heads, dim = 2, 5, 4, 8

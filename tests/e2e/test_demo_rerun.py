@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from user_env import user_env
 
-from recipe.papo.demo.run_demo import read_metrics
+from papo_tools.demo.run_demo import read_metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +27,7 @@ def run_demo(out: Path, steps: int) -> subprocess.CompletedProcess:
     command = [
         sys.executable,
         "-m",
-        "recipe.papo.demo.run_demo",
+        "papo_tools.demo.run_demo",
         "--out",
         str(out),
         "--steps",

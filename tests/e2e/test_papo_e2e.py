@@ -23,8 +23,8 @@ import pytest
 import torch
 from PIL import Image
 
-from recipe.papo.demo.run_demo import demo_command, read_metrics
-from recipe.papo.demo.task import make_rows, write_parquet
+from papo_tools.demo.run_demo import demo_command, read_metrics
+from papo_tools.demo.task import make_rows, write_parquet
 from recipe.papo.masking import mask_image_patches
 
 pytestmark = pytest.mark.e2e
@@ -64,7 +64,7 @@ def mixed_rows(num_rows: int, split: str) -> list[dict]:
 
 def run_papo(tmp: Path, model_dir: Path, name: str, steps: int, *overrides: str, data: tuple[Path, Path]) -> list[dict]:
     """Run main_papo on CPU; return the per-step metric records of verl's file logger."""
-    from recipe.papo.cpu.launch import cpu_env
+    from papo_tools.cpu.launch import cpu_env
 
     tmp.mkdir(parents=True, exist_ok=True)
     metrics = tmp / f"{name}.jsonl"
@@ -123,7 +123,7 @@ def test_text_only_rows_are_skipped_and_counted(papo_g_run):
 
 def test_actor_weights_change(workdir, tiny_model_dir, papo_g_run):
     """The saved actor differs from the initial weights (same parameter names and shapes)."""
-    from recipe.papo.demo.tiny_model import load_tiny_qwen2_5_vl
+    from papo_tools.demo.tiny_model import load_tiny_qwen2_5_vl
 
     initial = load_tiny_qwen2_5_vl(tiny_model_dir)[0].state_dict()  # names as the engine sees them
     trained = torch.load(

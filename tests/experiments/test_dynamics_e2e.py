@@ -1,4 +1,4 @@
-"""``python -m recipe.papo.experiments.dynamics`` end to end: every arm for 2 steps through main_papo.
+"""``python -m papo_tools.experiments.dynamics`` end to end: every arm for 2 steps through main_papo.
 
 Cost: one warm-up of 2 steps plus 4 trainer runs of 2 steps each through Ray on CPU, about 3.5 min
 on 2 otherwise idle cores (about 40 s of Ray/worker start-up per run).
@@ -14,8 +14,8 @@ import sys
 import pytest
 from user_env import user_env
 
-from recipe.papo.experiments.arms import ARM_NAMES
-from recipe.papo.experiments.summary import REQUIRED_METRICS
+from papo_tools.experiments.arms import ARM_NAMES
+from papo_tools.experiments.summary import REQUIRED_METRICS
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +24,7 @@ def test_two_steps_of_every_arm_write_a_finite_summary_and_the_figure(tmp_path):
     out = tmp_path / "dynamics"
     # As a user runs it, in a fresh process: the warm-up runs the plain HF model, which verl's
     # engine patches class-wide once any test in this process has built a worker.
-    command = [sys.executable, "-m", "recipe.papo.experiments.dynamics", "--out", str(out)]
+    command = [sys.executable, "-m", "papo_tools.experiments.dynamics", "--out", str(out)]
     command += ["--steps", "2", "--seeds", "1", "--warmup-steps", "2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=user_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

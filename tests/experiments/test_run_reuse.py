@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from recipe.papo.experiments.arms import ARMS
-from recipe.papo.experiments.run import RunSize, arm_command, run_arm
+from papo_tools.experiments.arms import ARMS
+from papo_tools.experiments.run import RunSize, arm_command, run_arm
 
 
 def _finish(run_dir: Path, command: list[str], steps: int) -> None:

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from recipe.papo.experiments.plot import plot_dynamics
-from recipe.papo.experiments.summary import REQUIRED_METRICS, aggregate, all_finite, curves
+from papo_tools.experiments.plot import plot_dynamics
+from papo_tools.experiments.summary import REQUIRED_METRICS, aggregate, all_finite, curves
 
 
 def _records(values: dict[int, float], extra: dict | None = None) -> list[dict]:

@@ -6,10 +6,10 @@ import json
 import subprocess
 import sys
 
-from recipe.papo.demo.task import make_rows
-from recipe.papo.demo.tiny_model import load_tiny_model
-from recipe.papo.experiments.task import ANSWER_DIGITS, TASK_CONFIG
-from recipe.papo.experiments.warmup import _batch
+from papo_tools.demo.task import make_rows
+from papo_tools.demo.tiny_model import load_tiny_model
+from papo_tools.experiments.task import ANSWER_DIGITS, TASK_CONFIG
+from papo_tools.experiments.warmup import _batch
 
 
 def test_labels_cover_only_the_answer_digit_and_end_of_turn(tiny_model_bundle):
@@ -26,7 +26,7 @@ def _warm_up_in_fresh_process(model_dir, steps: int) -> list[float]:
     verl's engine patches class-wide once any test in this process has built a worker."""
     code = (
         "import json, sys\n"
-        "from recipe.papo.experiments.warmup import WarmupConfig, warm_up_model\n"
+        "from papo_tools.experiments.warmup import WarmupConfig, warm_up_model\n"
         f"losses = warm_up_model(sys.argv[1], seed=0, config=WarmupConfig(steps={steps}, batch_size=8))\n"
         "print(json.dumps(losses))\n"
     )

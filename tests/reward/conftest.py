@@ -8,6 +8,6 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """The project's tiny byte-level tokenizer (Qwen special tokens; pad = ``<|endoftext|>``)."""
-    from recipe.papo.demo.tiny_model import build_tiny_tokenizer
+    from papo_tools.demo.tiny_model import build_tiny_tokenizer
 
     return build_tiny_tokenizer()

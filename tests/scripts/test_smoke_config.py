@@ -2,7 +2,7 @@
 
 Fast: bash runs the script with a stand-in ``$PYTHON`` that records its arguments
 (:func:`python_args_of`), and the tests compose those in this process (Hydra's compose API against
-``configs/papo_trainer.yaml``, exactly what ``python -m recipe.papo.smoke`` composes). The end-to-end
+``configs/papo_trainer.yaml``, exactly what ``python -m papo_tools.smoke`` composes). The end-to-end
 smoke runs are in ``test_smoke_e2e.py``.
 """
 
@@ -16,9 +16,9 @@ import pytest
 from omegaconf import OmegaConf
 from script_runs import python_args_of, run_script
 
-from recipe.papo.smoke.checks import Expectations, check_records
-from recipe.papo.smoke.run import SmokeError, compose, fresh_folder, parse_args, plan, split_arguments
-from recipe.papo.smoke.sizes import Machine, largest_divisor_at_most, micro_batches_per_worker
+from papo_tools.smoke.checks import Expectations, check_records
+from papo_tools.smoke.run import SmokeError, compose, fresh_folder, parse_args, plan, split_arguments
+from papo_tools.smoke.sizes import Machine, largest_divisor_at_most, micro_batches_per_worker
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 CPU = Machine("cpu", 2)
@@ -139,7 +139,7 @@ def smoke_plan(workdir):
         key = (name, args, machine)
         if key not in cache:
             argv = python_args_of(name, *args, cwd=workdir, SMOKE="1")
-            assert argv[:2] == ["-m", "recipe.papo.smoke"]
+            assert argv[:2] == ["-m", "papo_tools.smoke"]
             parsed = parse_args(argv[2:])
             script_args, user_args = split_arguments(parsed.overrides, parsed.user_args)
             assert user_args == list(args)

@@ -22,7 +22,7 @@ import pytest
 from omegaconf import OmegaConf
 from script_runs import run_script
 
-from recipe.papo.smoke.sizes import micro_batches_per_worker
+from papo_tools.smoke.sizes import micro_batches_per_worker
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ def demo_prompt(processor: Any, row: dict) -> tuple[list[int], list[Image.Image]
 
     Args:
         processor: the model's multimodal processor (chat template, image processor).
-        row: one record of ``recipe.papo.demo.task.write_demo_dataset``'s parquet (one image).
+        row: one record of ``papo_tools.demo.task.write_demo_dataset``'s parquet (one image).
     """
     image = Image.open(BytesIO(row["images"][0]["bytes"])).convert("RGB")
     text = row["prompt"][0]["content"].replace("<image>", "")

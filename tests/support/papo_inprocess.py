@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from recipe.papo.cpu.launch import cpu_overrides
+from papo_tools.cpu.launch import cpu_overrides
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 # Per-row sequence fields; the trainer's batches keep them jagged.
@@ -48,7 +48,7 @@ def activate_in_process() -> None:
     os.environ.update(
         VERL_PLATFORM="cpu", WORLD_SIZE="1", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=_free_port()
     )
-    from recipe.papo.cpu import activate
+    from papo_tools.cpu import activate
 
     activate()
 

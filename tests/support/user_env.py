@@ -12,7 +12,7 @@ benchmark, ``python -m data_prep...``, ``python -m recipe.papo...``, a script) p
 Kept on purpose: ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` (tests must not reach the network; a
 user without a network sets them too), ``PATH`` and everything the developer's shell had.
 Tests of end-to-end training through Ray that do need the CPU backend pass ``cpu_env()``
-explicitly (``recipe/papo/cpu/launch.py``), which documents that a CPU run needs it.
+explicitly (``papo_tools/cpu/launch.py``), which documents that a CPU run needs it.
 """
 
 from __future__ import annotations

@@ -7,11 +7,15 @@ does not know. Nothing outside this package sets attributes on another package's
 ``sys.modules``. The list of patches, what each fixes and where it applies is in ``docs/compat.md``.
 
 - :mod:`.verl`: every device: the equal-length mRoPE ``position_ids`` repair (defect-detected).
-- :mod:`.verl_cpu`: CPU backend only (verl 0.9.1): process-group backend, private registries,
-  torch variable-length attention for remove-padding, unpinned reference-model offload.
-- :mod:`.qwen_vl_utils`: CPU backend only: the torchvision-free ``qwen_vl_utils`` stand-in.
+- :mod:`.verl_engine`: the per-micro-batch forward with gradient of recompute mode (interface-checked).
+- :mod:`.verl_registries`: read-only listing of verl's rollout registry (version-checked).
+- :mod:`.guard`: the version guard and the log line every patch uses.
+
+The CPU backend's patches (process-group backend, private registries, torch variable-length
+attention, unpinned reference offload, the ``qwen_vl_utils`` stand-in) are not part of a GPU run:
+they live with the backend in :mod:`papo_tools.compat` and use the same guard.
 """
 
-from ._guard import UnsupportedVersionError
+from .guard import UnsupportedVersionError
 
 __all__ = ["UnsupportedVersionError"]

@@ -48,7 +48,7 @@ Upstream. The same defect is reported to verl (states as checked when this was w
 
 When to drop it. Once the verl that ``pyproject.toml`` pins fixes issue 7899 (verl 0.9.1, the pin,
 does not), delete this module and its three calls (``PapoTrainer.__init__``,
-``PapoActorRolloutRefWorker.init_model``, ``recipe.papo.cpu.activate``). On such a verl
+``PapoActorRolloutRefWorker.init_model``, ``papo_tools.cpu.activate``). On such a verl
 :func:`install_position_ids_fix` already steps aside and logs "verl's own function handles
 equal-length mRoPE batches; not patched", and
 ``tests/compat/test_compat.py::test_position_ids_fix_detects_the_defect_in_verl_0_9_1`` fails:
@@ -64,7 +64,7 @@ from collections.abc import Callable
 import torch
 from tensordict import TensorDict
 
-from ._guard import UnsupportedVersionError, log_patched
+from .guard import UnsupportedVersionError, log_patched
 
 POSITION_IDS_PATCH = "verl.maybe_fix_3d_position_ids"
 _FUNCTION = "maybe_fix_3d_position_ids"

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
-from ._guard import UnsupportedVersionError, installed_version
+from .guard import UnsupportedVersionError, installed_version
 
 FORWARD_STEP_PARAMETERS: tuple[str, ...] = ("micro_batch", "loss_function", "forward_only")
 

@@ -10,7 +10,7 @@ the ``name -> loader`` dict verl 0.9.1 keeps (it fails loudly otherwise). Nothin
 
 from __future__ import annotations
 
-from ._guard import UnsupportedVersionError, installed_version
+from .guard import UnsupportedVersionError, installed_version
 
 
 def rollout_names() -> tuple[str, ...]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from types import ModuleType
 
-from ._guard import log_patched
+from recipe.papo.compat.guard import log_patched
 
 MODULE = "qwen_vl_utils"
 # What ``import qwen_vl_utils`` raises when torchvision is absent or cannot load (see install_stand_in).

@@ -2,19 +2,20 @@
 
 Off unless switched on. The switch is the environment variable ``VERL_PLATFORM=cpu`` (verl's own
 platform selector, ``verl/plugin/platform/platform_manager.py``); importing this package without it
-does nothing, so GPU runs can import ``recipe.papo`` freely.
+does nothing. Nothing in the recipe (:mod:`recipe.papo`) imports it.
 
-How it reaches every process: set ``VERL_USE_EXTERNAL_MODULES=recipe.papo.cpu``. verl 0.9.1's
+How it reaches every process: set ``VERL_USE_EXTERNAL_MODULES=papo_tools.cpu``. verl 0.9.1's
 ``verl/__init__.py`` imports every module named there right after its own core imports, in every
 process that imports verl: the driver, the task runner and every Ray actor (Ray passes the
 environment to its workers). Platform selection is lazy (first ``get_platform()`` call), so the
 "cpu" platform is registered before anything asks for it.
 
 What :func:`activate` installs, one module per concern (each documents the verl code it plugs into);
-every patch of verl itself goes through :mod:`recipe.papo.compat` (version-checked, see docs/compat.md):
+every patch of verl itself goes through :mod:`papo_tools.compat` or :mod:`recipe.papo.compat`
+(version-checked, see docs/compat.md):
 
 - :mod:`.platform`: the "cpu" platform (device "cpu", backend "gloo", Ray resource "GPU").
-- ``"cpu:gloo"`` as the worker process-group backend (:mod:`recipe.papo.compat.verl_cpu`).
+- ``"cpu:gloo"`` as the worker process-group backend (:mod:`papo_tools.compat.verl_cpu`).
 - :mod:`.engines`: verl's FSDP engines registered for device "cpu".
 - :mod:`.hf_replica`, :mod:`.hf_server`, :mod:`.hf_adapter`: the rollout named "hf"
   (HF ``generate`` in a named Ray actor; vision placeholder tokens suppressed).
@@ -47,10 +48,12 @@ def activate() -> None:
     global _active
     if _active:
         return
+    from papo_tools.compat import verl_cpu
+    from recipe.papo.backend_checks import register_backend_check
     from recipe.papo.compat import verl as verl_compat
-    from recipe.papo.compat import verl_cpu
 
     from . import engines, hf_replica, platform, qwen_vl_stub, varlen_attention
+    from .launch import check_cpu_sequence_parallel
 
     platform.register()  # first: verl modules imported below ask for the device name at import time
     verl_cpu.install_process_group_backend()
@@ -60,6 +63,7 @@ def activate() -> None:
     verl_cpu.install_varlen_attention(varlen_attention.varlen_attention, varlen_attention.dense_attention)
     verl_cpu.install_unpinned_reference_offload()
     verl_compat.install_position_ids_fix()
+    register_backend_check(check_cpu_sequence_parallel)  # Ulysses SP where the CPU cannot run it: refused
     _active = True
 
 

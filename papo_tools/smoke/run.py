@@ -1,6 +1,6 @@
 """The smoke run ``scripts/common.sh`` starts for ``SMOKE=1``: compose (:func:`plan`), run (:func:`execute`).
 
-    python -m recipe.papo.smoke --script NAME.sh --out DIR --user-args K -- OVERRIDE ...
+    python -m papo_tools.smoke --script NAME.sh --out DIR --user-args K -- OVERRIDE ...
 
 ``OVERRIDE ...`` is the script's full ``main_papo`` argument list, whose last ``K`` entries are the
 user's own ``key=value`` arguments. The run's overrides are, in order: the script's, the smoke
@@ -23,9 +23,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from recipe.papo.demo.run_demo import read_metrics
-from recipe.papo.smoke.checks import Expectations, check_records, metrics_table
-from recipe.papo.smoke.sizes import (
+from papo_tools.demo.run_demo import read_metrics
+from papo_tools.smoke.checks import Expectations, check_records, metrics_table
+from papo_tools.smoke.sizes import (
     TRAIN_ROWS,
     TRAINING_STEPS,
     VAL_ROWS,
@@ -103,12 +103,12 @@ def switch_on_cpu_backend_without_cuda() -> None:
     """
     import torch
 
-    import recipe.papo.cpu
-    from recipe.papo.cpu.launch import cpu_env
+    import papo_tools.cpu
+    from papo_tools.cpu.launch import cpu_env
 
     if not torch.cuda.is_available():
         os.environ.update(cpu_env())
-        recipe.papo.cpu.activate()  # imported above before the switch was set
+        papo_tools.cpu.activate()  # imported above before the switch was set
 
 
 @dataclass(frozen=True)
@@ -176,8 +176,8 @@ def plan(
 
 def execute(smoke: SmokePlan) -> int:
     """Write the tiny model and task, validate, run ``main_papo`` and check its metrics; the exit code."""
-    from recipe.papo.demo.task import write_demo_dataset
-    from recipe.papo.demo.tiny_model import save_tiny_model
+    from papo_tools.demo.task import write_demo_dataset
+    from papo_tools.demo.tiny_model import save_tiny_model
     from recipe.papo.main_papo import prepare
 
     fresh_folder(smoke.folder)
@@ -220,7 +220,7 @@ def execute(smoke: SmokePlan) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line ``scripts/common.sh`` passes (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m recipe.papo.smoke", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m papo_tools.smoke", description=__doc__.splitlines()[0])
     parser.add_argument("--script", required=True, help="the run script's file name (names the output folder)")
     parser.add_argument("--out", type=Path, default=Path("smoke_output"), help="parent output folder (SMOKE_OUT)")
     parser.add_argument("--user-args", type=int, default=0, help="how many trailing overrides are the user's")

@@ -5,14 +5,14 @@ Plugs into two registries of verl 0.9.1:
 - ``verl.workers.rollout.replica.RolloutReplicaRegistry``: ``LLMServerManager`` builds
   ``get_rollout_replica_class(rollout.name)`` replicas and, for the hybrid (colocated) trainer,
   calls ``init_hybrid(worker_group)``, which calls :meth:`HFReplica.launch_servers`. The replica
-  starts one named Ray actor (:class:`~recipe.papo.cpu.hf_server.HFRolloutServer`) on the node
+  starts one named Ray actor (:class:`~papo_tools.cpu.hf_server.HFRolloutServer`) on the node
   of its first worker and exposes it as ``server_handle``.
 - ``verl.workers.rollout.base._ROLLOUT_REGISTRY``: ``ActorRolloutRefWorker.init_model`` builds the
   actor-side ``BaseRollout`` by ``(name, mode)``; ``("hf", "async")`` maps to
-  :class:`~recipe.papo.cpu.hf_adapter.HFServerAdapter`.
+  :class:`~papo_tools.cpu.hf_adapter.HFServerAdapter`.
 
 ``_ROLLOUT_REGISTRY`` is a private module-level dict with no register function in verl 0.9.1; the
-entry is added through :func:`recipe.papo.compat.verl_cpu.register_rollout_adapter`.
+entry is added through :func:`papo_tools.compat.verl_cpu.register_rollout_adapter`.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry
 
-from recipe.papo.compat.verl_cpu import register_rollout_adapter
+from papo_tools.compat.verl_cpu import register_rollout_adapter
 
 from .hf_adapter import server_actor_name
 from .hf_server import HFRolloutServer
 
 ROLLOUT_NAME = "hf"
-ADAPTER_FQN = "recipe.papo.cpu.hf_adapter.HFServerAdapter"
+ADAPTER_FQN = "papo_tools.cpu.hf_adapter.HFServerAdapter"
 
 
 class HFReplica(RolloutReplica):

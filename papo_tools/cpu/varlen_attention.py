@@ -4,7 +4,7 @@ verl's remove-padding path (``actor_rollout_ref.model.use_remove_padding=True``)
 micro-batch into one row of ``total_nnz`` tokens and hands attention the per-token position ids;
 its attention forward then calls flash-attn's variable-length kernel with ``cu_seqlens`` (the
 sequence boundaries, where the position ids restart at 0). flash-attn does not exist on CPU, so the
-CPU backend installs the two functions below in its place (see :mod:`recipe.papo.compat.verl_cpu`).
+CPU backend installs the two functions below in its place (see :mod:`papo_tools.compat.verl_cpu`).
 Both compute exact causal softmax attention with ``torch.nn.functional.scaled_dot_product_attention``
 (SDPA), one packed sequence at a time, in the dtype they are given.
 """

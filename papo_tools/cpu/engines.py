@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 
-from recipe.papo.compat.verl_cpu import registered_engine_devices
+from papo_tools.compat.verl_cpu import registered_engine_devices
 
 DEVICE = "cpu"
 BACKENDS = ["fsdp", "fsdp2"]

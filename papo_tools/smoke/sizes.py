@@ -6,7 +6,7 @@ Three groups, each touching only what its name says:
   bounds, steps, data-loading workers, one validation pass. Every worker runs at least 2
   micro-batches per optimiser step, and the script's optimiser steps per training step are kept.
 * :func:`machine_overrides`: what the machine needs. CPU: 2 workers (FSDP2 over gloo), the
-  project's "hf" rollout (``recipe.papo.cpu``), logical Ray resources. CUDA: the script's own
+  project's "hf" rollout (``papo_tools.cpu``), logical Ray resources. CUDA: the script's own
   rollout engine and worker count, capped to the GPUs present, and a small memory share.
 * :func:`task_overrides`: the tiny model, the built-in task and its reward, the output paths.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from recipe.papo.demo.reward import reward_overrides
+from papo_tools.demo.reward import reward_overrides
 from recipe.papo.model_families import FAMILIES
 
 TRAINING_STEPS = 2
@@ -140,14 +140,14 @@ def machine_overrides(config: DictConfig, machine: Machine) -> list[str]:
     return [
         *common,
         "trainer.device=cpu",
-        # No flash-attn kernels on CPU: torch SDPA (remove-padding goes through recipe.papo.cpu's varlen attention).
+        # No flash-attn kernels on CPU: torch SDPA (remove-padding goes through papo_tools.cpu's varlen attention).
         "++actor_rollout_ref.model.override_config.attn_implementation=sdpa",
         # FSDP2 runs over gloo; torch.compile has no CPU path here.
         "actor_rollout_ref.actor.strategy=fsdp2",
         "actor_rollout_ref.actor.use_torch_compile=False",
         "actor_rollout_ref.actor.fsdp_config.use_torch_compile=False",
         "actor_rollout_ref.ref.fsdp_config.use_torch_compile=False",
-        # The project's CPU rollout (HF generate in a Ray actor, recipe.papo.cpu).
+        # The project's CPU rollout (HF generate in a Ray actor, papo_tools.cpu).
         "actor_rollout_ref.rollout.name=hf",
         "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
         "actor_rollout_ref.rollout.agent.num_workers=1",

@@ -1,8 +1,8 @@
 """Version guards and one-time logging shared by the compat patches.
 
-Every patch in :mod:`recipe.papo.compat` first asks :func:`require_version` whether the installed
-package is one the patch was written against, and reports what it changed through
-:func:`log_patched` (once per process and patch).
+Every patch in :mod:`recipe.papo.compat` (and the CPU-only ones in :mod:`papo_tools.compat`) first
+asks :func:`require_version` whether the installed package is one the patch was written against, and
+reports what it changed through :func:`log_patched` (once per process and patch).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ Plugs into verl 0.9.1's server-mode rollout (``verl/workers/rollout/llm_server.p
 on the handle a ``RolloutReplica`` exposes and expects a ``TokenOutput``; the replica and the
 checkpoint manager call ``sleep``/``wake_up``/``abort_all_requests``/``resume_generation``/
 ``clear_kv_cache``/... on every server. This class answers all of them; it is wrapped in
-``ray.remote`` by :mod:`recipe.papo.cpu.hf_replica` and fed weights by
-:mod:`recipe.papo.cpu.hf_adapter`.
+``ray.remote`` by :mod:`papo_tools.cpu.hf_replica` and fed weights by
+:mod:`papo_tools.cpu.hf_adapter`.
 
 What it does, per request: the agent loop sends prompt ids that already contain one
 ``<|image_pad|>`` per merged visual token plus the raw images; the server runs the model's image

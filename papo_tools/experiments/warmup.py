@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from recipe.papo.demo.task import make_rows
-from recipe.papo.demo.tiny_model import load_tiny_model, save_tiny_qwen2_5_vl
-from recipe.papo.experiments.task import ANSWER_DIGITS, TASK_CONFIG
+from papo_tools.demo.task import make_rows
+from papo_tools.demo.tiny_model import load_tiny_model, save_tiny_qwen2_5_vl
+from papo_tools.experiments.task import ANSWER_DIGITS, TASK_CONFIG
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,13 @@
 """PAPO's training dynamics at toy scale on CPU: KL_prcp, both entropies and reward per arm.
 
-    python -m recipe.papo.experiments.dynamics --out DIR [--quick] [--seeds N] [--steps N]
-    python -m recipe.papo.experiments.dynamics --out DIR --quick --sweep-gammas 0.02,0.1,1
+    python -m papo_tools.experiments.dynamics --out DIR [--quick] [--seeds N] [--steps N]
+    python -m papo_tools.experiments.dynamics --out DIR --quick --sweep-gammas 0.02,0.1,1
 
 For every seed: build the tiny Qwen2.5-VL, warm it up on the answer format
-(:mod:`~recipe.papo.experiments.warmup`), write the counting task
-(:mod:`~recipe.papo.experiments.task`); then train every arm (:mod:`~recipe.papo.experiments.arms`)
+(:mod:`~papo_tools.experiments.warmup`), write the counting task
+(:mod:`~papo_tools.experiments.task`); then train every arm (:mod:`~papo_tools.experiments.arms`)
 from that same warmed-up model on the same data with ``python -m recipe.papo.main_papo`` on CPU.
-Writes ``DIR/summary.json`` (:mod:`~recipe.papo.experiments.summary`), ``DIR/dynamics.png`` and
+Writes ``DIR/summary.json`` (:mod:`~papo_tools.experiments.summary`), ``DIR/dynamics.png`` and
 per run ``DIR/seed<S>/<arm>/{train.log,metrics.jsonl}``. With ``--sweep-gammas`` the arms are
 PAPO-G without entropy terms at each gamma instead of the four arms.
 """
@@ -20,12 +20,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from recipe.papo.experiments.arms import ARMS, Arm, sweep_arm
-from recipe.papo.experiments.plot import plot_dynamics
-from recipe.papo.experiments.run import RunSize, run_arm
-from recipe.papo.experiments.summary import aggregate, all_finite, curves, write_summary
-from recipe.papo.experiments.task import write_task
-from recipe.papo.experiments.warmup import WarmupConfig, warm_up_model
+from papo_tools.experiments.arms import ARMS, Arm, sweep_arm
+from papo_tools.experiments.plot import plot_dynamics
+from papo_tools.experiments.run import RunSize, run_arm
+from papo_tools.experiments.summary import aggregate, all_finite, curves, write_summary
+from papo_tools.experiments.task import write_task
+from papo_tools.experiments.warmup import WarmupConfig, warm_up_model
 
 QUICK = RunSize(steps=12)
 FULL = RunSize(steps=40)
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         size = replace(size, lr=args.lr)
     seeds = args.seeds or (QUICK_SEEDS if args.quick else FULL_SEEDS)
     arms = tuple(sweep_arm(g) for g in args.sweep_gammas) if args.sweep_gammas else ARMS
-    command = "python -m recipe.papo.experiments.dynamics " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m papo_tools.experiments.dynamics " + " ".join(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
     run_experiment(args.out.resolve(), arms, seeds, size, WarmupConfig(steps=args.warmup_steps), command)
     elapsed = time.monotonic() - started

@@ -4,7 +4,7 @@ Builds the tiny random Qwen2.5-VL and the counting-shapes task in ``--out``, run
 ``python -m recipe.papo.main_papo`` through verl's real v1 trainer with the CPU backend, and prints
 the ``papo/*`` metrics of every step (read back from verl's ``file`` logger).
 
-    python -m recipe.papo.demo.run_demo [--out demo_output] [--steps 4] [key=value ...]
+    python -m papo_tools.demo.run_demo [--out demo_output] [--steps 4] [key=value ...]
 
 Extra ``key=value`` arguments are passed to ``main_papo`` after the demo's own overrides.
 
@@ -26,10 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-from recipe.papo.cpu.launch import cpu_env, cpu_overrides
-from recipe.papo.demo.reward import reward_overrides
-from recipe.papo.demo.task import write_demo_dataset
-from recipe.papo.demo.tiny_model import save_tiny_qwen2_5_vl
+from papo_tools.cpu.launch import cpu_env, cpu_overrides
+from papo_tools.demo.reward import reward_overrides
+from papo_tools.demo.task import write_demo_dataset
+from papo_tools.demo.tiny_model import save_tiny_qwen2_5_vl
 
 # PAPO-G with the double entropy loss (the paper's 7B setting), on the tiny demo.
 PAPO_G_DEMO = (

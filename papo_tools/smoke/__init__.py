@@ -9,6 +9,6 @@ algorithm, losses, clip ratios, reference KL, group filtering, remove-padding, m
 rollout n, validation n, logger.
 
 Modules: :mod:`.sizes` (the overrides), :mod:`.checks` (the health checks on the logged metrics),
-:mod:`.run` (compose, run and check: ``python -m recipe.papo.smoke``, which ``scripts/common.sh``
+:mod:`.run` (compose, run and check: ``python -m papo_tools.smoke``, which ``scripts/common.sh``
 runs).
 """

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from recipe.papo.cpu.launch import cpu_env, cpu_overrides
-from recipe.papo.demo.reward import reward_overrides
-from recipe.papo.experiments.arms import Arm
+from papo_tools.cpu.launch import cpu_env, cpu_overrides
+from papo_tools.demo.reward import reward_overrides
+from papo_tools.experiments.arms import Arm
 
 # GRPO as in PAPO-G (the published settings of arXiv 2507.06448): low_var_kl reference-KL loss 0.01, clip
 # 0.2 / 0.3. The learning rate is the toy scale's (the paper's 1e-6 moves a tiny model nowhere).

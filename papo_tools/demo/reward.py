@@ -3,7 +3,7 @@
 verl 0.9.1 calls it from its reward loop (``verl/experimental/reward_loop/reward_manager/naive.py``)
 as ``compute_score(data_source=, solution_str=, ground_truth=, extra_info=, **reward_kwargs)``
 with the decoded response; a returned dict must hold ``score`` and may add metrics (``acc``).
-Select it with ``reward.custom_reward_function.path=pkg://recipe.papo.demo.reward`` and
+Select it with ``reward.custom_reward_function.path=pkg://papo_tools.demo.reward`` and
 ``reward.custom_reward_function.name=compute_score`` (:func:`reward_overrides`).
 
 Scoring (``ground_truth`` is a single digit):
@@ -64,6 +64,6 @@ def compute_score(
 def reward_overrides() -> list[str]:
     """Hydra overrides selecting this reward function in verl's config."""
     return [
-        "reward.custom_reward_function.path=pkg://recipe.papo.demo.reward",
+        "reward.custom_reward_function.path=pkg://papo_tools.demo.reward",
         "reward.custom_reward_function.name=compute_score",
     ]

@@ -130,6 +130,6 @@ def process_vision_info(
 
 def install() -> bool:
     """Register this module as ``qwen_vl_utils`` if the real one cannot be imported; True if it did."""
-    from recipe.papo.compat.qwen_vl_utils import install_stand_in
+    from papo_tools.compat.qwen_vl_utils import install_stand_in
 
     return install_stand_in(sys.modules[__name__])

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-PLUGIN_MODULE = "recipe.papo.cpu"
+PLUGIN_MODULE = "papo_tools.cpu"
 
 
 def cpu_env(file_logger_path: str | Path | None = None) -> dict[str, str]:
@@ -146,7 +146,7 @@ def cpu_overrides(
 
 # Families whose Ulysses sequence parallelism runs on the CPU backend: verl routes their packed
 # attention through verl/models/transformers/qwen2_vl.py, whose flash-attn names the CPU backend
-# binds to torch attention (recipe.papo.compat.verl_cpu.install_varlen_attention).
+# binds to torch attention (papo_tools.compat.verl_cpu.install_varlen_attention).
 CPU_ULYSSES_MODEL_TYPES = ("qwen2_5_vl",)
 _ULYSSES_KEYS = (
     "actor_rollout_ref.actor.ulysses_sequence_parallel_size",

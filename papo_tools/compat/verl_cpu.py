@@ -1,6 +1,6 @@
-"""Patches of verl 0.9.1 used only by the CPU backend (``VERL_PLATFORM=cpu``, :mod:`recipe.papo.cpu`).
+"""Patches of verl 0.9.1 used only by the CPU backend (``VERL_PLATFORM=cpu``, :mod:`papo_tools.cpu`).
 
-Each function checks that verl 0.9.1 is installed (:func:`~._guard.require_version`) before it
+Each function checks that verl 0.9.1 is installed (:func:`recipe.papo.compat.guard.require_version`) before it
 touches verl's private names, logs once what it patched, and is idempotent. Nothing here runs on a
 GPU machine: the CPU backend is the only caller, and it is off unless ``VERL_PLATFORM=cpu``.
 
@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ._guard import log_patched, require_version
+from recipe.papo.compat.guard import log_patched, require_version
 
 SUPPORTED_VERL = ("0.9.1",)
 CPU_BACKEND = "cpu:gloo"

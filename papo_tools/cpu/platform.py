@@ -28,7 +28,7 @@ import psutil
 import torch
 from verl.plugin.platform import PlatformBase, PlatformRegistry
 
-from recipe.papo.compat.verl_cpu import resolved_platform
+from papo_tools.compat.verl_cpu import resolved_platform
 
 PLATFORM_NAME = "cpu"
 
@@ -190,5 +190,5 @@ def register() -> None:
     if resolved is not None and not isinstance(resolved, PlatformCPU):
         raise RuntimeError(
             f"verl already selected the {resolved.device_name!r} platform in this process; switch the CPU "
-            "backend on (VERL_PLATFORM=cpu, then import recipe.papo.cpu) before anything imports verl's workers"
+            "backend on (VERL_PLATFORM=cpu, then import papo_tools.cpu) before anything imports verl's workers"
         )

@@ -1,4 +1,0 @@
-"""CPU-scale experiments that show PAPO's training dynamics through verl's real trainer.
-
-``python -m recipe.papo.experiments.dynamics --out DIR [--quick] [--seeds N]`` (docs/dynamics.md).
-"""
