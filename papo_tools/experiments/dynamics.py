@@ -1,6 +1,6 @@
 """PAPO's training dynamics at toy scale on CPU: KL_prcp, both entropies and reward per arm.
 
-    python -m papo_tools.experiments.dynamics --out DIR [--quick] [--seeds N] [--steps N]
+    python -m papo_tools.experiments.dynamics --out DIR [--quick] [--seeds N] [--steps N] [--arms A,B]
     python -m papo_tools.experiments.dynamics --out DIR --quick --sweep-gammas 0.02,0.1,1
 
 For every seed: build the tiny Qwen2.5-VL, warm it up on the answer format
@@ -8,8 +8,8 @@ For every seed: build the tiny Qwen2.5-VL, warm it up on the answer format
 (:mod:`~papo_tools.experiments.task`); then train every arm (:mod:`~papo_tools.experiments.arms`)
 from that same warmed-up model on the same data with ``python -m recipe.papo.main_papo`` on CPU.
 Writes ``DIR/summary.json`` (:mod:`~papo_tools.experiments.summary`), ``DIR/dynamics.png`` and
-per run ``DIR/seed<S>/<arm>/{train.log,metrics.jsonl}``. With ``--sweep-gammas`` the arms are
-PAPO-G without entropy terms at each gamma instead of the four arms.
+per run ``DIR/seed<S>/<arm>/{train.log,metrics.jsonl}``. ``--arms`` runs a subset of the four arms;
+with ``--sweep-gammas`` the arms are PAPO-G without entropy terms at each gamma instead.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from papo_tools.experiments.arms import ARMS, Arm, sweep_arm
+from papo_tools.experiments.arms import ARM_NAMES, ARMS, Arm, sweep_arm
 from papo_tools.experiments.plot import plot_dynamics
 from papo_tools.experiments.run import RunSize, run_arm
 from papo_tools.experiments.summary import aggregate, all_finite, curves, write_summary
@@ -45,6 +45,16 @@ def _parse_gammas(text: str) -> list[float]:
     return gammas
 
 
+def _parse_arms(text: str) -> tuple[Arm, ...]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = sorted(set(names) - set(ARM_NAMES))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"--arms wants comma-separated names from {', '.join(ARM_NAMES)}; unknown: {', '.join(unknown) or text!r}"
+        )
+    return tuple(arm for arm in ARMS if arm.name in names)
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -62,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup-steps", type=_positive, default=WarmupConfig().steps, help="format warm-up steps before RL"
     )
     parser.add_argument("--lr", type=float, help=f"actor learning rate (default {FULL.lr})")
+    parser.add_argument("--arms", type=_parse_arms, help=f"run only these arms (default: {', '.join(ARM_NAMES)})")
     parser.add_argument("--sweep-gammas", type=_parse_gammas, help="run PAPO-G without entropy at these gammas")
     return parser
 
@@ -118,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.lr is not None:
         size = replace(size, lr=args.lr)
     seeds = args.seeds or (QUICK_SEEDS if args.quick else FULL_SEEDS)
-    arms = tuple(sweep_arm(g) for g in args.sweep_gammas) if args.sweep_gammas else ARMS
+    arms = tuple(sweep_arm(g) for g in args.sweep_gammas) if args.sweep_gammas else (args.arms or ARMS)
     command = "python -m papo_tools.experiments.dynamics " + " ".join(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
     run_experiment(args.out.resolve(), arms, seeds, size, WarmupConfig(steps=args.warmup_steps), command)
