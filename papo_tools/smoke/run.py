@@ -37,7 +37,7 @@ from papo_tools.smoke.sizes import (
     task_overrides,
 )
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 MARKER = ".papo-smoke"  # marks a folder this command created (and may therefore replace)
 
 
