@@ -29,6 +29,10 @@ IMAGE_ROW_KEY = "papo_has_image"
 # read by the loss.
 KL_WEIGHT_KEY = "papo_kl_weight"
 
+# ``(batch,)`` float32: VPPO's advantage weight w_i (``papo.vppo_beta_min``, docs/vppo.md), computed
+# over the global mini-batch. Written by the worker into each update mini-batch, read by the loss.
+VPPO_WEIGHT_KEY = "vppo_advantage_weight"
+
 # -- Batch-level values (the step's ``extra_info``) ------------------------------------------------
 
 # :class:`recipe.papo.objective.PapoCoefficients`: gamma_t, eta_ori_t and eta_aug_t of this step

@@ -86,6 +86,15 @@ class PapoConfig(BaseConfig):
             the coefficients are then only logged as 0.
         allow_unsupported_model: run a model whose ``model_type`` is not a supported family
             (``recipe.papo.model_families``, docs/models.md) with a warning instead of an error.
+        vppo_token_fraction: VPPO's token filter p (Token-level Gradient Filtering of arXiv
+            2510.09285; 0.4 in its runs): per response only the ceil(p * |y|) tokens of largest
+            visual dependency s_t enter the policy-gradient term (the loss's denominator still
+            counts every response token); ``None`` (default): off. See docs/vppo.md.
+        vppo_beta_min: VPPO's Trajectory-level Advantage Shaping beta_min (0.9 in its runs): A_i is
+            scaled by a weight in [beta_min, beta_max] that grows with the response's mean s_t, with
+            mean 1 over the global mini-batch; ``None`` (default): off.
+        vppo_entropy_coef: c of VPPO's entropy penalty + c * mean_t(-log pi_theta(o_t)) over all
+            response tokens (0.06 in its Qwen2.5-VL-7B run); 0 (default): off.
     """
 
     kl_prcp_coef: float = 0.02
@@ -110,6 +119,9 @@ class PapoConfig(BaseConfig):
     base_loss_mode: str = "vanilla"
     monitor: bool = False
     allow_unsupported_model: bool = False
+    vppo_token_fraction: float | None = None
+    vppo_beta_min: float | None = None
+    vppo_entropy_coef: float = 0.0
 
     def __post_init__(self) -> None:
         for key in ("kl_prcp_coef", "entropy_ori_coef", "entropy_aug_coef", "anneal_start", "anneal_end"):
@@ -154,6 +166,27 @@ class PapoConfig(BaseConfig):
         if not isinstance(self.allow_unsupported_model, bool):
             _fail("allow_unsupported_model", self.allow_unsupported_model, "true or false")
         self._check_base_loss_mode()
+        self._check_vppo()
+
+    def _check_vppo(self) -> None:
+        if self.vppo_token_fraction is not None:
+            _check_number("vppo_token_fraction", self.vppo_token_fraction, 0.0, 1.0, low_open=True)
+        if self.vppo_beta_min is not None:
+            _check_number("vppo_beta_min", self.vppo_beta_min, 0.0, 1.0)
+        _check_number("vppo_entropy_coef", self.vppo_entropy_coef, 0.0, math.inf, high_open=True)
+        if not self.vppo:
+            return
+        key = "vppo_token_fraction" if self.vppo_token_fraction is not None else "vppo_beta_min"
+        if self.vppo_token_fraction is None and self.vppo_beta_min is None:
+            key = "vppo_entropy_coef"
+        if self.masked_logprob_mode != "precompute":
+            _fail(
+                "masked_logprob_mode",
+                self.masked_logprob_mode,
+                f"'precompute' with papo.{key} set (VPPO's s_t uses the pre-update policy's masked log-probs)",
+            )
+        if self.monitor:
+            _fail("monitor", self.monitor, f"false with papo.{key} set (monitor trains exactly the base algorithm)")
 
     def _check_base_loss_mode(self) -> None:
         from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
@@ -165,9 +198,15 @@ class PapoConfig(BaseConfig):
     def enabled(self) -> bool:
         """The PAPO machinery runs (masked pass, ``papo/*`` metrics): :attr:`trains` or ``monitor``.
 
-        Off means exactly the base algorithm, with no masked pass.
+        Off means exactly the base algorithm, with no masked pass. VPPO (:attr:`vppo`) needs the masked
+        pass too, so it switches the machinery on even with every PAPO coefficient at 0.
         """
-        return self.monitor or self.trains
+        return self.monitor or self.trains or self.vppo
+
+    @property
+    def vppo(self) -> bool:
+        """Some VPPO option is on (token filter, advantage shaping or entropy penalty; docs/vppo.md)."""
+        return self.vppo_token_fraction is not None or self.vppo_beta_min is not None or self.vppo_entropy_coef > 0
 
     @property
     def trains(self) -> bool:

@@ -20,7 +20,10 @@ loss's own metrics over micro-batches. So :func:`papo_ppo_loss` reports ``papo/l
 terms' part of the loss) and ``papo/base_loss`` (the surrogate's part) with ``actor/pg_loss``'s own
 aggregation, so that ``papo/loss + papo/base_loss == actor/pg_loss`` for any micro-batch split; and
 the other ``papo/*`` metrics as token sums and counts, turned into means over the step's PAPO tokens
-by :func:`papo_step_metrics` after verl's reduction.
+by :func:`papo_step_metrics` after verl's reduction. With VPPO on (``papo.vppo_*``, docs/vppo.md) the
+surrogate runs on VPPO's filtered and shaped advantages, VPPO's entropy penalty is added and logged as
+``vppo/entropy_loss`` (then ``papo/loss + papo/base_loss + vppo/entropy_loss == actor/pg_loss``), and
+the other ``vppo/*`` metrics are sums turned into ratios by :func:`vppo_step_metrics` in the same way.
 """
 
 from __future__ import annotations
@@ -33,13 +36,21 @@ from typing import Any
 
 import torch
 from tensordict import TensorDict
-from verl.trainer.ppo.core_algos import get_policy_loss_fn, register_policy_loss
+from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn, register_policy_loss
 from verl.utils import tensordict_utils as tu
 from verl.utils.metric import Metric
 from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import no_padding_2_padding
 
-from .batch_keys import COEFFICIENTS_KEY, IMAGE_ROW_KEY, KL_WEIGHT_KEY, MASKED_LOG_PROBS_KEY, STEP_KEY
+from . import vppo
+from .batch_keys import (
+    COEFFICIENTS_KEY,
+    IMAGE_ROW_KEY,
+    KL_WEIGHT_KEY,
+    MASKED_LOG_PROBS_KEY,
+    STEP_KEY,
+    VPPO_WEIGHT_KEY,
+)
 from .config import PapoConfig
 from .objective import (
     TOKEN_COUNT,
@@ -56,6 +67,12 @@ BASE_LOSS_METRIC = METRIC_PREFIX + "base_loss"
 TOKEN_SUM_PREFIX = METRIC_PREFIX + "token_sum/"
 # verl names the metrics returned by the actor update ``actor/<name>`` (``PPOTrainer._update_actor``).
 ACTOR_PREFIX = "actor/"
+VPPO_PREFIX = "vppo/"
+# VPPO's entropy penalty's part of the loss, aggregated like actor/pg_loss.
+VPPO_ENTROPY_LOSS_METRIC = VPPO_PREFIX + "entropy_loss"
+VPPO_SUM_PREFIX = VPPO_PREFIX + "sum/"
+VPPO_WEIGHT_MIN_METRIC = VPPO_PREFIX + "weight_min"
+VPPO_WEIGHT_MAX_METRIC = VPPO_PREFIX + "weight_max"
 
 
 class MissingMaskedLogProbsError(RuntimeError):
@@ -72,6 +89,7 @@ class PapoLossInputs:
         kl_weight: ``(batch,)`` float per-sample weight on KL_prcp.
         coefs: effective coefficients at this step, as the batch carries them (the loss applies
             :func:`recipe.papo.objective.loss_coefficients` to them).
+        vppo_weight: ``(batch,)`` float VPPO advantage weights w_i (``papo.vppo_beta_min``), else ``None``.
         record: written by the ``papo`` loss during the call: what :func:`papo_ppo_loss` logs.
     """
 
@@ -79,6 +97,7 @@ class PapoLossInputs:
     has_image: torch.Tensor
     kl_weight: torch.Tensor
     coefs: PapoCoefficients
+    vppo_weight: torch.Tensor | None = None
     record: PapoLossRecord | None = None
 
 
@@ -89,13 +108,18 @@ class PapoLossRecord:
     Attributes:
         papo_loss: the PAPO terms' part of the returned loss (0.0 with ``papo.monitor`` or zero
             coefficients), a share of the mini-batch loss like the loss itself.
-        base_loss: the base surrogate's part of the returned loss.
+        base_loss: the base surrogate's part of the returned loss (on VPPO's filtered and shaped
+            advantages when VPPO is on).
         token_sums: :attr:`recipe.papo.objective.PapoTerms.token_sums` of this micro-batch.
+        vppo: VPPO's filter and shaping on this micro-batch (``None`` with VPPO off).
+        vppo_entropy_loss: VPPO's entropy penalty's part of the returned loss (0.0 when off).
     """
 
     papo_loss: float
     base_loss: float
     token_sums: dict[str, float]
+    vppo: vppo.VppoTerms | None = None
+    vppo_entropy_loss: float = 0.0
 
 
 _CURRENT_INPUTS: contextvars.ContextVar[PapoLossInputs | None] = contextvars.ContextVar(
@@ -134,30 +158,45 @@ def compute_policy_loss_papo(
     config: Any = None,
     rollout_is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Base clipped surrogate (verl's ``papo.base_loss_mode`` loss) plus the PAPO terms.
+    """Base clipped surrogate (verl's ``papo.base_loss_mode`` loss) plus the PAPO terms, with VPPO's
+    token filter and advantage shaping applied to the surrogate's advantages and VPPO's entropy
+    penalty added when the ``papo.vppo_*`` options are on (docs/vppo.md).
 
     Shapes are verl's: ``(batch, response_len)`` padded tensors. The PAPO inputs are the ones set
     by :func:`papo_loss_inputs` around the call.
     """
     papo = _papo_config_of(config)
+    inputs = _CURRENT_INPUTS.get()
+    if inputs is None and papo.enabled:
+        raise MissingMaskedLogProbsError(
+            "PAPO is enabled (papo.kl_prcp_coef / entropy coefficients > 0, or a papo.vppo_* option) but the policy "
+            "loss got no masked-image log-probs. Train with `python -m recipe.papo.main_papo` (PAPO trainer and "
+            "worker), or set all papo coefficients to 0 for plain GRPO/DAPO."
+        )
+    vppo_terms = None
+    pg_advantages = advantages  # with VPPO off: the very tensor verl passed (bit-identical loss)
+    if inputs is not None and papo.vppo:
+        vppo_terms = vppo.apply_vppo(
+            advantages=advantages,
+            old_log_prob=old_log_prob,
+            masked_log_prob=inputs.masked_log_prob,
+            response_mask=response_mask,
+            has_image=inputs.has_image,
+            token_fraction=papo.vppo_token_fraction,
+            weights=inputs.vppo_weight,
+        )
+        pg_advantages = vppo_terms.advantages
     base_loss_fn = get_policy_loss_fn(papo.base_loss_mode)
     pg_loss, pg_metrics = base_loss_fn(
         old_log_prob=old_log_prob,
         log_prob=log_prob,
-        advantages=advantages,
+        advantages=pg_advantages,
         response_mask=response_mask,
         loss_agg_mode=loss_agg_mode,
         config=config,
         rollout_is_weights=rollout_is_weights,
     )
-    inputs = _CURRENT_INPUTS.get()
     if inputs is None:
-        if papo.enabled:
-            raise MissingMaskedLogProbsError(
-                "PAPO is enabled (papo.kl_prcp_coef / entropy coefficients > 0) but the policy loss got no "
-                "masked-image log-probs. Train with `python -m recipe.papo.main_papo` (PAPO trainer and worker), "
-                "or set all papo coefficients to 0 for plain GRPO/DAPO."
-            )
         return pg_loss, pg_metrics
     # Monitor mode and zero coefficients: the terms are computed for the metrics only, on detached
     # inputs, and the returned loss is the base loss tensor itself (bit-equal loss and gradient).
@@ -174,12 +213,24 @@ def compute_policy_loss_papo(
         loss_agg_mode=loss_agg_mode,
         global_batch_info=config.global_batch_info,
     )
+    loss = pg_loss + terms.loss if contributes else pg_loss
+    entropy_loss = 0.0
+    if papo.vppo_entropy_coef > 0:
+        # VPPO's entropy penalty: + c * mean_t(-log pi_theta(o_t)) over every response token, aggregated
+        # like the surrogate (token-mean over the global mini-batch for verl's default loss_agg_mode).
+        penalty = papo.vppo_entropy_coef * agg_loss(
+            loss_mat=-log_prob, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
+        )
+        entropy_loss = penalty.detach().item()
+        loss = loss + penalty
     inputs.record = PapoLossRecord(
         papo_loss=terms.loss.detach().item() if contributes else 0.0,
         base_loss=pg_loss.detach().item(),
         token_sums=terms.token_sums,
+        vppo=vppo_terms,
+        vppo_entropy_loss=entropy_loss,
     )
-    return (pg_loss + terms.loss if contributes else pg_loss), pg_metrics
+    return loss, pg_metrics
 
 
 def _pad_to_width(tensor: torch.Tensor, width: int) -> torch.Tensor:
@@ -223,11 +274,20 @@ def read_papo_inputs(
             masked = no_padding_2_padding(masked_forward(data), data)
     else:
         masked = data[MASKED_LOG_PROBS_KEY].to_padded_tensor(0.0)
+    vppo_weight = None
+    if papo.vppo_beta_min is not None:
+        if VPPO_WEIGHT_KEY not in data.keys():  # noqa: SIM118  (TensorDict has no `in`)
+            raise MissingMaskedLogProbsError(
+                f"papo.vppo_beta_min is set but the micro-batch lacks {VPPO_WEIGHT_KEY}: the PAPO worker writes it "
+                "into each update mini-batch (PapoActorRolloutRefWorker.init_papo)."
+            )
+        vppo_weight = data[VPPO_WEIGHT_KEY].to(torch.float32)
     return PapoLossInputs(
         masked_log_prob=_pad_to_width(masked.to(torch.float32), response_width),
         has_image=data[IMAGE_ROW_KEY].to(torch.bool),
         kl_weight=data[KL_WEIGHT_KEY].to(torch.float32),
         coefs=coefs,
+        vppo_weight=vppo_weight,
     )
 
 
@@ -257,6 +317,13 @@ def papo_ppo_loss(
     metrics[BASE_LOSS_METRIC] = Metric(aggregation, inputs.record.base_loss)
     for name, value in inputs.record.token_sums.items():
         metrics[TOKEN_SUM_PREFIX + name] = Metric(aggregation, value)
+    if inputs.record.vppo is not None:
+        terms = inputs.record.vppo
+        metrics[VPPO_ENTROPY_LOSS_METRIC] = Metric(aggregation, inputs.record.vppo_entropy_loss)
+        for name, value in terms.sums.items():
+            metrics[VPPO_SUM_PREFIX + name] = Metric(aggregation, value)
+        metrics[VPPO_WEIGHT_MIN_METRIC] = Metric("min", terms.weight_min)
+        metrics[VPPO_WEIGHT_MAX_METRIC] = Metric("max", terms.weight_max)
     return loss, metrics
 
 
@@ -286,3 +353,28 @@ def papo_step_metrics(actor_metrics: dict[str, Any]) -> dict[str, float]:
     if count > 0:
         papo.update({METRIC_PREFIX + name: sums[name] / count for name in TOKEN_MEAN_METRICS})
     return papo
+
+
+def vppo_step_metrics(actor_metrics: dict[str, Any]) -> dict[str, float]:
+    """Remove the VPPO entries from verl's reduced actor metrics; return the step's ``vppo/*`` metrics.
+
+    Args:
+        actor_metrics: as for :func:`papo_step_metrics`; modified in place.
+
+    Returns:
+        The ratios of :func:`recipe.papo.vppo.step_metrics` over the step's summed micro-batch sums
+        (so independent of the micro-batch split, as the ``papo/*`` token means), ``vppo/entropy_loss``
+        as verl reduced it (``papo/loss + papo/base_loss + vppo/entropy_loss == actor/pg_loss``), and
+        ``vppo/weight_min`` / ``vppo/weight_max``: the min / max advantage weight of each global
+        mini-batch (over its micro-batches and ranks), averaged over the step's mini-batches.
+    """
+    entries = {
+        name[len(ACTOR_PREFIX) :]: float(actor_metrics.pop(name))
+        for name in [key for key in actor_metrics if key.startswith(ACTOR_PREFIX + VPPO_PREFIX)]
+    }
+    sums = {
+        name[len(VPPO_SUM_PREFIX) :]: entries.pop(name)
+        for name in [k for k in entries if k.startswith(VPPO_SUM_PREFIX)]
+    }
+    entries.update({VPPO_PREFIX + name: value for name, value in vppo.step_metrics(sums).items()})
+    return entries

@@ -10,7 +10,8 @@ Registered as ``trainer.v1.trainer_mode=papo``. Per step, after old log-probs (v
 3. before the actor update, sets gamma_t and the entropy coefficients of this global step
    (a pure function of the step, so a resumed run continues the schedule exactly),
 
-and logs ``papo/*`` metrics (:func:`recipe.papo.policy_loss.papo_step_metrics`). With PAPO off (all
+and logs ``papo/*`` and ``vppo/*`` metrics (:func:`recipe.papo.policy_loss.papo_step_metrics`,
+:func:`recipe.papo.policy_loss.vppo_step_metrics`). With PAPO off (all
 coefficients 0, no ``papo.monitor``) it skips all of this and is exactly verl's synchronous trainer.
 In monitor mode it does all of this with the coefficients set to 0
 (:func:`recipe.papo.objective.loss_coefficients`).
@@ -41,7 +42,7 @@ from .batch_keys import COEFFICIENTS_KEY, IMAGE_ROW_KEY, KL_WEIGHT_KEY, MASKED_L
 from .compat.verl import install_position_ids_fix
 from .config import PapoConfig, papo_config_from
 from .objective import coefficients_at_step, sample_weights
-from .policy_loss import METRIC_PREFIX, papo_step_metrics
+from .policy_loss import METRIC_PREFIX, papo_step_metrics, vppo_step_metrics
 from .worker import PapoActorRolloutRefWorker
 
 logger = logging.getLogger(__name__)
@@ -167,4 +168,5 @@ class PapoTrainer(PPOTrainerSync):
             metrics[METRIC_PREFIX + "entropy_aug_coef"] = coefs.entropy_aug
         batch = super()._update_actor(batch, metrics)
         metrics.update(papo_step_metrics(metrics))
+        metrics.update(vppo_step_metrics(metrics))
         return batch

@@ -19,6 +19,11 @@
   per-step call only reports ``papo_has_image``. The engine's per-micro-batch forward is not part of
   verl's engine interface: :mod:`recipe.papo.compat.verl_engine` checks it when the worker starts.
 
+* VPPO's advantage shaping (``papo.vppo_beta_min``, docs/vppo.md): ``init_papo`` wraps the actor's
+  per-mini-batch ``train_batch`` so that, before each update mini-batch, :func:`assign_vppo_weights`
+  writes every row's weight w_i, with min, max and mean taken over the global mini-batch (all-reduced
+  over the data-parallel group), hence independent of the micro-batch split and the GPU count.
+
 The batch fields read and written here are named in :mod:`recipe.papo.batch_keys`.
 """
 
@@ -38,7 +43,8 @@ from verl.workers.engine_workers import ActorRolloutRefWorker
 from verl.workers.utils.padding import response_from_nested
 
 from . import register as _register  # noqa: F401  (registries in this process)
-from .batch_keys import IMAGE_ROW_KEY, MASKED_LOG_PROBS_KEY, STEP_KEY
+from . import vppo
+from .batch_keys import IMAGE_ROW_KEY, MASKED_LOG_PROBS_KEY, STEP_KEY, VPPO_WEIGHT_KEY
 from .compat.verl import install_position_ids_fix
 from .compat.verl_engine import check_engine_forward_step, forward_log_probs_with_grad
 from .config import PapoConfig
@@ -72,6 +78,35 @@ def masked_log_probs_with_grad(micro_batch: TensorDict, engine: Any, builder: Ma
     masked, _ = builder.mask_batch(micro_batch, step=masking_step(micro_batch))
     tu.assign_non_tensor(masked, calculate_entropy=False, calculate_sum_pi_squared=False)
     return forward_log_probs_with_grad(engine, masked)
+
+
+def assign_vppo_weights(data: TensorDict, beta_min: float, group: Any = None) -> vppo.ShapingStats:
+    """Write VPPO's advantage weights w_i of one global mini-batch into ``data`` (:data:`VPPO_WEIGHT_KEY`).
+
+    Args:
+        data: this rank's part of an update mini-batch, with ``old_log_probs`` and the masked
+            log-probs (nested ``(batch, response_len)``), ``response_mask`` and the has-image flags.
+        beta_min: ``papo.vppo_beta_min``.
+        group: the data-parallel process group the mini-batch is spread over (``None``: this rank).
+
+    Returns:
+        The reduced shaping statistics (:class:`recipe.papo.vppo.ShapingStats`).
+    """
+    mask = data["response_mask"].to_padded_tensor(0).to(torch.bool)
+    width = mask.shape[-1]
+    old = data["old_log_probs"].to_padded_tensor(0.0)[..., :width]
+    masked = data[MASKED_LOG_PROBS_KEY].to_padded_tensor(0.0)[..., :width]
+    scores = vppo.sequence_scores(vppo.visual_dependency(old, masked), mask)
+    rows = data[IMAGE_ROW_KEY].to(torch.bool) & mask.any(-1)
+    weights, stats = vppo.shaping_weights(scores, rows, beta_min, group)
+    data[VPPO_WEIGHT_KEY] = weights
+    return stats
+
+
+def _train_batch_with_vppo_weights(data: TensorDict, *, train_batch: Any, beta_min: float, group: Any) -> Any:
+    """The actor's ``train_batch`` on one update mini-batch, after :func:`assign_vppo_weights`."""
+    assign_vppo_weights(data, beta_min, group)
+    return train_batch(data)
 
 
 class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
@@ -119,6 +154,15 @@ class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
             )
         self.loss_fn = partial(papo_ppo_loss, config=actor_config, masked_forward=masked_forward)
         self.actor.set_loss_fn(self.loss_fn)
+        if papo.vppo_beta_min is not None:
+            # verl's train_mini_batch calls self.train_batch once per update mini-batch on every rank:
+            # the instance attribute shadows the method there, so each mini-batch gets its weights first.
+            self.actor.train_batch = partial(
+                _train_batch_with_vppo_weights,
+                train_batch=self.actor.train_batch,
+                beta_min=papo.vppo_beta_min,
+                group=self.actor.engine.get_data_parallel_group(),
+            )
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     @DistProfiler.annotate(color="purple", role="papo_masked_log_prob")

@@ -60,8 +60,30 @@ EXPECTED: dict[str, tuple[Variant, str, int]] = {
     "run_qwen3_vl_8b_papo_d.sh": (PAPO_D, QWEN3_8B, 4),
     "run_qwen3_5_9b_papo_g.sh": (PAPO_G_7B, QWEN35_9B, 4),
     "run_qwen3_5_9b_papo_d.sh": (PAPO_D, QWEN35_9B, 4),
+    # VPPO (arXiv 2510.09285): DAPO's base (its code's config.yaml) without or with PAPO-D's terms.
+    "run_qwen2_5_vl_3b_vppo.sh": (DAPO, QWEN25_3B, 2),
+    "run_qwen2_5_vl_7b_vppo.sh": (DAPO, QWEN25_7B, 4),
+    "run_qwen3_vl_8b_vppo.sh": (DAPO, QWEN3_8B, 4),
+    "run_qwen2_5_vl_7b_papo_d_vppo.sh": (PAPO_D, QWEN25_7B, 4),
 }
-PLAIN = [name for name, (variant, _, _) in EXPECTED.items() if variant in (GRPO, DAPO)]
+# VPPO's published settings per script (its code's train_vppo_7b.sh / train_vppo_8b.sh; the 3B script
+# reuses the 7B ones; the PAPO-D + VPPO script keeps PAPO-D's n = 5 and its H_ori instead of VPPO's
+# entropy penalty): (p, beta_min, c) and the resolved keys that differ from COMMON.
+VPPO: dict[str, tuple[tuple[float, float, float], dict]] = {
+    "run_qwen2_5_vl_3b_vppo.sh": ((0.4, 0.9, 0.06), {"rollout.n": 8}),
+    "run_qwen2_5_vl_7b_vppo.sh": ((0.4, 0.9, 0.06), {"rollout.n": 8}),
+    "run_qwen3_vl_8b_vppo.sh": (
+        (0.4, 0.9, 0.12),
+        {
+            "rollout.n": 8,
+            "data.max_response_length": 8192,
+            # the published 8B run keeps the config's pixel bounds (not the family's token-matched ones)
+            "data.mm_processor_kwargs": {"min_pixels": 200704, "max_pixels": 1003520},
+        },
+    ),
+    "run_qwen2_5_vl_7b_papo_d_vppo.sh": ((0.4, 0.9, 0.0), {}),
+}
+PLAIN = [name for name, (variant, _, _) in EXPECTED.items() if variant in (GRPO, DAPO) and name not in VPPO]
 
 # The paper's common settings, in resolved verl keys (see scripts/common.sh).
 COMMON = {
@@ -182,7 +204,7 @@ def test_every_run_script_has_a_row():
 def test_dry_run_resolves_the_spec_settings(summary_of, name):
     variant, model, gpus = EXPECTED[name]
     summary = summary_of(name)
-    expected = {**COMMON, "data.mm_processor_kwargs": family_pixel_bounds(model)}
+    expected = {**COMMON, "data.mm_processor_kwargs": family_pixel_bounds(model), **VPPO.get(name, ((), {}))[1]}
     mismatches = {
         key: (summary.get(key, "<absent>"), want) for key, want in expected.items() if summary.get(key) != want
     }
@@ -201,7 +223,9 @@ def test_dry_run_resolves_the_spec_settings(summary_of, name):
     assert summary["papo.kl_prcp_coef"] == variant.gamma
     assert summary["papo.entropy_ori_coef"] == variant.eta
     assert summary["papo.entropy_aug_coef"] == variant.eta
-    assert summary["papo.enabled"] is (variant.gamma > 0 or variant.eta > 0)
+    assert summary["papo.enabled"] is (variant.gamma > 0 or variant.eta > 0 or name in VPPO)
+    vppo = VPPO.get(name, ((None, None, 0.0), {}))[0]
+    assert tuple(summary[f"papo.vppo_{key}"] for key in ("token_fraction", "beta_min", "entropy_coef")) == vppo
     assert summary["actor.use_kl_loss"] is variant.ref_kl
     if variant.ref_kl:
         assert (summary["actor.kl_loss_type"], summary["actor.kl_loss_coef"]) == ("low_var_kl", 0.01)
@@ -219,7 +243,7 @@ def test_baselines_are_plain(summary_of, name):
     assert [summary[f"papo.{key}"] for key in ("kl_prcp_coef", "entropy_ori_coef", "entropy_aug_coef")] == [0, 0, 0]
 
 
-@pytest.mark.parametrize("name", [name for name in EXPECTED if "dapo" in name or "papo_d" in name])
+@pytest.mark.parametrize("name", [name for name in EXPECTED if "dapo" in name or "papo_d" in name or name in VPPO])
 def test_dapo_family(summary_of, name):
     summary = summary_of(name)
     assert summary["algorithm.filter_groups.enable"] is True
