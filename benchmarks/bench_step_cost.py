@@ -185,9 +185,9 @@ def main(argv=None) -> int:
             builder = worker.masked_input_builder
             original = builder.mask_batch
 
-            def counting(data, step, _original=original, _name=name):
+            def counting(data, step, _original=original, _name=name, **kwargs):
                 mask_calls[_name] += 1
-                return _original(data, step)
+                return _original(data, step, **kwargs)
 
             builder.mask_batch = counting
             mask_calls[name] = 0

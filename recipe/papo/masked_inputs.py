@@ -20,11 +20,21 @@ ratio 0 the masked input equals the original bit for bit, and otherwise it diffe
 blackened cells reach after resizing. The grid never changes (a mismatch is an error naming the row),
 so neither do the number of image tokens and the position ids.
 Rows without images keep their inputs and are reported in ``has_image``.
+
+Memory. :meth:`MaskedInputBuilder.mask_batch` with ``lazy=True`` (what the PAPO worker uses) does not
+build any masked tensor up front: each row of the returned batch is a :class:`LazyMaskedInputs`
+mapping whose ``pixel_values`` are built when read. verl's engines read a row's
+``multi_modal_inputs`` once, in ``extract_multi_modal_inputs`` on the micro-batch being forwarded
+(``prepare_model_inputs`` of the FSDP, Megatron and automodel engines), and concatenate them into
+the micro-batch's model input, so the masked pixels that exist at any time are those of one
+micro-batch, whatever the batch size. The masks are the same as the eager ones bit for bit: a row's
+masked inputs are a pure function of ``(papo.mask_seed, step, uid)`` and the row's own inputs.
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator, Mapping
 from io import BytesIO
 from typing import Any
 
@@ -242,12 +252,53 @@ class MaskedInputBuilder:
         original = inputs["pixel_values"]
         return out["pixel_values"].to(dtype=original.dtype, device=original.device)
 
-    def mask_batch(self, data: TensorDict, step: int) -> tuple[TensorDict, torch.Tensor]:
+    def masked_row(
+        self,
+        inputs: dict | None,
+        uid: str,
+        step: int,
+        images_aug: list | None,
+        raw_prompt: list[dict] | None,
+        shared: SharedMasks,
+    ) -> dict | None:
+        """:meth:`mask_row`, reusing the masked ``pixel_values`` of an equal row of the same uid in ``shared``.
+
+        In ``pixel_values`` space a row's masked pixels are a pure function of (uid, step,
+        ``pixel_values``, grid). The n rollouts of a prompt share the uid and carry equal pixel values,
+        so the masked tensor is computed once per prompt and shared (read-only) instead of n times: n
+        times less masking work and memory. An equality check (a read, no write) guards rows that differ.
+        """
+        online = (
+            self.papo.mask_space == "pixel_values"
+            and (images_aug is None or len(images_aug) == 0)
+            and row_has_image(inputs)
+        )
+        if online:
+            previous = shared.get(uid, inputs)
+            if previous is not None:
+                return {**inputs, "pixel_values": previous}
+        masked = self.mask_row(inputs, uid, step, images_aug, raw_prompt)
+        if online:
+            shared.put(uid, inputs, masked["pixel_values"])
+        return masked
+
+    def mask_batch(self, data: TensorDict, step: int, *, lazy: bool = False) -> tuple[TensorDict, torch.Tensor]:
         """A shallow copy of ``data`` with masked ``multi_modal_inputs``, and ``(batch,)`` bool has-image.
 
         Reads the ``uid`` column (prompt uid, shared by the rollouts of one prompt), and
         ``images_aug`` / ``raw_prompt`` when present. In ``pixel_values`` space, rows with the same uid
         and equal pixel values share one masked ``pixel_values`` tensor: treat it as read-only.
+
+        Args:
+            data: the batch (verl's layout: ``multi_modal_inputs`` a ``NonTensorStack`` of per-row dicts).
+            step: the global step, part of the mask seed.
+            lazy: ``False``: every row's masked tensors are built now (the whole batch's masked
+                ``pixel_values`` exist at once; every uid's masked tensor is shared by its equal rows).
+                ``True``: rows with images become :class:`LazyMaskedInputs`, built when the engine reads
+                them, one micro-batch at a time; only the last masked row is kept for sharing, which
+                covers the n rollouts of a prompt when they are adjacent (verl's order). The masks are
+                bitwise the same either way. A row that cannot be masked (:class:`MaskedInputError`)
+                fails when it is read, inside the engine's forward.
         """
         batch_size = data.batch_size[0]
         rows = tu.get(data, MULTI_MODAL_INPUTS_KEY) or [None] * batch_size
@@ -255,23 +306,86 @@ class MaskedInputBuilder:
         images_aug = tu.get(data, IMAGES_AUG_KEY) or [None] * batch_size
         uses_images = self.papo.mask_space == "image" or any(aug is not None and len(aug) > 0 for aug in images_aug)
         raw_prompts = (tu.get(data, RAW_PROMPT_KEY) if uses_images else None) or [None] * batch_size
-        # In pixel_values space a row's masked pixels are a pure function of (uid, step, pixel_values,
-        # grid). The n rollouts of a prompt share the uid and carry equal pixel values, so the masked
-        # tensor is computed once per prompt and shared (read-only) instead of n times: n times less
-        # masking work and memory. An equality check (a read, no write) guards rows that differ.
-        done: dict[str, tuple[dict, dict]] = {}
-        masked_rows = []
+        shared = SharedMasks(max_entries=1 if lazy else None)
+        masked_rows: list[Mapping | None] = []
         for inputs, uid, aug, prompt in zip(rows, uids, images_aug, raw_prompts, strict=True):
-            online = self.papo.mask_space == "pixel_values" and (aug is None or len(aug) == 0) and row_has_image(inputs)
-            previous = done.get(uid) if online else None
-            if previous is not None and _same_pixels(previous[0], inputs):
-                masked = dict(inputs)
-                masked["pixel_values"] = previous[1]["pixel_values"]
+            if not lazy:
+                masked_rows.append(self.masked_row(inputs, uid, step, aug, prompt, shared))
+            elif row_has_image(inputs):
+                masked_rows.append(LazyMaskedInputs(self, inputs, uid, step, aug, prompt, shared))
             else:
-                masked = self.mask_row(inputs, uid, step, aug, prompt)
-                if online:
-                    done[uid] = (inputs, masked)
-            masked_rows.append(masked)
+                masked_rows.append(inputs)
         masked = data.copy()
         tu.assign_non_tensor_stack(masked, MULTI_MODAL_INPUTS_KEY, masked_rows)
         return masked, rows_with_images(data)
+
+
+class SharedMasks:
+    """Masked ``pixel_values`` already built in one batch, by uid, for reuse by equal rows of the same uid.
+
+    Args:
+        max_entries: how many uids to keep (the most recently masked); ``None``: all of them.
+    """
+
+    def __init__(self, max_entries: int | None = None):
+        self.max_entries = max_entries
+        self.entries: dict[str, tuple[dict, torch.Tensor]] = {}
+
+    def get(self, uid: str, inputs: dict) -> torch.Tensor | None:
+        """The masked ``pixel_values`` of ``uid`` if its row had the same pixels and grid as ``inputs``."""
+        entry = self.entries.get(uid)
+        if entry is not None and _same_pixels(entry[0], inputs):
+            return entry[1]
+        return None
+
+    def put(self, uid: str, inputs: dict, masked_pixel_values: torch.Tensor) -> None:
+        """Remember ``uid``'s masked ``pixel_values`` (of row ``inputs``); drop the oldest beyond ``max_entries``."""
+        self.entries.pop(uid, None)
+        self.entries[uid] = (inputs, masked_pixel_values)
+        while self.max_entries is not None and len(self.entries) > self.max_entries:
+            del self.entries[next(iter(self.entries))]
+
+
+class LazyMaskedInputs(Mapping):
+    """One row's masked ``multi_modal_inputs``, its ``pixel_values`` built each time they are read.
+
+    A read-only mapping with the keys of the row's original inputs: every key but ``pixel_values``
+    reads the original; ``pixel_values`` is :meth:`MaskedInputBuilder.masked_row`'s, not kept by this
+    object (so the masked tensor lives only as long as its reader holds it: in verl's engines, until
+    the micro-batch's inputs are concatenated). Membership (``in``), ``len`` and ``repr`` build nothing.
+    """
+
+    def __init__(
+        self,
+        builder: MaskedInputBuilder,
+        inputs: dict,
+        uid: str,
+        step: int,
+        images_aug: list | None,
+        raw_prompt: list[dict] | None,
+        shared: SharedMasks,
+    ):
+        self._builder = builder
+        self._inputs = inputs
+        self._row = (uid, step, images_aug, raw_prompt, shared)
+
+    def build(self) -> dict:
+        """The row's masked inputs as a plain dict (what ``mask_batch(lazy=False)`` holds for the row)."""
+        return self._builder.masked_row(self._inputs, *self._row)
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "pixel_values":
+            return self.build()["pixel_values"]
+        return self._inputs[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._inputs
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._inputs)
+
+    def __len__(self) -> int:
+        return len(self._inputs)
+
+    def __repr__(self) -> str:
+        return f"LazyMaskedInputs(uid={self._row[0]!r}, step={self._row[1]}, keys={list(self._inputs)})"

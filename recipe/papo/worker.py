@@ -10,7 +10,9 @@
   (``actor.policy_loss.papo``), where the registered loss reads them too.
 * ``compute_masked_log_prob`` (``papo.masked_logprob_mode=precompute``, the authors' default): one
   no-grad pass of the pre-update policy over the batch with masked ``multi_modal_inputs``,
-  micro-batched exactly like old log-probs (``rollout.log_prob_micro_batch_size_per_gpu``). It writes
+  micro-batched exactly like old log-probs (``rollout.log_prob_micro_batch_size_per_gpu``). The masked
+  inputs are built per micro-batch, when the engine reads them (``mask_batch(lazy=True)``), so the
+  pass holds the masked ``pixel_values`` of one micro-batch at a time. It writes
   ``papo_masked_log_probs`` (response tokens) and ``papo_has_image``. The masked log-probs are
   constants during the update: KL_prcp's gradient flows through log pi_theta(o|I) only and H_aug
   has zero gradient.
@@ -75,7 +77,7 @@ def masked_log_probs_with_grad(micro_batch: TensorDict, engine: Any, builder: Ma
     micro-batch whose ``multi_modal_inputs`` are masked. Called from inside the engine's forward of
     the original micro-batch (the PAPO loss), so before its ``backward``.
     """
-    masked, _ = builder.mask_batch(micro_batch, step=masking_step(micro_batch))
+    masked, _ = builder.mask_batch(micro_batch, step=masking_step(micro_batch), lazy=True)
     tu.assign_non_tensor(masked, calculate_entropy=False, calculate_sum_pi_squared=False)
     return forward_log_probs_with_grad(engine, masked)
 
@@ -178,7 +180,8 @@ class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
             if not self.actor.engine.is_mp_src_rank_with_outputs():
                 return None
             return TensorDict({IMAGE_ROW_KEY: rows_with_images(data)}, batch_size=data.batch_size)
-        masked, has_image = self.masked_input_builder.mask_batch(data, step=masking_step(data))
+        # lazy: each row's masked inputs are built when the engine reads its micro-batch, not all up front.
+        masked, has_image = self.masked_input_builder.mask_batch(data, step=masking_step(data), lazy=True)
         fields: dict[str, torch.Tensor] = {IMAGE_ROW_KEY: has_image}
         output = self.actor.infer_batch(masked)
         if output is None:  # not an output-collecting model-parallel rank

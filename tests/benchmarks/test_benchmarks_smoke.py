@@ -43,6 +43,14 @@ CASES = {
         [],
     ),
     "data_prep": (["bench_data_prep.py"], "data_prep", ["throughput ours/baseline", "ours peak MiB"], []),
+    # the masked pass's peak memory at x and 4x rows, per micro-batch vs whole batch (it exits non-zero
+    # if the two ways' masked log-probs differ)
+    "masked_memory": (
+        ["bench_masked_memory.py"],
+        "masked_memory",
+        ["plain forward", "whole batch", "per micro-batch", "peak extra RSS MiB"],
+        ["per micro-batch: peak extra RSS grows by"],
+    ),
 }
 
 

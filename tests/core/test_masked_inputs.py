@@ -319,3 +319,68 @@ def test_image_paths_use_the_runs_processor_options_given_at_start_up(tiny_proce
         MaskedInputBuilder(papo, tiny_processor).mask_batch(data, step=1)
     masked, _ = MaskedInputBuilder(papo, tiny_processor, mm_processor_kwargs=kwargs).mask_batch(data, step=1)
     assert torch.equal(pixel_values(masked, 0), out["pixel_values"])
+
+
+LAZY_CONFIGS = {
+    "pixel_values": PapoConfig(mask_ratio=0.5),
+    "image": PapoConfig(mask_space="image", mask_ratio=0.4),
+}
+
+
+@pytest.mark.parametrize("space", sorted(LAZY_CONFIGS))
+def test_lazy_rows_equal_the_eager_rows_bit_for_bit_and_build_only_when_read(tiny_processor, space):
+    """``mask_batch(lazy=True)`` (the worker's, per micro-batch) gives every row the eager masks, bitwise,
+    in both mask spaces and with an ``images_aug`` row; it builds nothing until a row's pixels are read."""
+    from recipe.papo.masked_inputs import LazyMaskedInputs
+
+    builder = MaskedInputBuilder(LAZY_CONFIGS[space], tiny_processor)
+    aug = np.array(image(3))
+    aug[:, :42] = 0
+    pictures = [image(1), image(1), None, image(2), image(2), image(3)]
+    data = make_batch(
+        tiny_processor,
+        ["a", "a", "t", "b", "b", "c"],
+        pictures,
+        images_aug=[None, None, None, None, None, [png_dict(Image.fromarray(aug))]],
+    )
+    built = []
+    original_mask_row = builder.mask_row
+    builder.mask_row = lambda *args, **kwargs: built.append(args[1]) or original_mask_row(*args, **kwargs)
+    lazy, lazy_has_image = builder.mask_batch(data, step=6, lazy=True)
+    rows = tu.get(lazy, "multi_modal_inputs")
+    assert built == [], "lazy mask_batch built masked inputs up front"
+    assert [type(row) is LazyMaskedInputs for row in rows] == [True, True, False, True, True, True]
+    assert "pixel_values" in rows[0] and len(rows[0]) == 2 and "uid='a'" in repr(rows[0])
+    assert built == [], "membership, len or repr built masked inputs"
+    torch.testing.assert_close(rows[0]["image_grid_thw"], tu.get(data, "multi_modal_inputs")[0]["image_grid_thw"])
+    assert built == []
+
+    eager, eager_has_image = builder.mask_batch(data, step=6)
+    assert torch.equal(lazy_has_image, eager_has_image)
+    for row in range(len(pictures)):
+        if pictures[row] is None:
+            assert rows[row] == {}
+            continue
+        assert torch.equal(pixel_values(lazy, row), pixel_values(eager, row)), f"row {row}"
+        assert not torch.equal(pixel_values(lazy, row), pixel_values(data, row)), f"row {row} not masked"
+    # Read in order, as the engine reads a micro-batch: the second rollout of a prompt reuses the first's
+    # mask in pixel_values space (one build per prompt); the image paths rebuild per row.
+    built.clear()
+    for row in rows:
+        dict(row.items())
+    assert built == (["a", "b", "c"] if space == "pixel_values" else ["a", "a", "b", "b", "c"])
+    assert not isinstance(rows[0], dict) and isinstance(rows[0].build(), dict)
+
+
+def test_lazy_rows_keep_no_masked_tensor_once_read(tiny_processor):
+    """A lazy row holds no masked pixels after its reader drops them, except the one kept for sharing."""
+    import gc
+    import weakref
+
+    builder = MaskedInputBuilder(PapoConfig(mask_ratio=0.5), tiny_processor)
+    data = make_batch(tiny_processor, ["a", "b", "c"], [image(1), image(2), image(3)])
+    lazy, _ = builder.mask_batch(data, step=1, lazy=True)
+    rows = tu.get(lazy, "multi_modal_inputs")
+    alive = [weakref.ref(row["pixel_values"]) for row in rows]
+    gc.collect()
+    assert [ref() is not None for ref in alive] == [False, False, True]  # only the last uid's mask is kept

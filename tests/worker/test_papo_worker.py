@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import papo_inprocess as inprocess
 import pytest
@@ -92,3 +93,62 @@ def test_h_aug_has_no_gradient_when_precomputed_and_gradient_when_recomputed(
     assert results["recompute"][1] > 1e-6
     # same H_aug value either way: the recomputed masked forward sees the same masked inputs
     assert results["precompute"][0] == pytest.approx(results["recompute"][0], rel=1e-4)
+
+
+def count_masked_rows_at_each_forward(worker, monkeypatch) -> tuple[list[str], list[int], Any]:
+    """Instrument ``worker``: returns the uids its builder masks (a list, filled as it masks), at every
+    forward of the actor module how many rows had been masked by then (a list), and the forward hook's
+    handle (the caller removes it; ``monkeypatch`` restores ``mask_row``)."""
+    builder = worker.masked_input_builder
+    masked_uids: list[str] = []
+    at_forward: list[int] = []
+    mask_row = builder.mask_row
+
+    def counting(inputs, uid, step, *args, **kwargs):
+        masked_uids.append(uid)
+        return mask_row(inputs, uid, step, *args, **kwargs)
+
+    monkeypatch.setattr(builder, "mask_row", counting)
+    handle = worker.actor.engine.module.register_forward_pre_hook(
+        lambda module, args: at_forward.append(len(masked_uids))
+    )
+    return masked_uids, at_forward, handle
+
+
+def test_precompute_masks_each_micro_batch_when_forwarded_and_matches_whole_batch_masking(
+    precompute_worker, batch, monkeypatch
+):
+    """Item 1 of issue 22: the masked pass builds a micro-batch's masked inputs only when that micro-batch
+    is forwarded (so their memory is bounded by one micro-batch), with log-probs bitwise equal to masking
+    the whole batch up front (the previous behaviour, still ``mask_batch(lazy=False)``)."""
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils.padding import response_from_nested
+
+    worker = precompute_worker
+    data = batch.copy()
+    # Two micro-batches of 2 rows: [a, a] and [b (text only), c].
+    tu.assign_non_tensor(data, micro_batch_size_per_gpu=2, use_dynamic_bsz=False)
+    masked_uids, at_forward, handle = count_masked_rows_at_each_forward(worker, monkeypatch)
+    try:
+        lazy = worker.compute_masked_log_prob(data.copy())[MASKED_LOG_PROBS_KEY]
+        assert at_forward == [1, 2], f"masked rows built before each forward: {at_forward}"
+        assert masked_uids == ["a", "c"]  # the 2nd rollout of prompt a shares the 1st's mask
+        eager_batch, _ = worker.masked_input_builder.mask_batch(data.copy(), step=3)
+        eager = response_from_nested(worker.actor.infer_batch(eager_batch)["log_probs"], data["response_mask"])
+    finally:
+        handle.remove()
+    for row, (x, y) in enumerate(zip(lazy.unbind(), eager.unbind(), strict=True)):
+        assert torch.equal(x, y), f"row {row}: per-micro-batch masking changed the masked log-probs"
+
+
+def test_recompute_masks_each_update_micro_batch_inside_its_forward(recompute_worker, batch, monkeypatch):
+    """In ``recompute`` mode each update micro-batch masks itself, between its two forwards."""
+    data = training_batch(recompute_worker, batch, coefs=(0.5, 0.0, 0.0))
+    masked_uids, at_forward, handle = count_masked_rows_at_each_forward(recompute_worker, monkeypatch)
+    try:
+        inprocess.loss_and_grads(recompute_worker, data)
+    finally:
+        handle.remove()
+    # forwards: original [a, a], masked [a, a], original [b, c], masked [b, c]
+    assert at_forward == [0, 1, 1, 2]
+    assert masked_uids == ["a", "c"]
