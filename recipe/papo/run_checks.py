@@ -12,6 +12,7 @@ from .backend_checks import run_backend_checks
 from .compat.verl_registries import rollout_names
 from .config import PapoConfig, PapoConfigError, papo_config_from
 from .model_families import check_model_supported
+from .vllm_checks import guard_device_normalization
 
 GROUP_ESTIMATORS = ("papo", "grpo", "grpo_vectorized")
 # verl 0.9.1's default of actor.grad_clip (trainer/config/actor/dp_actor.yaml), a key its engine never reads.
@@ -26,6 +27,10 @@ def check_papo_run_config(config: DictConfig) -> PapoConfig:
     Raises:
         PapoConfigError: naming the key and what to set, e.g. PAPO enabled with a loss mode that
             would silently drop the PAPO terms.
+
+    Repairs one setting in place: with a vLLM rollout and a vLLM that normalises images on the
+    device, ``actor_rollout_ref.rollout.engine_kwargs.vllm.mm_device_do_normalize`` is set to False
+    (:func:`recipe.papo.vllm_checks.guard_device_normalization`).
     """
     if "papo" not in config:
         raise PapoConfigError("the config has no `papo` block: compose it from configs/papo_trainer.yaml")
@@ -41,6 +46,7 @@ def check_papo_run_config(config: DictConfig) -> PapoConfig:
     check_ignored_keys(config)
     model_type = check_model_supported(config.actor_rollout_ref.model.path, papo.allow_unsupported_model)
     run_backend_checks(config, model_type)  # e.g. the CPU backend refuses Ulysses where it cannot run
+    guard_device_normalization(config)  # vLLM >= 0.29 would normalise images with unsynced buffers
     loss_mode = actor.policy_loss.loss_mode
     trainer_mode = config.trainer.v1.trainer_mode
     if papo.enabled and loss_mode != "papo":
