@@ -83,8 +83,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from verl.utils import tensordict_utils as tu
 
-    from recipe.papo.config import PapoConfig
     from papo_tools.demo.tiny_model import TinyQwenSizes, load_tiny_qwen2_5_vl, save_tiny_qwen2_5_vl
+    from recipe.papo.config import PapoConfig
     from recipe.papo.masked_inputs import MaskedInputBuilder
     from recipe.papo.masking import draw_unit_mask, mask_seed, torch_generator
 

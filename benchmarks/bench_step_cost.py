@@ -114,6 +114,7 @@ def main(argv=None) -> int:
     from verl.utils import tensordict_utils as tu
     from verl.workers.utils.padding import response_from_nested
 
+    from papo_tools.demo.tiny_model import TinyQwenSizes, save_tiny_qwen2_5_vl
     from recipe.papo.batch_keys import (
         COEFFICIENTS_KEY,
         IMAGE_ROW_KEY,
@@ -121,7 +122,6 @@ def main(argv=None) -> int:
         MASKED_LOG_PROBS_KEY,
         STEP_KEY,
     )
-    from papo_tools.demo.tiny_model import TinyQwenSizes, save_tiny_qwen2_5_vl
     from recipe.papo.objective import PapoCoefficients
     from recipe.papo.policy_loss import METRIC_PREFIX
 
