@@ -3,7 +3,8 @@
 # Qwen2.5-VL-7B settings unchanged (examples/configs/train_vppo_7b.sh and config.yaml in VPPO-RL):
 #   token filter p = 0.4, advantage shaping beta_min = 0.9, entropy penalty c = 0.06, rollout n = 8,
 #   no reference KL, clip 0.2 / 0.28, online filtering on accuracy (DAPO_ARGS), COMMON_ARGS otherwise.
-# Default GPUs per node as the other Qwen2.5-VL-3B scripts. docs/vppo.md.
+# No PAPO terms (gamma = eta_ori = eta_aug = 0; the masked pass runs for VPPO). Default GPUs per node
+# as the other Qwen2.5-VL-3B scripts. docs/vppo.md.
 #
 # Usage: [DRY_RUN=1] [SMOKE=1] [MODEL_PATH=...] [N_GPUS_PER_NODE=...] bash scripts/run_qwen2_5_vl_3b_vppo.sh [key=value ...]
 # Knobs and shared settings: scripts/common.sh. Trailing key=value overrides win.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # VPPO, Qwen2.5-VL-7B-Instruct: the published VPPO settings (arXiv 2510.09285; its code's
 # examples/configs/train_vppo_7b.sh and examples/configs/config.yaml in VPPO-RL) on this recipe's
-# trainer, no PAPO terms (gamma = eta = 0; the masked pass runs for VPPO). docs/vppo.md.
+# trainer, no PAPO terms (gamma = eta_ori = eta_aug = 0; the masked pass runs for VPPO). docs/vppo.md.
 #   token filter p = 0.4, advantage shaping beta_min = 0.9, entropy penalty c = 0.06   (train_vppo_7b.sh)
 #   rollout n = 8                                                                         (train_vppo_7b.sh)
 #   no reference KL (disable_kl), clip 0.2 / 0.28, online filtering on accuracy in

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # VPPO, Qwen3-VL-8B-Instruct: the published VPPO-8B settings (arXiv 2510.09285's code, VPPO-RL
-# examples/configs/train_vppo_8b.sh over examples/configs/config.yaml). docs/vppo.md.
+# examples/configs/train_vppo_8b.sh over examples/configs/config.yaml), no PAPO terms (gamma =
+# eta_ori = eta_aug = 0; the masked pass runs for VPPO). docs/vppo.md.
 #   token filter p = 0.4, advantage shaping beta_min = 0.9                     (train_vppo_8b.sh)
 #   entropy penalty c = 0.12, rollout n = 8, response 8192 tokens, 130 steps    (train_vppo_8b.sh)
 #   no reference KL, clip 0.2 / 0.28, online filtering on accuracy (DAPO_ARGS)  (config.yaml)

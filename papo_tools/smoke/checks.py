@@ -6,6 +6,12 @@ import math
 from dataclasses import dataclass
 
 PAPO_PREFIX = "papo/"
+VPPO_PREFIX = "vppo/"
+# Logged every step when any papo.vppo_* option is on (docs/vppo.md); the token-filter ones only with it.
+VPPO_METRICS = ("vppo/kept_frac", "vppo/score_mean", "vppo/weight_mean", "vppo/weight_min", "vppo/weight_max")
+VPPO_FILTER_METRICS = ("vppo/score_kept_mean",)
+# The shaping weights average 1 over every global mini-batch by construction.
+VPPO_WEIGHT_MEAN_TOL = 1e-4
 STEP_KEY = "training/global_step"
 VALIDATION_PREFIX = "val-"
 # papo/loss + papo/base_loss must equal actor/pg_loss (the loss verl optimises) to this relative error.
@@ -51,6 +57,52 @@ class Expectations:
     rollout_log_probs: bool
 
 
+@dataclass(frozen=True)
+class VppoExpectations:
+    """What the run's VPPO options promise (docs/vppo.md).
+
+    Attributes:
+        token_fraction: ``papo.vppo_token_fraction`` (p), or ``None`` with the token filter off. With
+            it on, ``vppo/kept_frac`` lies in [p, p + 1/|y|) for the shortest response |y|
+            (``response_length/min``): every response keeps ceil(p |y|) of its |y| tokens.
+    """
+
+    token_fraction: float | None
+
+
+def vppo_expectations(summary: dict) -> VppoExpectations | None:
+    """The VPPO expectations of a run from its start-up summary (``papo.vppo_*``), ``None`` when VPPO is off."""
+    fraction, beta_min = summary.get("papo.vppo_token_fraction"), summary.get("papo.vppo_beta_min")
+    if fraction is None and beta_min is None and not summary.get("papo.vppo_entropy_coef"):
+        return None
+    return VppoExpectations(token_fraction=fraction)
+
+
+def check_vppo(step: int, data: dict, vppo: VppoExpectations) -> list[str]:
+    """Failures of the step's ``vppo/*`` metrics: missing, not finite, kept fraction or mean weight off."""
+    required = VPPO_METRICS + (VPPO_FILTER_METRICS if vppo.token_fraction is not None else ())
+    failures = [f"step {step}: VPPO is on but {key} was not logged" for key in required if key not in data]
+    failures += [
+        f"step {step}: {key} = {value!r} is not finite"
+        for key, value in data.items()
+        if key.startswith(VPPO_PREFIX) and not _finite(value)
+    ]
+    weight_mean = data.get("vppo/weight_mean")
+    if _finite(weight_mean) and abs(weight_mean - 1.0) > VPPO_WEIGHT_MEAN_TOL:
+        failures.append(f"step {step}: vppo/weight_mean = {weight_mean!r}, expected 1 (the weights average 1)")
+    kept = data.get("vppo/kept_frac")
+    if vppo.token_fraction is not None and _finite(kept):
+        shortest = data.get("response_length/min")
+        slack = 1.0 / shortest if _finite(shortest) and shortest >= 1 else 1.0
+        p = vppo.token_fraction
+        if not p - 1e-9 <= kept < p + slack + 1e-9:
+            failures.append(
+                f"step {step}: vppo/kept_frac = {kept!r}, expected within 1/|y| of papo.vppo_token_fraction = {p} "
+                f"(in [{p}, {p + slack:.6g}) for the shortest response)"
+            )
+    return failures
+
+
 def training_records(records: list[dict]) -> list[dict]:
     """The ``{"step", "data"}`` records of training steps (validation-only records dropped)."""
     return [record for record in records if STEP_KEY in record["data"]]
@@ -79,8 +131,11 @@ def check_rollout_fidelity(step: int, data: dict) -> list[str]:
     ]
 
 
-def check_records(records: list[dict], expect: Expectations) -> list[str]:
-    """Every failed check, one sentence each naming the step and metric; empty when healthy."""
+def check_records(records: list[dict], expect: Expectations, vppo: VppoExpectations | None = None) -> list[str]:
+    """Every failed check, one sentence each naming the step and metric; empty when healthy.
+
+    ``vppo``: the run's VPPO options when any is on (:func:`check_vppo` then runs every step).
+    """
     train = training_records(records)
     failures = []
     steps = [record["step"] for record in train]
@@ -99,13 +154,18 @@ def check_records(records: list[dict], expect: Expectations) -> list[str]:
         if expect.papo_enabled and not (_finite(papo.get("papo/kl_prcp")) and papo["papo/kl_prcp"] > 0):
             failures.append(f"step {step}: papo/kl_prcp = {papo.get('papo/kl_prcp')!r}, expected > 0")
         if "papo/loss" in papo or "papo/base_loss" in papo:
-            total = papo.get("papo/loss", math.nan) + papo.get("papo/base_loss", math.nan)
+            # VPPO's entropy penalty is the third part of the loss when on (0 when absent)
+            entropy = data.get("vppo/entropy_loss", 0.0)
+            total = papo.get("papo/loss", math.nan) + papo.get("papo/base_loss", math.nan) + entropy
             pg_loss = data.get("actor/pg_loss", math.nan)
             if not math.isclose(total, pg_loss, rel_tol=LOSS_SUM_RTOL, abs_tol=LOSS_SUM_ATOL):
                 failures.append(
-                    f"step {step}: papo/loss + papo/base_loss = {total!r} differs from actor/pg_loss = {pg_loss!r} "
+                    f"step {step}: papo/loss + papo/base_loss (+ vppo/entropy_loss) = {total!r} differs from "
+                    f"actor/pg_loss = {pg_loss!r} "
                     f"by more than {LOSS_SUM_RTOL:g} relative"
                 )
+        if vppo is not None:
+            failures += check_vppo(step, data, vppo)
         if expect.use_kl_loss and not _finite(data.get("actor/kl_loss")):
             failures.append(f"step {step}: use_kl_loss is on but actor/kl_loss = {data.get('actor/kl_loss')!r}")
         if expect.rollout_log_probs:
@@ -114,10 +174,11 @@ def check_records(records: list[dict], expect: Expectations) -> list[str]:
 
 
 def metrics_table(records: list[dict]) -> str:
-    """One row per ``papo/*`` metric (plus ``actor/pg_loss``, ``actor/kl_loss`` and the rollout-actor
+    """One row per ``papo/*`` and ``vppo/*`` metric (plus ``actor/pg_loss``, ``actor/kl_loss`` and the rollout-actor
     correlation), one column per step."""
     train = training_records(records)
-    names = sorted({key for record in train for key in record["data"] if key.startswith(PAPO_PREFIX)})
+    prefixes = (PAPO_PREFIX, VPPO_PREFIX)
+    names = sorted({key for record in train for key in record["data"] if key.startswith(prefixes)})
     extra = ("actor/pg_loss", "actor/kl_loss", ROLLOUT_CORR_KEY)
     names += [key for key in extra if any(key in r["data"] for r in train)]
     width = max([len(name) for name in names] + [6])

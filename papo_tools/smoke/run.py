@@ -24,7 +24,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from papo_tools.demo.run_demo import read_metrics
-from papo_tools.smoke.checks import Expectations, check_records, metrics_table
+from papo_tools.smoke.checks import Expectations, check_records, metrics_table, vppo_expectations
 from papo_tools.smoke.sizes import (
     TRAIN_ROWS,
     TRAINING_STEPS,
@@ -214,7 +214,7 @@ def execute(smoke: SmokePlan) -> int:
     )
     if not rollout_log_probs:
         say("rollout-fidelity check skipped: actor_rollout_ref.rollout.calculate_log_probs=False")
-    failures = check_records(records, expect)
+    failures = check_records(records, expect, vppo_expectations(summary))
     for failure in failures:
         say(f"FAILED: {failure}")
     if failures:
