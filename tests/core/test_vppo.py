@@ -364,3 +364,33 @@ def test_step_metrics_are_ratios_of_summed_sums():
 @pytest.fixture
 def batch():
     return make_batch()
+
+
+def test_vppo_and_papo_together_are_the_surrogate_on_vppo_advantages_plus_the_papo_terms(batch):
+    """Both at once: VPPO changes only the surrogate's advantages (and adds its penalty); the PAPO terms
+    are the same as without VPPO, over every image-row token."""
+    config = make_actor_config(kl_prcp_coef=0.02, entropy_ori_coef=0.05, vppo_token_fraction=0.4, vppo_beta_min=0.9)
+    coefs = PapoCoefficients(0.02, 0.05, 0.0)
+    weights = torch.tensor([0.9, 1.3, 1.0, 1.1, 0.95, 0.75])
+    inputs = PapoLossInputs(batch.masked_log_prob, batch.has_image, torch.ones(6), coefs, vppo_weight=weights)
+    with papo_loss_inputs(inputs):
+        loss, _ = compute_policy_loss_papo(
+            old_log_prob=batch.old_log_prob,
+            log_prob=batch.log_prob,
+            advantages=batch.advantages,
+            response_mask=batch.response_mask,
+            config=config,
+        )
+    keep = independent_keep(batch.old_log_prob, batch.masked_log_prob, batch.response_mask, 0.4)
+    mask = batch.response_mask.float()
+    advantages = batch.advantages * weights.unsqueeze(-1) * keep
+    surrogate = (surrogate_per_token(batch.old_log_prob, batch.log_prob, advantages) * mask).sum() / mask.sum()
+    terms = compute_papo_terms(
+        batch.log_prob, batch.masked_log_prob, batch.response_mask, torch.ones(6), coefs,
+        config.policy_loss.papo, "token-mean", {},
+    )  # fmt: skip
+    assert terms.loss.abs() > 1e-4
+    assert loss.item() == pytest.approx(surrogate.item() + terms.loss.item(), rel=1e-5)
+    assert inputs.record.papo_loss == pytest.approx(terms.loss.item(), rel=1e-6)
+    assert inputs.record.base_loss == pytest.approx(surrogate.item(), rel=1e-5)
+    assert inputs.record.token_sums["tokens"] == batch.response_mask.sum().item()  # PAPO counts every token

@@ -337,6 +337,8 @@ def compose(*overrides: str):
         # Keys verl 0.9.1 declares but never reads must not silently do nothing.
         ("actor_rollout_ref.actor.grad_clip=0.5", "set actor_rollout_ref.actor.optim.clip_grad instead"),
         ("actor_rollout_ref.actor.freeze_vision_tower=True", "freeze_vision_tower=True is ignored by verl 0.9.1"),
+        # An invalid VPPO option fails by name too (docs/vppo.md).
+        ("papo.vppo_token_fraction=1.5", "papo.vppo_token_fraction=1.5 is invalid"),
     ],
 )
 def test_start_up_checks_reject(override, message):
