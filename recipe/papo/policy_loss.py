@@ -365,8 +365,9 @@ def vppo_step_metrics(actor_metrics: dict[str, Any]) -> dict[str, float]:
         The ratios of :func:`recipe.papo.vppo.step_metrics` over the step's summed micro-batch sums
         (so independent of the micro-batch split, as the ``papo/*`` token means), ``vppo/entropy_loss``
         as verl reduced it (``papo/loss + papo/base_loss + vppo/entropy_loss == actor/pg_loss``), and
-        ``vppo/weight_min`` / ``vppo/weight_max``: the min / max advantage weight of each global
-        mini-batch (over its micro-batches and ranks), averaged over the step's mini-batches.
+        ``vppo/weight_min`` / ``vppo/weight_max``: the smallest / largest advantage weight of the step
+        (min / max over micro-batches and ranks per mini-batch; verl's ``reduce_metrics`` then takes
+        the min / max over mini-batches of a key naming ``min`` / ``max``).
     """
     entries = {
         name[len(ACTOR_PREFIX) :]: float(actor_metrics.pop(name))

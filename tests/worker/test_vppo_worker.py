@@ -100,17 +100,18 @@ def independent(prepared, fraction=FRACTION, beta_min=BETA_MIN):
     return rows, beta_max
 
 
-def update_metrics(worker, prepared, *, micro_batch_size=None, max_token_len=None):
-    """One actor update over the batch as one mini-batch; the trainer's reduced step metrics."""
+def update_metrics(worker, prepared, *, micro_batch_size=None, max_token_len=None, mini_batch_size=None):
+    """One actor update (the batch as one mini-batch unless ``mini_batch_size``); the trainer's reduced metrics."""
     data = prepared.copy()
+    mini_batch_size = mini_batch_size or len(data)
     tu.assign_non_tensor(
         data,
         **{COEFFICIENTS_KEY: NO_PAPO},
         calculate_entropy=False,
         distillation_use_topk=False,
         distillation_only=False,
-        global_batch_size=len(data),
-        mini_batch_size=len(data),
+        global_batch_size=mini_batch_size,
+        mini_batch_size=mini_batch_size,
         epochs=1,
         seed=1,
         dataloader_kwargs={"shuffle": False},
@@ -243,3 +244,22 @@ def test_identity_settings_are_bit_identical_to_vppo_off(worker, prepared):
     assert off_grads.keys() == id_grads.keys() and len(off_grads) > 0
     assert all(torch.equal(off_grads[k], id_grads[k]) for k in off_grads)
     assert "vppo/sum/kept" in id_out["metrics"] and "vppo/sum/kept" not in off_out["metrics"]
+
+
+def test_shaping_statistics_are_per_global_mini_batch(worker, prepared):
+    """Two mini-batches of 4 rows (in order, no shuffle): each gets its own min, max and mu."""
+    _, _, vppo = update_metrics(worker, prepared, micro_batch_size=2, mini_batch_size=4)
+    rows, whole_beta_max = independent(prepared)
+
+    def beta_max(part):
+        scores = [row["S"] for row in part if row["image"]]
+        low, high = min(scores), max(scores)
+        mu = sum((s - low) / (high - low) for s in scores) / len(scores)
+        return BETA_MIN + (1 - BETA_MIN) / mu
+
+    per_mini_batch = [beta_max(rows[:4]), beta_max(rows[4:])]
+    # the largest weight of the step (verl reduces a "max" metric over mini-batches with max)
+    assert vppo["vppo/weight_max"] == pytest.approx(max(per_mini_batch), rel=1e-5)
+    assert abs(vppo["vppo/weight_max"] - whole_beta_max) > 1e-3  # not the whole step's statistics
+    assert vppo["vppo/weight_min"] == pytest.approx(BETA_MIN, rel=1e-6)
+    assert vppo["vppo/weight_mean"] == pytest.approx(1.0, rel=1e-6)
