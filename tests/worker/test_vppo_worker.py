@@ -263,3 +263,21 @@ def test_shaping_statistics_are_per_global_mini_batch(worker, prepared):
     assert abs(vppo["vppo/weight_max"] - whole_beta_max) > 1e-3  # not the whole step's statistics
     assert vppo["vppo/weight_min"] == pytest.approx(BETA_MIN, rel=1e-6)
     assert vppo["vppo/weight_mean"] == pytest.approx(1.0, rel=1e-6)
+
+
+def test_gradient_is_the_same_for_every_micro_batch_split(worker, prepared):
+    """The VPPO loss's gradient through the engine for 1, 2 and 4 micro-batches and dynamic batch size."""
+    longest = int(prepared["input_ids"].offsets().diff().max())
+    gradients = {}
+    for name, micro_batch_size in (("1", 8), ("2", 4), ("4", 2), ("dynamic", 8)):
+        data = engine_batch(worker, prepared, micro_batch_size=micro_batch_size)
+        if name == "dynamic":
+            tu.assign_non_tensor(data, use_dynamic_bsz=True, max_token_len_per_gpu=2 * longest)
+        output, grads = inprocess.forward_backward(worker, data)
+        calls = len(output["loss"]) if isinstance(output["loss"], list) else 1
+        assert name == "dynamic" and calls >= 2 or calls == 8 // micro_batch_size, (name, calls)
+        gradients[name] = inprocess.flat_gradient(grads)
+    reference = gradients["1"]
+    assert reference.abs().max() > 0
+    for name, gradient in gradients.items():
+        assert torch.allclose(gradient, reference, rtol=1e-5, atol=1e-6 * reference.abs().max().item()), name
