@@ -147,10 +147,14 @@ def test_resume_continues_the_gamma_schedule(workdir, tiny_model_dir, data, papo
     records = run_papo(
         resumed_dir, tiny_model_dir, "resumed", TOTAL_STEPS, *ANNEAL, "trainer.resume_mode=auto", data=data
     )
-    assert (
-        f"Loaded model from {resumed_dir / 'checkpoints' / 'global_step_2'}"
-        in (resumed_dir / "resumed.log").read_text()
-    )
+    log = (resumed_dir / "resumed.log").read_text()
+    step_2 = resumed_dir / "checkpoints" / "global_step_2"
+    assert f"Loaded model from {step_2}" in log
+    # What verl restores besides the weights (docs/training.md, "Resuming"): optimiser, LR scheduler,
+    # the actor process's RNGs, and the dataloader's position (data.pt).
+    for restored in ("Loaded optimizer from", "Loaded lr_scheduler from", "Loaded rng from"):
+        assert f"{restored} {step_2 / 'actor'}" in log, restored
+    assert (step_2 / "data.pt").is_file() and "No dataloader state found" not in log
     assert [r["step"] for r in records] == [3], "a resumed run trains only the remaining step"
     assert records[0]["data"]["actor/grad_norm"] > 0
     uninterrupted = {r["step"]: r["data"]["papo/gamma"] for r in papo_g_run}
