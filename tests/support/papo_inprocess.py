@@ -245,6 +245,67 @@ def with_engine_update_metadata(
     return data
 
 
+# The splits of one 8-row mini-batch that the split-independence tests compare; "two rows" is a token
+# budget of twice the longest row (resolved by :func:`split_options`).
+MICRO_BATCH_SPLITS: dict[str, dict[str, Any]] = {
+    "1 micro-batch": dict(micro_batch_size=8),
+    "2 micro-batches": dict(micro_batch_size=4),
+    "4 micro-batches": dict(micro_batch_size=2),
+    "dynamic batch size": dict(max_token_len="two rows"),
+}
+
+
+def split_options(batch, split: dict[str, Any]) -> dict[str, Any]:
+    """``split`` (a :data:`MICRO_BATCH_SPLITS` value) with the "two rows" token budget resolved for ``batch``."""
+    if split.get("max_token_len") != "two rows":
+        return split
+    return dict(max_token_len=2 * int(batch["input_ids"].offsets().diff().max()))
+
+
+def update_actor_metrics(
+    worker,
+    prepared,
+    coefficients,
+    *,
+    micro_batch_size: int | None = None,
+    max_token_len: int | None = None,
+    mini_batch_size: int | None = None,
+) -> dict[str, float]:
+    """One ``update_actor`` call on ``prepared`` (one mini-batch unless ``mini_batch_size``); the step's metrics.
+
+    ``prepared`` holds what the trainer writes before the update (old and masked log-probs,
+    advantages, ...). The learning rate is whatever the worker was built with. Fixed micro-batches of
+    ``micro_batch_size`` rows, or dynamic batches of at most ``max_token_len`` tokens. The metrics are
+    reduced exactly as ``PPOTrainer._update_actor`` does (``rename_dict(..., "actor/")`` and
+    ``reduce_metrics``).
+    """
+    from verl.utils import tensordict_utils as tu
+    from verl.utils.metric import reduce_metrics
+    from verl.utils.py_functional import rename_dict
+
+    from recipe.papo.batch_keys import COEFFICIENTS_KEY
+
+    data = prepared.copy()
+    mini_batch_size = mini_batch_size or len(data)
+    tu.assign_non_tensor(
+        data,
+        **{COEFFICIENTS_KEY: coefficients},
+        calculate_entropy=False,
+        distillation_use_topk=False,
+        distillation_only=False,
+        global_batch_size=mini_batch_size,
+        mini_batch_size=mini_batch_size,
+        epochs=1,
+        seed=1,
+        dataloader_kwargs={"shuffle": False},
+        temperature=1.0,
+        use_dynamic_bsz=max_token_len is not None,
+        micro_batch_size_per_gpu=micro_batch_size or len(data),
+        max_token_len_per_gpu=max_token_len or 10**6,
+    )
+    return reduce_metrics(rename_dict(worker.update_actor(data)["metrics"], "actor/"))
+
+
 def training_batch(worker, batch, coefficients, advantages: Sequence[float], **engine_options):
     """:func:`with_trainer_fields` then :func:`with_engine_update_metadata` (``engine_options``)."""
     return with_engine_update_metadata(with_trainer_fields(worker, batch, advantages), coefficients, **engine_options)

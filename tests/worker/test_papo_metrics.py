@@ -22,12 +22,9 @@ from functools import partial
 import papo_inprocess as inprocess
 import pytest
 import torch
-from verl.utils import tensordict_utils as tu
-from verl.utils.metric import reduce_metrics
-from verl.utils.py_functional import rename_dict
 from verl.workers.utils.losses import ppo_loss
 
-from recipe.papo.batch_keys import COEFFICIENTS_KEY, IMAGE_ROW_KEY, MASKED_LOG_PROBS_KEY
+from recipe.papo.batch_keys import IMAGE_ROW_KEY, MASKED_LOG_PROBS_KEY
 from recipe.papo.objective import PapoCoefficients
 from recipe.papo.policy_loss import papo_ppo_loss, papo_step_metrics
 
@@ -82,23 +79,6 @@ def update_metrics(worker, prepared, *, micro_batch_size=None, max_token_len=Non
 
     Returns ``(metrics, papo_metrics, number of loss calls = micro-batches)``.
     """
-    data = prepared.copy()
-    tu.assign_non_tensor(
-        data,
-        **{COEFFICIENTS_KEY: COEFFICIENTS},
-        calculate_entropy=False,
-        distillation_use_topk=False,
-        distillation_only=False,
-        global_batch_size=len(data),
-        mini_batch_size=len(data),
-        epochs=1,
-        seed=1,
-        dataloader_kwargs={"shuffle": False},
-        temperature=1.0,
-        use_dynamic_bsz=max_token_len is not None,
-        micro_batch_size_per_gpu=micro_batch_size or len(data),
-        max_token_len_per_gpu=max_token_len or 10**6,
-    )
     calls = []
     inner = loss_fn or worker.loss_fn
 
@@ -108,12 +88,12 @@ def update_metrics(worker, prepared, *, micro_batch_size=None, max_token_len=Non
 
     worker.actor.set_loss_fn(counting_loss)
     try:
-        output = worker.update_actor(data)
+        metrics = inprocess.update_actor_metrics(
+            worker, prepared, COEFFICIENTS, micro_batch_size=micro_batch_size, max_token_len=max_token_len
+        )
     finally:
         worker.actor.set_loss_fn(worker.loss_fn)
-    metrics = reduce_metrics(rename_dict(output["metrics"], "actor/"))
-    papo = papo_step_metrics(metrics)
-    return metrics, papo, len(calls)
+    return metrics, papo_step_metrics(metrics), len(calls)
 
 
 def expected_step_values(prepared) -> dict[str, float]:
@@ -135,23 +115,15 @@ def expected_step_values(prepared) -> dict[str, float]:
     }
 
 
-SPLITS = {
-    "1 micro-batch": dict(micro_batch_size=8),
-    "2 micro-batches": dict(micro_batch_size=4),
-    "4 micro-batches": dict(micro_batch_size=2),
-    "dynamic batch size": dict(max_token_len="two rows"),
-}
+SPLITS = inprocess.MICRO_BATCH_SPLITS
 
 
 @pytest.fixture(scope="module")
 def results(worker, prepared):
-    longest = int(prepared["input_ids"].offsets().diff().max())
-    out = {}
-    for name, split in SPLITS.items():
-        if split.get("max_token_len") == "two rows":
-            split = dict(max_token_len=2 * longest)
-        out[name] = update_metrics(worker, prepared, **split)
-    return out
+    return {
+        name: update_metrics(worker, prepared, **inprocess.split_options(prepared, split))
+        for name, split in SPLITS.items()
+    }
 
 
 @pytest.mark.parametrize("split", list(SPLITS))

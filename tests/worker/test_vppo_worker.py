@@ -24,11 +24,9 @@ import papo_inprocess as inprocess
 import pytest
 import torch
 from verl.utils import tensordict_utils as tu
-from verl.utils.metric import reduce_metrics
-from verl.utils.py_functional import rename_dict
 from verl.workers.utils.losses import ppo_loss
 
-from recipe.papo.batch_keys import COEFFICIENTS_KEY, IMAGE_ROW_KEY, MASKED_LOG_PROBS_KEY, VPPO_WEIGHT_KEY
+from recipe.papo.batch_keys import IMAGE_ROW_KEY, MASKED_LOG_PROBS_KEY, VPPO_WEIGHT_KEY
 from recipe.papo.objective import PapoCoefficients
 from recipe.papo.policy_loss import papo_ppo_loss, papo_step_metrics, vppo_step_metrics
 from recipe.papo.worker import assign_vppo_weights
@@ -100,49 +98,21 @@ def independent(prepared, fraction=FRACTION, beta_min=BETA_MIN):
     return rows, beta_max
 
 
-def update_metrics(worker, prepared, *, micro_batch_size=None, max_token_len=None, mini_batch_size=None):
+def update_metrics(worker, prepared, **split):
     """One actor update (the batch as one mini-batch unless ``mini_batch_size``); the trainer's reduced metrics."""
-    data = prepared.copy()
-    mini_batch_size = mini_batch_size or len(data)
-    tu.assign_non_tensor(
-        data,
-        **{COEFFICIENTS_KEY: NO_PAPO},
-        calculate_entropy=False,
-        distillation_use_topk=False,
-        distillation_only=False,
-        global_batch_size=mini_batch_size,
-        mini_batch_size=mini_batch_size,
-        epochs=1,
-        seed=1,
-        dataloader_kwargs={"shuffle": False},
-        temperature=1.0,
-        use_dynamic_bsz=max_token_len is not None,
-        micro_batch_size_per_gpu=micro_batch_size or len(data),
-        max_token_len_per_gpu=max_token_len or 10**6,
-    )
-    metrics = reduce_metrics(rename_dict(worker.update_actor(data)["metrics"], "actor/"))
-    papo = papo_step_metrics(metrics)
-    vppo = vppo_step_metrics(metrics)
-    return metrics, papo, vppo
+    metrics = inprocess.update_actor_metrics(worker, prepared, NO_PAPO, **split)
+    return metrics, papo_step_metrics(metrics), vppo_step_metrics(metrics)
 
 
-SPLITS = {
-    "1 micro-batch": dict(micro_batch_size=8),
-    "2 micro-batches": dict(micro_batch_size=4),
-    "4 micro-batches": dict(micro_batch_size=2),
-    "dynamic batch size": dict(max_token_len="two rows"),
-}
+SPLITS = inprocess.MICRO_BATCH_SPLITS
 
 
 @pytest.fixture(scope="module")
 def results(worker, prepared):
-    longest = int(prepared["input_ids"].offsets().diff().max())
-    out = {}
-    for name, split in SPLITS.items():
-        if split.get("max_token_len") == "two rows":
-            split = dict(max_token_len=2 * longest)
-        out[name] = update_metrics(worker, prepared, **split)
-    return out
+    return {
+        name: update_metrics(worker, prepared, **inprocess.split_options(prepared, split))
+        for name, split in SPLITS.items()
+    }
 
 
 @pytest.mark.parametrize("split", list(SPLITS))
