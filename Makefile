@@ -9,9 +9,12 @@ PYTEST_ARGS ?=
 # count on 2 cores: docs/testing.md.
 TEST_WORKERS ?= 3
 XDIST := -n $(TEST_WORKERS) --dist loadfile
-# Seed of the portable pass's shuffled order: fixed per commit and printed by pytest-randomly, so a
-# failure reproduces with `make pytest-portable SHUFFLE_SEED=<seed>`.
+# The numeric core, run a second time on another CPU's bf16 kernels (oneDNN limited to AVX2).
+NUMERIC_CORE := tests/core tests/worker tests/families tests/cpu/test_remove_padding.py tests/cpu/test_remove_padding_families.py
+# Seed of the shuffled test order (pytest-randomly): fixed per commit and printed at the top of each
+# pass, so a failure reproduces with `make pytest SHUFFLE_SEED=<seed>`.
 SHUFFLE_SEED ?= $(shell printf '%d' 0x$$(git rev-parse --short=7 HEAD 2>/dev/null || echo 1))
+SHUFFLE := -p randomly --randomly-seed=$(SHUFFLE_SEED)
 
 .PHONY: install test lint pytest pytest-portable demo experiment clean-venv
 
@@ -28,8 +31,8 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import recipe.papo, papo_tools, data_prep, verl, torch; print('papo-verl installed: verl', verl.__version__, 'torch', torch.__version__)"
 	touch $(STAMP)
 
-# Lint; the whole suite; then every non-e2e test again on another CPU's bf16 kernels (oneDNN limited
-# to AVX2) in a shuffled order: numeric tests must hold on any x86-64 CPU, and tests in any order.
+# Lint; the whole suite in a shuffled order (the end-to-end modules first: tests/conftest.py); then
+# the numeric core again on another CPU's bf16 kernels (oneDNN limited to AVX2), shuffled too.
 test: lint pytest pytest-portable
 
 lint: $(STAMP)
@@ -37,10 +40,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 pytest: $(STAMP)
-	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(SHUFFLE) $(PYTEST_ARGS)
 
 pytest-portable: $(STAMP)
-	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest $(XDIST) -m "not e2e" -p randomly --randomly-seed=$(SHUFFLE_SEED)
+	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest $(XDIST) $(SHUFFLE) -m "not e2e" $(NUMERIC_CORE)
 
 demo: $(STAMP)
 	$(PY) -m papo_tools.demo.run_demo

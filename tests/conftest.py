@@ -73,6 +73,31 @@ def family_bundle(family_model_dir):
     return load_tiny_model(family_model_dir)
 
 
+# End-to-end modules, most Ray launches first (SMOKE x3, main_papo x3, demo x2, warm-up + 2 arms,
+# families x2, VPPO SMOKE, main_ppo). A scheduling hint only: with pytest-xdist (--dist loadfile) a
+# file goes to the next free worker in collection order, so the long runs start at once and the short
+# tests fill the gaps; without xdist it changes nothing but the order.
+SLOWEST_FIRST = (
+    "tests/scripts/test_smoke_e2e.py",
+    "tests/e2e/test_papo_e2e.py",
+    "tests/e2e/test_demo_rerun.py",
+    "tests/experiments/test_dynamics_e2e.py",
+    "tests/families/test_family_smoke.py",
+    "tests/scripts/test_smoke_vppo_e2e.py",
+    "tests/cpu/test_e2e_cpu.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Move the modules of :data:`SLOWEST_FIRST` to the front, in that order (stable otherwise)."""
+    rank = {path: index for index, path in enumerate(SLOWEST_FIRST)}
+
+    def key(item) -> int:
+        return rank.get(item.path.relative_to(config.rootpath).as_posix(), len(rank))
+
+    items.sort(key=key)
+
+
 def pytest_configure(config):
     """Modules marked ``own_process`` (they build verl workers, which patch model classes) run in a child process."""
     import own_process

@@ -1,12 +1,14 @@
 """End to end through ``python -m recipe.papo.main_papo`` on CPU: verl's real v1 trainer, Ray,
 TransferQueue, the HF rollout, the FSDP2 engine and the PAPO worker and trainer.
 
-Three launches (each ~40 s of Ray start-up plus a few seconds per step):
+Two launches (each ~40 s of Ray start-up plus a few seconds per step):
 
 * PAPO-G, annealed gamma, 3 steps, checkpoint every step, on a dataset mixing image rows,
   text-only rows and rows with pre-computed ``images_aug``;
-* the same run resumed from its step-2 checkpoint (gamma_t must continue the schedule);
-* PAPO-D (dynamic sampling on) with masked log-probs recomputed with gradient, 2 steps.
+* the same run resumed from its step-2 checkpoint (gamma_t must continue the schedule).
+
+PAPO-D (dynamic sampling) with the masked branch recomputed with gradient runs as a SMOKE run of the
+PAPO-D script (``tests/scripts/test_smoke_e2e.py``).
 """
 
 from __future__ import annotations
@@ -159,34 +161,3 @@ def test_resume_continues_the_gamma_schedule(workdir, tiny_model_dir, data, papo
     assert records[0]["data"]["actor/grad_norm"] > 0
     uninterrupted = {r["step"]: r["data"]["papo/gamma"] for r in papo_g_run}
     assert records[0]["data"]["papo/gamma"] == uninterrupted[3] == pytest.approx(expected_gamma(3))
-
-
-def test_papo_d_with_dynamic_sampling_and_recomputed_masked_branch(workdir, tiny_model_dir, data):
-    """PAPO-D settings (no reference KL, clip-high 0.28, token-mean, group filtering) for 2 steps.
-
-    The tiny random model almost never answers correctly, so groups are filtered on the shaped demo
-    ``score`` (the real recipe filters on ``acc``); the mechanism is verl's same ReplayBuffer path.
-    """
-    records = run_papo(
-        workdir / "papo_d",
-        tiny_model_dir,
-        "papo_d",
-        2,
-        "papo.kl_prcp_coef=0.01",
-        "papo.entropy_ori_coef=0.03",
-        "papo.entropy_aug_coef=0.03",
-        "papo.masked_logprob_mode=recompute",
-        "actor_rollout_ref.actor.use_kl_loss=False",
-        "actor_rollout_ref.actor.clip_ratio_low=0.2",
-        "actor_rollout_ref.actor.clip_ratio_high=0.28",
-        "actor_rollout_ref.actor.loss_agg_mode=token-mean",
-        "algorithm.filter_groups.enable=True",
-        "algorithm.filter_groups.metric=score",
-        "reward.reward_manager.name=dapo",
-        data=data,
-    )
-    assert [r["step"] for r in records] == [1, 2]
-    for record in records:
-        assert record["data"]["papo/kl_prcp"] > 0 and math.isfinite(record["data"]["papo/kl_prcp"])
-        assert "papo/logprob_gap" not in record["data"]  # no precomputed masked pass in recompute mode
-        assert record["data"]["papo/gamma"] == pytest.approx(0.01)

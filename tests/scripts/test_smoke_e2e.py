@@ -1,7 +1,8 @@
 """``SMOKE=1 bash scripts/<name>.sh`` end to end on CPU, as a user runs it (issue 9 item 5).
 
-Three runs through verl's real v1 trainer (Ray, FSDP2 on 2 gloo workers, the "hf" rollout):
-PAPO-G 7B (reference KL + double entropy), PAPO-D 7B (dynamic sampling), and PAPO-G 7B with
+Two runs through verl's real v1 trainer (Ray, FSDP2 on 2 gloo workers, the "hf" rollout), each a
+shipped script with a user's pass-through overrides: PAPO-D 7B (dynamic sampling) with the masked
+branch recomputed with gradient, and PAPO-G 7B (reference KL + double entropy, precompute mode) with
 Ulysses sequence parallelism 2. Each asserts the resolved ``config.yaml`` (the script's settings
 kept: remove-padding on, reference KL as the script says, >= 2 micro-batches per worker) and, from
 ``metrics.jsonl`` independently of the smoke command's own checks, every step's metrics.
@@ -9,7 +10,9 @@ kept: remove-padding on, reference KL as the script says, >= 2 micro-batches per
 These runs are also the suite's proof of the scripts' path on CPU: remove-padding through verl's own
 code around the CPU backend's packed attention, the reference model, several micro-batches per
 worker on 2 workers, and Ulysses SP=2. The SP=2 run passes a larger learning rate, so that one update
-moves the policy measurably away from the reference in bf16 and step 2's reference KL is > 0.
+moves the policy measurably away from the reference in bf16 and step 2's reference KL is > 0. The
+PAPO-G script without overrides runs in ``tests/families`` for Qwen3-VL and Qwen3.5, and SP=1
+remove-padding on Qwen2.5-VL in the VPPO SMOKE run (``test_smoke_vppo_e2e.py``).
 """
 
 from __future__ import annotations
@@ -29,9 +32,12 @@ pytestmark = pytest.mark.e2e
 SMOKE_TIMEOUT_S = 900
 SP2 = "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"
 MOVING_LR = "actor_rollout_ref.actor.optim.lr=1e-3"
+RECOMPUTE = "papo.masked_logprob_mode=recompute"
 RUNS = {
-    "papo_g": ("run_qwen2_5_vl_7b_papo_g.sh", ()),
-    "papo_d": ("run_qwen2_5_vl_7b_papo_d.sh", ()),
+    # PAPO-D 7B with the masked branch recomputed with gradient (the mode that needs
+    # recipe.papo.compat.verl_engine inside every update micro-batch)
+    "papo_d": ("run_qwen2_5_vl_7b_papo_d.sh", (RECOMPUTE,)),
+    # PAPO-G 7B (precompute mode) with Ulysses SP=2 and a step large enough to leave the reference
     "papo_g_sp2": ("run_qwen2_5_vl_7b_papo_g.sh", (SP2, MOVING_LR)),
 }
 
@@ -96,3 +102,12 @@ def test_papo_metrics_are_healthy_every_step(smoke_run):
             assert "actor/kl_loss" not in data
     if MOVING_LR in RUNS[key][1]:  # step 1 starts from the reference weights; one larger update moves away
         assert train[-1]["data"]["actor/kl_loss"] > 0, train[-1]["data"]
+
+
+def test_masked_branch_mode_is_the_runs_own(smoke_run):
+    """Recompute mode runs no precomputed masked pass (no logprob gap) and still measures KL_prcp."""
+    key, _, config, _, train = smoke_run
+    recompute = RECOMPUTE in RUNS[key][1]
+    assert config.papo.masked_logprob_mode == ("recompute" if recompute else "precompute")
+    for record in train:
+        assert ("papo/logprob_gap" in record["data"]) is not recompute, (key, record["step"])
