@@ -69,7 +69,7 @@ class OwnProcessRunner:
         self.reports: dict[Path, dict[str, list]] = {}  # module path -> nodeid -> test reports
         self.failures: dict[Path, str] = {}  # module path -> why reports are missing (child output tail)
 
-    def _child_command(self, nodeids: list[str], reports_path: str) -> list[str]:
+    def _child_command(self, nodeids: list[str]) -> list[str]:
         command = [sys.executable, "-m", "pytest", *nodeids, "-q", "--no-header", "-p", "no:xdist"]
         seed = getattr(self.config.option, "randomly_seed", None)
         if self.config.pluginmanager.has_plugin("randomly") and isinstance(seed, int):
@@ -83,7 +83,7 @@ class OwnProcessRunner:
             reports_path = os.path.join(tmp, "reports.json")
             try:
                 result = subprocess.run(
-                    self._child_command(nodeids, reports_path),
+                    self._child_command(nodeids),
                     cwd=self.config.rootpath,
                     env={**os.environ, REPORTS_ENV: reports_path},
                     capture_output=True,
