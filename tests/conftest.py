@@ -89,11 +89,13 @@ SLOWEST_FIRST = (
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Move the modules of :data:`SLOWEST_FIRST` to the front, in that order (stable otherwise)."""
+    """Move the modules of :data:`SLOWEST_FIRST` to the front, in that order and in file order inside each."""
     rank = {path: index for index, path in enumerate(SLOWEST_FIRST)}
 
-    def key(item) -> int:
-        return rank.get(item.path.relative_to(config.rootpath).as_posix(), len(rank))
+    def key(item) -> tuple[int, int]:
+        # an end-to-end module's tests share its runs: they keep their file order (stable for params)
+        position = rank.get(item.path.relative_to(config.rootpath).as_posix(), len(rank))
+        return position, (item.location[1] or 0) if position < len(rank) else 0
 
     items.sort(key=key)
 
