@@ -8,9 +8,10 @@ of response i; the advantage is broadcast over its response tokens.
 verl 0.9.1's v1 trainer sends every name other than ``grpo``/``gae`` to
 ``core_algos.get_adv_estimator_fn(name)(token_level_rewards=, response_mask=, config=algorithm_config,
 index=uid)`` (``verl/trainer/ppo/ray_trainer.py::compute_advantage``); this function has that signature.
-Unlike verl's ``grpo`` (which gives a size-1 group advantage 0 silently), a group of size 1 is an
-error here: it means ``actor_rollout_ref.rollout.n`` is 1 or groups were split, and PAPO would then
-train on zero advantages.
+For groups of 2 or more responses it equals verl's ``grpo`` (tests/core/test_compose.py). Unlike
+verl's ``grpo`` (which silently gives a size-1 group mean 0 and std 1, so the response's raw score
+becomes its advantage), a group of size 1 is an error here: it means ``actor_rollout_ref.rollout.n``
+is 1 or groups were split, and there is no group baseline to subtract.
 """
 
 from __future__ import annotations

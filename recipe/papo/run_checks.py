@@ -14,7 +14,41 @@ from .config import PapoConfig, PapoConfigError, papo_config_from
 from .model_families import check_model_supported
 from .vllm_checks import guard_device_normalization
 
-GROUP_ESTIMATORS = ("papo", "grpo", "grpo_vectorized")
+# Estimators whose baseline is the other responses of the prompt: with rollout.n = 1 they have none
+# (grpo_passk raises, the others silently degrade to an unbaselined or zero advantage).
+GROUP_ESTIMATORS = (
+    "papo",
+    "grpo",
+    "grpo_vectorized",
+    "grpo_passk",
+    "rloo",
+    "rloo_vectorized",
+    "opo",
+    "gpg",
+    "reinforce_plus_plus_baseline",
+)
+_V1_TRAINER = "the PAPO trainer (verl 0.9.1's synchronous v1 trainer, PPOTrainer._compute_advantage)"
+# Estimators verl 0.9.1 registers but its v1 trainer, which the PAPO trainer extends, cannot feed
+# (docs/compose.md): name -> why. They fail at the first advantage step of every run, PAPO on or off.
+UNSUPPORTED_ESTIMATORS: dict[str, str] = {
+    "remax": (
+        f"ReMax needs a greedy baseline rollout per prompt (reward_baselines), which only verl's legacy "
+        f"RayPPOTrainer generates; {_V1_TRAINER} never does, so compute_remax_outcome_advantage would fail on its "
+        "missing reward_baselines argument"
+    ),
+    "optimal_token_baseline": (
+        f"the optimal token baseline needs the actor's sum_pi_squared, which {_V1_TRAINER} never reads into the "
+        "advantage step (it fetches a fixed list of fields), so verl's own assertion would fail"
+    ),
+    "tir_optimal_token_baseline": (
+        f"the optimal token baseline needs the actor's sum_pi_squared, which {_V1_TRAINER} never reads into the "
+        "advantage step (it fetches a fixed list of fields), so verl's own assertion would fail"
+    ),
+    "gdpo": (
+        f"GDPO needs each reward component (algorithm.gdpo_reward_keys) per row, but {_V1_TRAINER} hands the "
+        "estimator only the uid column, so verl's own assertion would fail"
+    ),
+}
 # verl 0.9.1's default of actor.grad_clip (trainer/config/actor/dp_actor.yaml), a key its engine never reads.
 IGNORED_GRAD_CLIP_DEFAULT = 1.0
 
@@ -65,8 +99,87 @@ def check_papo_run_config(config: DictConfig) -> PapoConfig:
             f"algorithm.adv_estimator={config.algorithm.adv_estimator} is group-relative but "
             f"actor_rollout_ref.rollout.n={n}: set rollout.n >= 2"
         )
+    check_composition(config, papo)
     warn_ineffective_settings(papo)
+    warn_composition(config, papo)
     return papo
+
+
+def base_loss_mode_of(config: DictConfig, papo: PapoConfig) -> str:
+    """The registered policy loss that provides the surrogate: ``papo.base_loss_mode`` under the ``papo``
+    loss, else ``actor.policy_loss.loss_mode`` itself."""
+    loss_mode = config.actor_rollout_ref.actor.policy_loss.loss_mode
+    return papo.base_loss_mode if loss_mode == "papo" else loss_mode
+
+
+def check_composition(config: DictConfig, papo: PapoConfig) -> None:
+    """Refuse a policy loss / advantage estimator / aggregation that cannot work with PAPO (docs/compose.md).
+
+    Raises:
+        PapoConfigError: naming both settings of the combination and the reason.
+    """
+    estimator = config.algorithm.adv_estimator
+    if estimator in UNSUPPORTED_ESTIMATORS:
+        raise PapoConfigError(
+            f"algorithm.adv_estimator={estimator!r} cannot run with trainer.v1.trainer_mode="
+            f"{config.trainer.v1.trainer_mode!r}: {UNSUPPORTED_ESTIMATORS[estimator]}. Use papo (GRPO's advantage), "
+            "grpo, rloo or another estimator of docs/compose.md."
+        )
+    if estimator == "gae" and OmegaConf.select(config, "critic.enable") is False:
+        raise PapoConfigError(
+            "algorithm.adv_estimator='gae' with critic.enable=False: GAE needs the critic's values; remove "
+            "critic.enable=False (verl then builds the critic) or use an outcome estimator such as papo."
+        )
+    if estimator == "grpo_vectorized" and not config.algorithm.get("norm_adv_by_std_in_grpo", True):
+        raise PapoConfigError(
+            "algorithm.adv_estimator='grpo_vectorized' with algorithm.norm_adv_by_std_in_grpo=False: verl 0.9.1's "
+            "v1 trainer does not pass the flag to this estimator, so the advantage would still be divided by the "
+            "group's std. Use adv_estimator=papo or grpo for Dr.GRPO's unnormalised advantage."
+        )
+    base = base_loss_mode_of(config, papo)
+    trains = papo.trains or papo.vppo_entropy_coef > 0
+    if base == "geo_mean" and trains:
+        raise PapoConfigError(
+            "papo.base_loss_mode='geo_mean' with the PAPO terms on (papo.kl_prcp_coef / entropy coefficients, or "
+            "papo.vppo_entropy_coef): verl's geo_mean surrogate is a plain mean over each micro-batch's sequences "
+            "(it ignores actor.loss_agg_mode and the global-batch normalisation), so summed over micro-batches it "
+            "grows with their number while the PAPO terms do not: gamma's weight would depend on the micro-batch "
+            "size. Use papo.monitor=true to measure, or another base_loss_mode."
+        )
+    dro_beta = OmegaConf.select(config, "actor_rollout_ref.actor.policy_loss.dro_beta")
+    if base == "dro" and not (dro_beta is not None and dro_beta > 0):
+        raise PapoConfigError(
+            f"papo.base_loss_mode='dro' with actor_rollout_ref.actor.policy_loss.dro_beta={dro_beta}: verl's DRO "
+            "loss needs a positive dro_beta (its quadratic log-ratio penalty) and raises at the first update "
+            "without one. Set actor_rollout_ref.actor.policy_loss.dro_beta."
+        )
+    if base == "bypass_mode" and not OmegaConf.select(config, "algorithm.rollout_correction.bypass_mode"):
+        raise PapoConfigError(
+            "papo.base_loss_mode='bypass_mode' with algorithm.rollout_correction.bypass_mode=False: verl's bypass_mode "
+            "loss takes old_log_prob to be the rollout engine's log-probs, which the trainer writes there only in "
+            "bypass mode (otherwise it would be plain PPO-clip with mislabelled rollout-correction metrics). Set "
+            "algorithm.rollout_correction.bypass_mode=True, or use base_loss_mode=vanilla."
+        )
+
+
+def warn_composition(config: DictConfig, papo: PapoConfig) -> None:
+    """Log a warning (once, at start-up) for a composition that works with a caveat (docs/compose.md)."""
+    actor = config.actor_rollout_ref.actor
+    base = base_loss_mode_of(config, papo)
+    if papo.trains and base == "sapo" and actor.loss_agg_mode != "seq-mean-token-mean":
+        logger.warning(
+            "papo.base_loss_mode=sapo with actor_rollout_ref.actor.loss_agg_mode=%s: verl's SAPO surrogate is always "
+            "aggregated seq-mean-token-mean, the PAPO terms with loss_agg_mode. Set loss_agg_mode=seq-mean-token-mean "
+            "for one normalisation.",
+            actor.loss_agg_mode,
+        )
+    if papo.trains and actor.loss_agg_mode == "seq-mean-token-sum-norm" and actor.loss_scale_factor is None:
+        logger.warning(
+            "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm without actor_rollout_ref.actor."
+            "loss_scale_factor: verl divides each micro-batch's loss (surrogate and PAPO terms) by that micro-batch's "
+            "padded response length, so the loss depends on the micro-batch split. Set loss_scale_factor (e.g. "
+            "data.max_response_length) for Dr.GRPO's constant."
+        )
 
 
 def _check_registered(key: str, value: object, allowed: Iterable[str], what: str, hint: str = "") -> None:

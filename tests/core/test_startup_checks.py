@@ -8,11 +8,10 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from papo_configs import composed
 from user_env import user_env
 
 from recipe.papo.compat import UnsupportedVersionError
@@ -20,20 +19,6 @@ from recipe.papo.compat.verl_engine import check_engine_forward_step, forward_lo
 from recipe.papo.compat.verl_registries import rollout_names
 from recipe.papo.config import PapoConfigError
 from recipe.papo.run_checks import check_papo_run_config, check_registry_names, warn_ineffective_settings
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def composed(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        return compose(
-            "papo_trainer",
-            overrides=[
-                "actor_rollout_ref.model.path=Qwen/Qwen2.5-VL-7B-Instruct",
-                "actor_rollout_ref.rollout.name=vllm",
-                *overrides,
-            ],
-        )
 
 
 def test_the_default_config_uses_only_registered_names():

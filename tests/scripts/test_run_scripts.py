@@ -23,7 +23,7 @@ class Variant:
     gamma: float
     eta: float  # eta_ori = eta_aug
     ref_kl: bool  # low_var_kl reference-KL loss with coefficient 0.01
-    clip_high: float  # clip low is 0.2 everywhere
+    clip_high: float  # clip low is 0.2 everywhere but GSPO's (SURROGATE below)
     dynamic_sampling: bool  # DAPO's group filter on acc
 
 
@@ -33,6 +33,8 @@ PAPO_G_7B = Variant(gamma=0.02, eta=0.05, ref_kl=True, clip_high=0.3, dynamic_sa
 PAPO_G_NO_REF_KL = Variant(gamma=0.01, eta=0.03, ref_kl=False, clip_high=0.3, dynamic_sampling=False)
 DAPO = Variant(gamma=0.0, eta=0.0, ref_kl=False, clip_high=0.28, dynamic_sampling=True)
 PAPO_D = Variant(gamma=0.01, eta=0.03, ref_kl=False, clip_high=0.28, dynamic_sampling=True)
+# PAPO on GSPO (docs/compose.md): PAPO-G no-ref-KL's coefficients on GSPO's surrogate (arXiv 2507.18071).
+PAPO_GSPO = Variant(gamma=0.01, eta=0.03, ref_kl=False, clip_high=0.0004, dynamic_sampling=False)
 
 QWEN25_3B, QWEN25_7B, QWEN3_8B = (
     "Qwen/Qwen2.5-VL-3B-Instruct",
@@ -65,6 +67,17 @@ EXPECTED: dict[str, tuple[Variant, str, int]] = {
     "run_qwen2_5_vl_7b_vppo.sh": (DAPO, QWEN25_7B, 4),
     "run_qwen3_vl_8b_vppo.sh": (DAPO, QWEN3_8B, 4),
     "run_qwen2_5_vl_7b_papo_d_vppo.sh": (PAPO_D, QWEN25_7B, 4),
+    "run_qwen2_5_vl_7b_papo_gspo.sh": (PAPO_GSPO, QWEN25_7B, 4),
+}
+# Another surrogate than the paper's (docs/compose.md): the resolved keys that differ from COMMON.
+# GSPO's published settings (arXiv 2507.18071, Section 5.1): sequence-ratio clip range 3e-4 / 4e-4,
+# seq-mean-token-mean aggregation.
+SURROGATE: dict[str, dict] = {
+    "run_qwen2_5_vl_7b_papo_gspo.sh": {
+        "papo.base_loss_mode": "gspo",
+        "actor.clip_ratio_low": 0.0003,
+        "actor.loss_agg_mode": "seq-mean-token-mean",
+    },
 }
 # VPPO's published settings per script (its code's train_vppo_7b.sh / train_vppo_8b.sh; the 3B script
 # reuses the 7B ones; the PAPO-D + VPPO script keeps PAPO-D's n = 5 and its H_ori instead of VPPO's
@@ -204,7 +217,12 @@ def test_every_run_script_has_a_row():
 def test_dry_run_resolves_the_spec_settings(summary_of, name):
     variant, model, gpus = EXPECTED[name]
     summary = summary_of(name)
-    expected = {**COMMON, "data.mm_processor_kwargs": family_pixel_bounds(model), **VPPO.get(name, ((), {}))[1]}
+    expected = {
+        **COMMON,
+        "data.mm_processor_kwargs": family_pixel_bounds(model),
+        **VPPO.get(name, ((), {}))[1],
+        **SURROGATE.get(name, {}),
+    }
     mismatches = {
         key: (summary.get(key, "<absent>"), want) for key, want in expected.items() if summary.get(key) != want
     }
