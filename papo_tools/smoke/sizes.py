@@ -6,8 +6,8 @@ Three groups, each touching only what its name says:
   bounds, steps, data-loading workers, one validation pass. Every worker runs at least 2
   micro-batches per optimiser step, and the script's optimiser steps per training step are kept.
 * :func:`machine_overrides`: what the machine needs. CPU: 2 workers (FSDP2 over gloo), the
-  project's "hf" rollout (``papo_tools.cpu``), logical Ray resources. CUDA: the script's own
-  rollout engine and worker count, capped to the GPUs present, and a small memory share.
+  script's vLLM rollout on the CPU build of vLLM (``papo_tools.cpu.launch``), logical Ray resources.
+  CUDA: the script's own rollout engine and worker count, capped to the GPUs present, and a small memory share.
 * :func:`task_overrides`: the tiny model, the built-in task and its reward, the output paths.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from papo_tools.cpu.launch import rollout_overrides
 from papo_tools.demo.reward import reward_overrides
 from recipe.papo.model_families import FAMILIES
 
@@ -147,12 +148,8 @@ def machine_overrides(config: DictConfig, machine: Machine) -> list[str]:
         "actor_rollout_ref.actor.use_torch_compile=False",
         "actor_rollout_ref.actor.fsdp_config.use_torch_compile=False",
         "actor_rollout_ref.ref.fsdp_config.use_torch_compile=False",
-        # The project's CPU rollout (HF generate in a Ray actor, papo_tools.cpu).
-        "actor_rollout_ref.rollout.name=hf",
-        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
-        "actor_rollout_ref.rollout.agent.num_workers=1",
-        "reward.num_workers=1",
-        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+        # verl's own vLLM rollout, on the CPU build of vLLM (papo_tools.cpu.launch).
+        *rollout_overrides(),
         # Logical Ray resources so every placement bundle fits a small machine; one "GPU" slot per worker.
         "ray_kwargs.ray_init.num_cpus=16",
         f"++ray_kwargs.ray_init.num_gpus={machine.world_size}",
@@ -164,8 +161,6 @@ def task_overrides(model_dir: Path, train: Path, val: Path, out: Path, metrics: 
     """The tiny model, the built-in task and reward, and the outputs under ``out``."""
     return [
         f"actor_rollout_ref.model.path={model_dir}",
-        "actor_rollout_ref.model.trust_remote_code=True",  # the tiny model ships its processor (auto_map)
-        "data.trust_remote_code=True",
         f"data.train_files={train}",
         f"data.val_files={val}",
         # The PAPO reward scores math answers; a random model never earns one, so the task's own reward.

@@ -214,9 +214,7 @@ class MaskedInputBuilder:
         builder's ``mm_processor_kwargs``. At mask ratio 0 the result equals the original bit for bit.
         Returns a ``(rows, row_width)`` tensor with the original's dtype and device.
         """
-        from qwen_vl_utils import (
-            process_vision_info,  # the real one, or the CPU backend's stand-in
-        )
+        from qwen_vl_utils import process_vision_info
 
         grid = inputs["image_grid_thw"].to(torch.int64)
         if len(images) != grid.shape[0]:

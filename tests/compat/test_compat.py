@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
-import sys
-import types
 from pathlib import Path
 
 import pytest
 
-from papo_tools.compat import qwen_vl_utils, verl_cpu
+from papo_tools.compat import verl_cpu
 from recipe.papo.compat import guard
 from recipe.papo.compat import verl as verl_compat
 from recipe.papo.compat.guard import UnsupportedVersionError
@@ -97,13 +95,6 @@ def test_position_ids_fix_refuses_a_verl_without_the_function(monkeypatch):
     monkeypatch.delattr(tu, "maybe_fix_3d_position_ids")
     with pytest.raises(UnsupportedVersionError, match="maybe_fix_3d_position_ids"):
         verl_compat.install_position_ids_fix()
-
-
-def test_qwen_vl_utils_stand_in_steps_aside_when_the_real_package_imports(monkeypatch):
-    real = types.ModuleType("qwen_vl_utils")
-    monkeypatch.setitem(sys.modules, "qwen_vl_utils", real)
-    assert qwen_vl_utils.install_stand_in(types.ModuleType("stand_in")) is False
-    assert sys.modules["qwen_vl_utils"] is real
 
 
 def test_no_patch_of_another_package_outside_compat():

@@ -36,9 +36,7 @@ def hf_model_config(tiny_model_dir):
     """verl's ``HFModelConfig`` of the tiny model, as the trainer builds it for a CPU run."""
     from verl.workers.config import HFModelConfig
 
-    return HFModelConfig(
-        path=str(tiny_model_dir), trust_remote_code=True, override_config={"attn_implementation": "eager"}
-    )
+    return HFModelConfig(path=str(tiny_model_dir), override_config={"attn_implementation": "eager"})
 
 
 @pytest.fixture(scope="session")

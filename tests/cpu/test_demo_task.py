@@ -70,13 +70,10 @@ def test_prompts_have_one_length_and_fit_the_cpu_budget(demo_rows, hf_model_conf
 
 
 def test_verl_dataset_and_image_path_read_the_parquet(demo_data, hf_model_config):
-    """verl's RLHFDataset builds the image message; the image path (real or stand-in qwen_vl_utils) loads it."""
+    """verl's RLHFDataset builds the image message; the real qwen_vl_utils loads it."""
     from omegaconf import OmegaConf
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
-    from papo_tools.cpu import qwen_vl_stub
-
-    qwen_vl_stub.install()
     config = OmegaConf.create({"max_prompt_length": 128, "filter_overlong_prompts": False, "return_raw_chat": True})
     dataset = RLHFDataset(str(demo_data[0]), hf_model_config.tokenizer, config, processor=hf_model_config.processor)
     assert len(dataset) == 8

@@ -45,7 +45,13 @@ def run_main_ppo(workdir: Path, model_dir: Path, demo_data, name: str, **knobs) 
     """``python -m verl.trainer.main_ppo`` with the CPU overrides, plain GRPO and the demo reward."""
     metrics_path = workdir / f"{name}.jsonl"
     overrides = cpu_overrides(
-        model_dir, demo_data[0], demo_data[1], output_dir=workdir / "checkpoints", ignore_eos=True, **knobs
+        model_dir,
+        demo_data[0],
+        demo_data[1],
+        output_dir=workdir / "checkpoints",
+        ignore_eos=True,
+        rollout="hf",  # plain GRPO's mechanics on the CPU backend; the SMOKE runs cover vLLM
+        **knobs,
     )
     command = [sys.executable, "-m", "verl.trainer.main_ppo", *overrides, "algorithm.adv_estimator=grpo"]
     command += reward_overrides()

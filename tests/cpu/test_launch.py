@@ -9,8 +9,17 @@ import sys
 import pytest
 from hydra import compose, initialize_config_module
 
-from papo_tools.cpu.launch import PLUGIN_MODULE, cpu_env, cpu_overrides
+from papo_tools.cpu.launch import PLUGIN_MODULE, cpu_env, cpu_overrides, rollout_overrides
 from papo_tools.demo.reward import reward_overrides
+
+
+def test_the_hf_rollout_is_one_argument_away_and_unknown_engines_are_refused(tmp_path):
+    vllm = rollout_overrides("vllm")
+    hf = rollout_overrides("hf")
+    assert hf[0] == "actor_rollout_ref.rollout.name=hf" and not any("vllm" in o or "sleep" in o for o in hf)
+    assert hf[1:] == vllm[-len(hf) + 1 :]  # the same replica, agent-loop, reward and storage counts
+    with pytest.raises(ValueError, match="rollout='sglang': choose one of vllm, hf"):
+        rollout_overrides("sglang")
 
 
 def test_overrides_compose_and_validate_against_verl_ppo_trainer(tmp_path):
@@ -21,7 +30,10 @@ def test_overrides_compose_and_validate_against_verl_ppo_trainer(tmp_path):
     with initialize_config_module("verl.trainer.config", version_base=None):
         config = compose("ppo_trainer", overrides=[*overrides, "algorithm.adv_estimator=grpo", *reward_overrides()])
     validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
-    assert config.trainer.device == "cpu" and config.actor_rollout_ref.rollout.name == "hf"
+    assert config.trainer.device == "cpu" and config.actor_rollout_ref.rollout.name == "vllm"
+    rollout = config.actor_rollout_ref.rollout
+    assert not rollout.enable_sleep_mode and rollout.enforce_eager
+    assert rollout.engine_kwargs.vllm == {"kv_cache_memory_bytes": 256 * 2**20, "mm_device_do_normalize": False}
     assert config.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
     assert config.actor_rollout_ref.model.use_remove_padding  # verl's default, left to the caller
     assert config.ray_kwargs.ray_init.num_gpus == 1

@@ -32,6 +32,8 @@ def run_demo(out: Path, steps: int) -> subprocess.CompletedProcess:
         str(out),
         "--steps",
         str(steps),
+        "--rollout",
+        "hf",  # what is checked is the metrics file across launches, not the rollout engine
         SAVE_EVERY_STEP,
     ]
     # A user's environment: the demo sets the CPU backend's environment for its own run.

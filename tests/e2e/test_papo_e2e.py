@@ -1,5 +1,6 @@
 """End to end through ``python -m recipe.papo.main_papo`` on CPU: verl's real v1 trainer, Ray,
-TransferQueue, the HF rollout, the FSDP2 engine and the PAPO worker and trainer.
+TransferQueue, the CPU backend's HF rollout (the SMOKE runs cover vLLM), the FSDP2 engine and the
+PAPO worker and trainer.
 
 Two launches (each ~40 s of Ray start-up plus a few seconds per step):
 
@@ -70,7 +71,8 @@ def run_papo(tmp: Path, model_dir: Path, name: str, steps: int, *overrides: str,
 
     tmp.mkdir(parents=True, exist_ok=True)
     metrics = tmp / f"{name}.jsonl"
-    command = demo_command(model_dir, data[0], data[1], tmp, steps, overrides)
+    # The trainer's mechanics (steps, checkpoints, resume): the HF rollout, no vLLM start-up per launch.
+    command = demo_command(model_dir, data[0], data[1], tmp, steps, overrides, rollout="hf")
     env = {**os.environ, **cpu_env(file_logger_path=metrics)}
     log = tmp / f"{name}.log"
     with log.open("w") as handle:

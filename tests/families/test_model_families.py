@@ -152,7 +152,7 @@ def test_verls_processor_binds_the_rope_index_of_the_model(family_model_dir, fam
     from verl.utils.tokenizer import hf_processor
 
     model, _, _ = family_bundle
-    processor = hf_processor(str(family_model_dir), trust_remote_code=True)
+    processor = hf_processor(str(family_model_dir))
     assert processor is not None and hasattr(processor, "get_rope_index")
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(1, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((70, 100), (120, 64))]

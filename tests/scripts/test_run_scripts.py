@@ -403,7 +403,7 @@ def test_pixel_bounds_reach_the_image_processor(summary_of, tiny_model_dir):
     from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
 
     kwargs = summary_of("run_qwen2_5_vl_7b_papo_g.sh")["data.mm_processor_kwargs"]
-    processor = AutoProcessor.from_pretrained(str(tiny_model_dir), trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(str(tiny_model_dir))
     patch, merge = processor.image_processor.patch_size, processor.image_processor.merge_size
     builder = create_continuous_token_builder(
         processor.tokenizer, hf_model_type="qwen2_5_vl", processor=processor, mm_processor_kwargs=kwargs

@@ -54,6 +54,10 @@ SMOKE_KEYS = {
     "actor_rollout_ref.actor.fsdp_config.use_torch_compile",
     "actor_rollout_ref.ref.fsdp_config.use_torch_compile",
     "actor_rollout_ref.rollout.name",
+    "actor_rollout_ref.rollout.enable_sleep_mode",
+    "actor_rollout_ref.rollout.enforce_eager",
+    "actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes",
+    "actor_rollout_ref.rollout.engine_kwargs.vllm.mm_device_do_normalize",
     "actor_rollout_ref.rollout.tensor_model_parallel_size",
     "actor_rollout_ref.rollout.agent.num_workers",
     "reward.num_workers",
@@ -63,8 +67,6 @@ SMOKE_KEYS = {
     "ray_kwargs.ray_init.include_dashboard",
     # task and outputs
     "actor_rollout_ref.model.path",
-    "actor_rollout_ref.model.trust_remote_code",
-    "data.trust_remote_code",
     "data.train_files",
     "data.val_files",
     "reward.custom_reward_function.path",
@@ -127,6 +129,12 @@ DOCUMENTED = {
     "actor_rollout_ref.rollout_n": "rollout n",
     "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": "rollout n",
     "actor_rollout_ref.log_prob_micro_batch_size_per_gpu": "rollout n",
+    # GSPO + PAPO (run_qwen2_5_vl_7b_papo_gspo.sh): GSPO's sequence-level surrogate and its settings
+    "papo.base_loss_mode": "GSPO",
+    "actor_rollout_ref.actor.clip_ratio_low": "GSPO",
+    "actor_rollout_ref.actor.clip_ratio_high": "GSPO",
+    "actor_rollout_ref.actor.loss_agg_mode": "GSPO",
+    "critic.loss_agg_mode": "GSPO",  # verl's critic section copies the actor's aggregation
 }
 MODEL_MARK = "/tiny_"  # values naming the tiny model (the model key and its interpolations)
 
@@ -227,7 +235,7 @@ def test_smoke_keeps_the_script_settings(smoke_plan, plain_config, name):
             kept, script = (OmegaConf.to_container(c, resolve=True) for c in (kept, script))
         assert kept == script, key
     assert smoke.config.actor_rollout_ref.model.use_remove_padding is True  # verl's default, kept by every script
-    assert smoke.config.actor_rollout_ref.rollout.name == "hf"  # the CPU rollout on a CPU machine
+    assert smoke.config.actor_rollout_ref.rollout.name == "vllm"  # the script's own engine, on the CPU build of vLLM
     assert smoke.config.trainer.n_gpus_per_node == 2
     assert Path(smoke.config.actor_rollout_ref.model.path).name == f"tiny_{smoke.model_type}"
 

@@ -76,7 +76,9 @@ def compose_config(
         config = compose(
             "papo_trainer",
             overrides=[
-                *cpu_overrides(model_dir, "unused.parquet", "unused.parquet", batch_size=prompts, rollout_n=rollout_n),
+                *cpu_overrides(
+                    model_dir, "unused.parquet", "unused.parquet", batch_size=prompts, rollout_n=rollout_n, rollout="hf"
+                ),
                 "actor_rollout_ref.actor.fsdp_config.dtype=float32",
                 "actor_rollout_ref.model.use_remove_padding=False",
                 *overrides,

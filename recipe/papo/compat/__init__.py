@@ -11,9 +11,9 @@ does not know. Nothing outside this package sets attributes on another package's
 - :mod:`.verl_registries`: read-only listing of verl's rollout registry (version-checked).
 - :mod:`.guard`: the version guard and the log line every patch uses.
 
-The CPU backend's patches (process-group backend, private registries, torch variable-length
-attention, unpinned reference offload, the ``qwen_vl_utils`` stand-in) are not part of a GPU run:
-they live with the backend in :mod:`papo_tools.compat` and use the same guard.
+The CPU install's patches (process-group backend, private registries, torch variable-length
+attention, unpinned reference offload, torchvision's op schemas, vLLM's CPU build) are not part of a
+GPU run: they live with the backend in :mod:`papo_tools.compat` and use the same guard.
 """
 
 from .guard import UnsupportedVersionError
