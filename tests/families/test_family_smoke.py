@@ -1,7 +1,9 @@
 """``SMOKE=1`` end to end for each new family's PAPO-G script, on CPU through verl's real trainer.
 
 Each run is the script's own configuration (reference KL, double entropy, micro-batching) on a tiny
-random model of the script's family, 2 steps and a validation pass, as a user runs it:
+random model of the script's family, 2 steps and a validation pass, as a user runs it; the rollout is
+the script's vLLM (the CPU build) for Qwen3-VL and the HF rollout for Qwen3.5, whose Gated DeltaNet
+layers the CPU build of vLLM does not run (``CPU_VLLM_UNSUPPORTED``):
 ``SMOKE=1 bash scripts/<script> key=value ...``.
 
 The script's remove-padding path runs on the CPU backend's torch variable-length attention.
@@ -17,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 from user_env import user_env
+
+from papo_tools.smoke.sizes import CPU_VLLM_UNSUPPORTED
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,6 +53,9 @@ def test_smoke_run_of_the_familys_papo_g_script(tmp_path, script, model_type):
     assert config["actor_rollout_ref"]["model"]["use_remove_padding"] is True
     assert config["papo"]["entropy_ori_coef"] == config["papo"]["entropy_aug_coef"] == 0.05
     assert config["data"]["image_patch_size"] == 16
+    # The script's own engine where the CPU build of vLLM serves the family (papo_tools/smoke/sizes.py)
+    assert config["actor_rollout_ref"]["rollout"]["name"] == ("hf" if model_type in CPU_VLLM_UNSUPPORTED else "vllm")
+    assert f"rollout {config['actor_rollout_ref']['rollout']['name']})" in run.stdout
 
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [record["data"] for record in records if "papo/kl_prcp" in record["data"]]

@@ -1,11 +1,14 @@
 """``SMOKE=1 bash scripts/<name>.sh`` end to end on CPU, as a user runs it (issue 9 item 5).
 
-Two runs through verl's real v1 trainer (Ray, FSDP2 on 2 gloo workers, the "hf" rollout), each a
-shipped script with a user's pass-through overrides: PAPO-D 7B (dynamic sampling) with the masked
-branch recomputed with gradient, and PAPO-G 7B (reference KL + double entropy, precompute mode) with
-Ulysses sequence parallelism 2. Each asserts the resolved ``config.yaml`` (the script's settings
-kept: remove-padding on, reference KL as the script says, >= 2 micro-batches per worker) and, from
-``metrics.jsonl`` independently of the smoke command's own checks, every step's metrics.
+Two runs through verl's real v1 trainer (Ray, FSDP2 on 2 gloo workers, verl's own vLLM rollout on
+the CPU build of vLLM, as the scripts say), each a shipped script with a user's pass-through
+overrides: PAPO-D 7B (dynamic sampling) with the masked branch recomputed with gradient and verl's
+RLOO advantage (docs/compose.md), and PAPO-G 7B (reference KL + double entropy, precompute mode) with
+Ulysses sequence parallelism 2 and Dr.GRPO's aggregation (``seq-mean-token-sum-norm`` with a constant
+``loss_scale_factor``, advantages not divided by the std). Each asserts the resolved ``config.yaml``
+(the script's settings kept: remove-padding on, reference KL as the script says, >= 2 micro-batches
+per worker) and, from ``metrics.jsonl`` independently of the smoke command's own checks, every step's
+metrics.
 
 These runs are also the suite's proof of the scripts' path on CPU: remove-padding through verl's own
 code around the CPU backend's packed attention, the reference model, several micro-batches per
@@ -33,12 +36,19 @@ SMOKE_TIMEOUT_S = 900
 SP2 = "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"
 MOVING_LR = "actor_rollout_ref.actor.optim.lr=1e-3"
 RECOMPUTE = "papo.masked_logprob_mode=recompute"
+RLOO = "algorithm.adv_estimator=rloo"
+DR_GRPO = (
+    "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm",
+    "actor_rollout_ref.actor.loss_scale_factor=16",  # SMOKE's max response length
+    "algorithm.norm_adv_by_std_in_grpo=False",
+)
 RUNS = {
     # PAPO-D 7B with the masked branch recomputed with gradient (the mode that needs
-    # recipe.papo.compat.verl_engine inside every update micro-batch)
-    "papo_d": ("run_qwen2_5_vl_7b_papo_d.sh", (RECOMPUTE,)),
-    # PAPO-G 7B (precompute mode) with Ulysses SP=2 and a step large enough to leave the reference
-    "papo_g_sp2": ("run_qwen2_5_vl_7b_papo_g.sh", (SP2, MOVING_LR)),
+    # recipe.papo.compat.verl_engine inside every update micro-batch), on verl's RLOO advantage
+    "papo_d": ("run_qwen2_5_vl_7b_papo_d.sh", (RECOMPUTE, RLOO)),
+    # PAPO-G 7B (precompute mode) with Ulysses SP=2, Dr.GRPO's normalisation and a step large enough
+    # to leave the reference
+    "papo_g_sp2": ("run_qwen2_5_vl_7b_papo_g.sh", (SP2, MOVING_LR, *DR_GRPO)),
 }
 
 
@@ -74,6 +84,11 @@ def test_resolved_config_keeps_the_script_settings(smoke_run):
     assert actor.ulysses_sequence_parallel_size == (2 if key.endswith("sp2") else 1)
     assert config.actor_rollout_ref.rollout.n == 5 and config.actor_rollout_ref.rollout.val_kwargs.n == 8
     assert config.trainer.logger == ["console", "file"]
+    assert config.actor_rollout_ref.rollout.name == "vllm"  # the script's engine, on the CPU build of vLLM
+    assert config.actor_rollout_ref.rollout.engine_kwargs.vllm.mm_device_do_normalize is False
+    assert config.algorithm.adv_estimator == ("rloo" if key == "papo_d" else "papo")
+    assert actor.loss_agg_mode == ("token-mean" if key == "papo_d" else "seq-mean-token-sum-norm")
+    assert config.algorithm.norm_adv_by_std_in_grpo is (key == "papo_d")
     assert (
         json.loads((Path(config.actor_rollout_ref.model.path) / "config.json").read_text())["model_type"]
         == "qwen2_5_vl"

@@ -3,8 +3,8 @@
 ``smoke_metrics_papo_g.jsonl`` is verl's file-logger output of ``SMOKE=1 bash
 scripts/run_qwen2_5_vl_7b_papo_g.sh`` on CPU (verl 0.9.1, torch 2.13.0+cpu, the HF rollout; 2 steps and
 a validation pass), kept verbatim. The broken variant puts in the correlation measured with vLLM
-normalising images on the device (0.72, issue 18); vLLM is not installed in this suite, so no test here
-runs that defect end to end.
+normalising images on the device (0.72, issue 18). ``tests/cpu/test_vllm_rollout.py`` produces that
+defect with the installed vLLM and feeds the check verl's correlation of it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """``SMOKE=1 bash scripts/run_qwen2_5_vl_7b_vppo.sh`` end to end on CPU, as a user runs it (issue 20).
 
 One run of VPPO alone (docs/vppo.md) through verl's real v1 trainer (Ray, FSDP2 on 2 gloo workers,
-the "hf" rollout): the resolved ``config.yaml`` keeps the script's VPPO settings, and, from
+the CPU backend's HF rollout: VPPO acts on the loss, and the suite's time goes to the vLLM runs of
+``test_smoke_e2e.py``): the resolved ``config.yaml`` keeps the script's VPPO settings, and, from
 ``metrics.jsonl`` independently of the smoke command's own checks, every step logs finite ``vppo/*``
 metrics with the kept fraction within 1/|y| of p = 0.4 (|y| the step's shortest response), shaping
 weights of mean 1 in [beta_min, beta_max], and a loss that adds up.
@@ -23,13 +24,14 @@ pytestmark = pytest.mark.e2e
 SMOKE_TIMEOUT_S = 900
 SCRIPT = "run_qwen2_5_vl_7b_vppo.sh"
 FRACTION, BETA_MIN, ENTROPY_COEF = 0.4, 0.9, 0.06
+HF_ROLLOUT = "actor_rollout_ref.rollout.name=hf"
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """(run, resolved config, training records) of the smoke run."""
     cwd = tmp_path_factory.mktemp("smoke_vppo")
-    run = run_script(SCRIPT, cwd=cwd, timeout=SMOKE_TIMEOUT_S, SMOKE="1")
+    run = run_script(SCRIPT, HF_ROLLOUT, cwd=cwd, timeout=SMOKE_TIMEOUT_S, SMOKE="1")
     folder = cwd / "smoke_output" / SCRIPT.removesuffix(".sh")
     log = (folder / "run.log").read_text() if (folder / "run.log").exists() else ""
     assert run.returncode == 0, f"rc={run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-3000:]}\n{log[-6000:]}"
