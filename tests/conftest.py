@@ -73,10 +73,11 @@ def family_bundle(family_model_dir):
     return load_tiny_model(family_model_dir)
 
 
-# End-to-end modules, most Ray launches first (SMOKE x3, main_papo x3, demo x2, warm-up + 2 arms,
-# families x2, VPPO SMOKE, main_ppo). A scheduling hint only: with pytest-xdist (--dist loadfile) a
-# file goes to the next free worker in collection order, so the long runs start at once and the short
-# tests fill the gaps; without xdist it changes nothing but the order.
+# End-to-end modules, longest first (SMOKE on vLLM x2, main_papo x3, demo x2, warm-up + 1 arm,
+# families x2 (Qwen3-VL on vLLM), VPPO and GSPO SMOKE, main_ppo, two in-process vLLM engines). A
+# scheduling hint only: with pytest-xdist (--dist loadfile) a file goes to the next free worker in
+# collection order, so the long runs start at once and the short tests fill the gaps; without xdist
+# it changes nothing but the order.
 SLOWEST_FIRST = (
     "tests/scripts/test_smoke_e2e.py",
     "tests/e2e/test_papo_e2e.py",
@@ -90,14 +91,33 @@ SLOWEST_FIRST = (
 )
 
 
+def shared_run_params(item) -> tuple[str, ...]:
+    """The values of ``item``'s module- or session-scoped fixture parameters (the runs its module shares)."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return ()
+    definitions = item._fixtureinfo.name2fixturedefs
+    return tuple(
+        str(callspec.params[name])
+        for name in sorted(callspec.params)
+        if name in definitions and definitions[name][-1].scope in ("module", "package", "session")
+    )
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """Move the modules of :data:`SLOWEST_FIRST` to the front, in that order and in file order inside each."""
+    """Move the modules of :data:`SLOWEST_FIRST` to the front, in that order; inside each, one run at a time.
+
+    An end-to-end module's tests share its runs (a module-scoped fixture, parametrized for several
+    runs): its tests are grouped by that parameter, so each run is built once, and kept in file order
+    inside a group. Ordering by line alone would alternate the parameters and rebuild a run per test.
+    """
     rank = {path: index for index, path in enumerate(SLOWEST_FIRST)}
 
-    def key(item) -> tuple[int, int]:
-        # an end-to-end module's tests share its runs: they keep their file order (stable for params)
+    def key(item) -> tuple:
         position = rank.get(item.path.relative_to(config.rootpath).as_posix(), len(rank))
-        return position, (item.location[1] or 0) if position < len(rank) else 0
+        if position == len(rank):
+            return (position,)  # stable: the shuffled order of everything else is kept
+        return position, shared_run_params(item), item.location[1] or 0
 
     items.sort(key=key)
 
