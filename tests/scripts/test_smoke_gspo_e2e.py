@@ -9,18 +9,15 @@ own checks, every step's PAPO terms are finite and add up to the loss verl optim
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
-from omegaconf import OmegaConf
-from script_runs import run_script
+from script_runs import smoke_outputs
 
 from papo_tools.smoke.sizes import micro_batches_per_worker
 
 pytestmark = pytest.mark.e2e
 
-SMOKE_TIMEOUT_S = 900
 SCRIPT = "run_qwen2_5_vl_7b_papo_gspo.sh"
 HF_ROLLOUT = "actor_rollout_ref.rollout.name=hf"
 
@@ -28,15 +25,7 @@ HF_ROLLOUT = "actor_rollout_ref.rollout.name=hf"
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """(run, resolved config, training records) of the smoke run."""
-    cwd = tmp_path_factory.mktemp("smoke_gspo")
-    run = run_script(SCRIPT, HF_ROLLOUT, cwd=cwd, timeout=SMOKE_TIMEOUT_S, SMOKE="1")
-    folder = cwd / "smoke_output" / SCRIPT.removesuffix(".sh")
-    log = (folder / "run.log").read_text() if (folder / "run.log").exists() else ""
-    assert run.returncode == 0, f"rc={run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-3000:]}\n{log[-6000:]}"
-    config = OmegaConf.load(folder / "config.yaml")
-    lines = (folder / "metrics.jsonl").read_text().splitlines()
-    train = [r for r in (json.loads(line) for line in lines if line.strip()) if "training/global_step" in r["data"]]
-    return run, config, train
+    return smoke_outputs(SCRIPT, HF_ROLLOUT, cwd=tmp_path_factory.mktemp("smoke_gspo"))
 
 
 def test_resolved_config_keeps_gspos_and_papos_settings(smoke_run):

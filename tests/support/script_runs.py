@@ -72,6 +72,28 @@ def run_script(name: str, *args: str, cwd: Path, timeout: int = SCRIPT_TIMEOUT_S
     return ScriptRun(command, done.returncode, done.stdout, done.stderr)
 
 
+SMOKE_TIMEOUT_S = 900
+
+
+def smoke_outputs(script: str, *args: str, cwd: Path):
+    """``SMOKE=1 bash scripts/<script> args...`` in ``cwd``, asserted to succeed.
+
+    Returns:
+        ``(run, resolved config, training records)``: the :class:`ScriptRun`, the run's ``config.yaml``
+        (an OmegaConf config) and the records of ``metrics.jsonl`` that carry a training step.
+    """
+    from omegaconf import OmegaConf
+
+    run = run_script(script, *args, cwd=cwd, timeout=SMOKE_TIMEOUT_S, SMOKE="1")
+    folder = cwd / "smoke_output" / script.removesuffix(".sh")
+    log = (folder / "run.log").read_text() if (folder / "run.log").exists() else ""
+    assert run.returncode == 0, f"rc={run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-3000:]}\n{log[-6000:]}"
+    config = OmegaConf.load(folder / "config.yaml")
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    train = [r for r in (json.loads(line) for line in lines if line.strip()) if "training/global_step" in r["data"]]
+    return run, config, train
+
+
 # Stands in for $PYTHON: records the arguments a script passes to Python (NUL-separated) and exits 0.
 RECORD_ARGS = '#!/usr/bin/env bash\nprintf "%s\\0" "$@" > "$RECORDED_ARGS"\n'
 
