@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from memory_slots import memory_slot
 
 from papo_tools.cpu.launch import cpu_env, cpu_overrides
 from papo_tools.demo.reward import reward_overrides
@@ -56,14 +57,15 @@ def run_main_ppo(workdir: Path, model_dir: Path, demo_data, name: str, **knobs) 
     command = [sys.executable, "-m", "verl.trainer.main_ppo", *overrides, "algorithm.adv_estimator=grpo"]
     command += reward_overrides()
     start = time.monotonic()
-    result = subprocess.run(
-        command,
-        env={**os.environ, **cpu_env(metrics_path)},
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-    )
+    with memory_slot("hf"):
+        result = subprocess.run(
+            command,
+            env={**os.environ, **cpu_env(metrics_path)},
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+        )
     metrics: dict[int, dict] = {}
     if metrics_path.exists():
         for line in metrics_path.read_text().splitlines():

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from memory_slots import memory_slot
 from PIL import Image
 
 from papo_tools.demo.tiny_model import VLLM_SIZES, save_tiny_model
@@ -140,12 +141,14 @@ def answer_len(model_dir) -> int:
 
 @pytest.fixture(scope="module")
 def host_normalised(model_dir, answer_len):
-    return vllm_scores(model_dir, device_normalize=False, answer_len=answer_len)
+    with memory_slot("engine"):
+        return vllm_scores(model_dir, device_normalize=False, answer_len=answer_len)
 
 
 @pytest.fixture(scope="module")
 def device_normalised(model_dir, answer_len, host_normalised):  # after the first engine is gone
-    return vllm_scores(model_dir, device_normalize=True, answer_len=answer_len)
+    with memory_slot("engine"):
+        return vllm_scores(model_dir, device_normalize=True, answer_len=answer_len)
 
 
 def test_vllm_tokenises_the_image_prompt_as_transformers_does(host_normalised, transformers_scores):

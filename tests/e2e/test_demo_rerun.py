@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from memory_slots import memory_slot
 from user_env import user_env
 
 from papo_tools.demo.run_demo import read_metrics
@@ -37,9 +38,10 @@ def run_demo(out: Path, steps: int) -> subprocess.CompletedProcess:
         SAVE_EVERY_STEP,
     ]
     # A user's environment: the demo sets the CPU backend's environment for its own run.
-    done = subprocess.run(
-        command, check=False, capture_output=True, text=True, timeout=600, cwd=out.parent, env=user_env()
-    )
+    with memory_slot("hf"):
+        done = subprocess.run(
+            command, check=False, capture_output=True, text=True, timeout=600, cwd=out.parent, env=user_env()
+        )
     assert done.returncode == 0, f"demo failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
 

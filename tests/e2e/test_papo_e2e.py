@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from memory_slots import memory_slot
 from PIL import Image
 
 from papo_tools.demo.run_demo import demo_command, read_metrics
@@ -75,7 +76,7 @@ def run_papo(tmp: Path, model_dir: Path, name: str, steps: int, *overrides: str,
     command = demo_command(model_dir, data[0], data[1], tmp, steps, overrides, rollout="hf")
     env = {**os.environ, **cpu_env(file_logger_path=metrics)}
     log = tmp / f"{name}.log"
-    with log.open("w") as handle:
+    with log.open("w") as handle, memory_slot("hf"):
         result = subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=600, cwd=tmp)
     assert result.returncode == 0, f"{name} failed; last log lines:\n" + "\n".join(log.read_text().splitlines()[-40:])
     return [r for r in read_metrics(metrics) if "training/global_step" in r["data"]]

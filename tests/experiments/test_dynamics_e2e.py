@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 import pytest
+from memory_slots import memory_slot
 from user_env import user_env
 
 from papo_tools.experiments.arms import ARMS
@@ -32,7 +33,8 @@ def test_two_steps_of_an_arm_write_a_finite_summary_and_the_figure(tmp_path):
     # engine patches class-wide once any test in this process has built a worker.
     command = [sys.executable, "-m", "papo_tools.experiments.dynamics", "--out", str(out)]
     command += ["--steps", "2", "--seeds", "1", "--warmup-steps", "2", "--arms", ",".join(E2E_ARMS)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=user_env())
+    with memory_slot("hf"):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=user_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     summary = json.loads((out / "summary.json").read_text())

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from memory_slots import memory_slot
 from user_env import user_env
 
 from papo_tools.smoke.sizes import CPU_VLLM_UNSUPPORTED
@@ -33,15 +34,16 @@ REPO = Path(__file__).resolve().parents[2]
 def test_smoke_run_of_the_familys_papo_g_script(tmp_path, script, model_type):
     # A user's environment: SMOKE=1 switches the CPU backend on by itself where there is no CUDA.
     env = user_env({"SMOKE": "1", "SMOKE_OUT": str(tmp_path), "PYTHON": sys.executable})
-    run = subprocess.run(
-        ["bash", str(REPO / "scripts" / script)],
-        check=False,
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    with memory_slot("hf" if model_type in CPU_VLLM_UNSUPPORTED else "vllm"):
+        run = subprocess.run(
+            ["bash", str(REPO / "scripts" / script)],
+            check=False,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
     folder = tmp_path / script.removesuffix(".sh")
     assert run.returncode == 0, f"{script} failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-4000:]}"
 

@@ -26,13 +26,12 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from script_runs import run_script
+from script_runs import run_smoke
 
 from papo_tools.smoke.sizes import micro_batches_per_worker
 
 pytestmark = pytest.mark.e2e
 
-SMOKE_TIMEOUT_S = 900
 SP2 = "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"
 MOVING_LR = "actor_rollout_ref.actor.optim.lr=1e-3"
 RECOMPUTE = "papo.masked_logprob_mode=recompute"
@@ -57,7 +56,7 @@ def smoke_run(request, tmp_path_factory):
     """(run, output folder, resolved config, training records) of one smoke run."""
     name, args = RUNS[request.param]
     cwd = tmp_path_factory.mktemp(f"smoke_{request.param}")
-    run = run_script(name, *args, cwd=cwd, timeout=SMOKE_TIMEOUT_S, SMOKE="1")
+    run = run_smoke(name, *args, cwd=cwd)
     folder = cwd / "smoke_output" / name.removesuffix(".sh")
     log = (folder / "run.log").read_text() if (folder / "run.log").exists() else ""
     assert run.returncode == 0, (

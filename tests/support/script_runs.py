@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from memory_slots import memory_slot
 from user_env import user_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,6 +74,17 @@ def run_script(name: str, *args: str, cwd: Path, timeout: int = SCRIPT_TIMEOUT_S
 
 
 SMOKE_TIMEOUT_S = 900
+HF_ROLLOUT = "actor_rollout_ref.rollout.name=hf"
+
+
+def run_smoke(name: str, *args: str, cwd: Path, timeout: int = SMOKE_TIMEOUT_S) -> ScriptRun:
+    """``SMOKE=1 bash scripts/<name> args...`` in ``cwd``, started once a memory slot of its rollout is free.
+
+    The slot's kind is ``hf`` where ``args`` pass :data:`HF_ROLLOUT`, else the scripts' ``vllm``
+    (``memory_slots``: several training runs at once outgrow a CI machine's memory).
+    """
+    with memory_slot("hf" if HF_ROLLOUT in args else "vllm"):
+        return run_script(name, *args, cwd=cwd, timeout=timeout, SMOKE="1")
 
 
 def smoke_outputs(script: str, *args: str, cwd: Path):
@@ -84,7 +96,7 @@ def smoke_outputs(script: str, *args: str, cwd: Path):
     """
     from omegaconf import OmegaConf
 
-    run = run_script(script, *args, cwd=cwd, timeout=SMOKE_TIMEOUT_S, SMOKE="1")
+    run = run_smoke(script, *args, cwd=cwd)
     folder = cwd / "smoke_output" / script.removesuffix(".sh")
     log = (folder / "run.log").read_text() if (folder / "run.log").exists() else ""
     assert run.returncode == 0, f"rc={run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-3000:]}\n{log[-6000:]}"

@@ -1,0 +1,130 @@
+"""Memory admission for the suite's training runs: a run starts only when its measured peak fits.
+
+The end-to-end modules start whole Ray clusters (trainer workers, vLLM engines, TransferQueue,
+reward workers: a dozen processes each). pytest-xdist runs several modules at once, and three such
+runs together outgrow a 24 GiB CI machine: Ray's memory monitor then kills workers at 95 % of the
+node's memory and the runs fail (seen in CI: two vLLM runs and an HF run at once). So each run first
+takes a slot here: a ledger file shared by every pytest process on the machine (all xdist workers,
+and a second suite running beside this one) lists the runs in flight with their peak, and a run
+waits until its own peak fits the budget.
+
+Test support: importable as ``memory_slots`` once ``tests/support`` is on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# Peak resident memory of one run above an idle machine, GiB, rounded up from `MemTotal - MemAvailable`
+# sampled every 0.5 s on an otherwise idle 2-core machine (docs/testing.md, memory admission):
+#   vllm   - SMOKE=1 run_qwen2_5_vl_7b_papo_g.sh, verl's vLLM rollout, 2 workers: 8.7 GiB
+#   hf     - the same run with actor_rollout_ref.rollout.name=hf: 5.2 GiB
+#   engine - tests/cpu/test_vllm_rollout.py (two in-process vLLM engines, no Ray): 1.9 GiB
+PEAK_GIB = {"vllm": 9.0, "hf": 5.5, "engine": 2.0}
+# Ray's memory monitor kills workers above this share of the node's memory (its default threshold).
+RAY_KILL_SHARE = 0.95
+# Kept free beside the runs: the pytest workers themselves (about 0.6 GiB each) and the in-process
+# tests that build verl workers in a child process (up to about 2 GiB).
+HEADROOM_GIB = 5.0
+LEDGER = Path(tempfile.gettempdir()) / "papo-verl-tests-memory.ledger"
+POLL_S = 2.0
+
+
+def total_memory_gib() -> float:
+    """The machine's memory (``MemTotal`` of ``/proc/meminfo``), GiB."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) / 2**20
+    raise RuntimeError("/proc/meminfo has no MemTotal line")
+
+
+def budget_gib(total_gib: float) -> float:
+    """Memory the runs in flight may hold together on a machine of ``total_gib``, GiB."""
+    return total_gib * RAY_KILL_SHARE - HEADROOM_GIB
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_entries(text: str) -> list[tuple[int, str, float]]:
+    """``(pid, kind, GiB)`` of each ledger line whose process is still alive (a crashed holder frees its slot)."""
+    entries = []
+    for line in text.splitlines():
+        pid, kind, gib = line.split()
+        if alive(int(pid)):
+            entries.append((int(pid), kind, float(gib)))
+    return entries
+
+
+def admits(held_gib: list[float], need_gib: float, budget: float) -> bool:
+    """Whether a run of ``need_gib`` may start beside runs holding ``held_gib``.
+
+    A run larger than the whole budget still starts once it is alone, so a small machine runs
+    everything, one run at a time.
+    """
+    return not held_gib or sum(held_gib) + need_gib <= budget
+
+
+def update_ledger(change) -> bool:
+    """Apply ``change(entries) -> entries | None`` to the ledger under an exclusive lock; False where it declined."""
+    with LEDGER.open("a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        entries = read_entries(handle.read())
+        changed = change(entries)
+        if changed is None:
+            return False
+        handle.seek(0)
+        handle.truncate()
+        handle.write("".join(f"{pid} {kind} {gib}\n" for pid, kind, gib in changed))
+        return True
+
+
+def without_one(entries: list[tuple[int, str, float]], entry: tuple[int, str, float]) -> list[tuple[int, str, float]]:
+    """``entries`` less one copy of ``entry`` (a process may hold two slots of one kind)."""
+    kept = list(entries)
+    if entry in kept:
+        kept.remove(entry)
+    return kept
+
+
+@contextmanager
+def memory_slot(kind: str, timeout_s: float = 3600.0) -> Iterator[None]:
+    """Hold a slot of :data:`PEAK_GIB` ``[kind]`` GiB while the block runs one training run of that kind.
+
+    Waits (polling every :data:`POLL_S` s) until the run fits :func:`budget_gib` beside the runs in
+    flight on this machine; raises ``TimeoutError`` after ``timeout_s`` s, naming the holders.
+    """
+    need = PEAK_GIB[kind]
+    budget = budget_gib(total_memory_gib())
+    me = os.getpid()
+    deadline = time.monotonic() + timeout_s
+    holders: list[tuple[int, str, float]] = []
+
+    def take(entries):
+        holders[:] = entries
+        return [*entries, (me, kind, need)] if admits([gib for *_, gib in entries], need, budget) else None
+
+    while not update_ledger(take):
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"no memory slot for a {kind} run ({need} GiB of {budget:.1f}) after {timeout_s} s; held: {holders}"
+            )
+        time.sleep(POLL_S)
+    try:
+        yield
+    finally:
+        update_ledger(lambda entries: without_one(entries, (me, kind, need)))
