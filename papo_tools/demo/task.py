@@ -48,6 +48,7 @@ class ShapeTaskConfig:
     shape_size: int = 9
     max_target: int = 4  # the answer is in 1..max_target
     max_distractors: int = 3  # shapes of other colours
+    background: tuple[int, int, int] = (255, 255, 255)  # RGB of the empty image
 
 
 def _free_cells(rng: random.Random, config: ShapeTaskConfig, count: int) -> list[tuple[int, int]]:
@@ -62,8 +63,8 @@ def _free_cells(rng: random.Random, config: ShapeTaskConfig, count: int) -> list
 
 
 def render_image(colours: list[str], rng: random.Random, config: ShapeTaskConfig) -> Image.Image:
-    """A white image with one filled circle or square per entry of ``colours``."""
-    image = Image.new("RGB", (config.image_size, config.image_size), (255, 255, 255))
+    """An image of ``config.background`` with one filled circle or square per entry of ``colours``."""
+    image = Image.new("RGB", (config.image_size, config.image_size), config.background)
     draw = ImageDraw.Draw(image)
     for colour, (x, y) in zip(colours, _free_cells(rng, config, len(colours)), strict=True):
         box = (x, y, x + config.shape_size - 1, y + config.shape_size - 1)

@@ -23,14 +23,14 @@ from pathlib import Path
 from papo_tools.experiments.arms import ARM_NAMES, ARMS, Arm, sweep_arm
 from papo_tools.experiments.plot import plot_dynamics
 from papo_tools.experiments.run import RunSize, run_arm
-from papo_tools.experiments.summary import aggregate, all_finite, curves, write_summary
+from papo_tools.experiments.summary import ACCURACY_KEY, aggregate, all_finite, curves, write_summary
 from papo_tools.experiments.task import write_task
 from papo_tools.experiments.warmup import WarmupConfig, warm_up_model
 
 QUICK = RunSize(steps=12)
-FULL = RunSize(steps=40)
+FULL = RunSize(steps=60)
 QUICK_SEEDS = 1
-FULL_SEEDS = 2
+FULL_SEEDS = 3
 NUM_TRAIN_ROWS = 512
 NUM_VAL_ROWS = 16
 
@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--warmup-steps", type=_positive, default=WarmupConfig().steps, help="format warm-up steps before RL"
     )
+    parser.add_argument(
+        "--warmup-answer-fraction",
+        type=float,
+        default=WarmupConfig().answer_fraction,
+        help="share of warm-up examples whose target is the true count",
+    )
     parser.add_argument("--lr", type=float, help=f"actor learning rate (default {FULL.lr})")
     parser.add_argument("--arms", type=_parse_arms, help=f"run only these arms (default: {', '.join(ARM_NAMES)})")
     parser.add_argument("--sweep-gammas", type=_parse_gammas, help="run PAPO-G without entropy at these gammas")
@@ -85,30 +91,37 @@ def run_experiment(
     per_seed: dict[str, dict[int, dict[str, list[float]]]] = {arm.name: {} for arm in arms}
     seconds: dict[str, float] = {}
     warmup_losses: dict[str, list[float]] = {}
+    start_accuracy: dict[str, float] = {}
     for seed in range(seeds):
         seed_dir = out / f"seed{seed}"
         started = time.monotonic()
-        losses = warm_up_model(seed_dir / "model", seed, warmup)
+        warmed = warm_up_model(seed_dir / "model", seed, warmup)
+        losses = warmed.losses
         warmup_losses[str(seed)] = [round(loss, 4) for loss in losses]
+        start_accuracy[str(seed)] = round(warmed.start_accuracy, 4)
         train, val = write_task(seed_dir / "data", NUM_TRAIN_ROWS, NUM_VAL_ROWS, seed)
         seconds[f"seed{seed}/warmup"] = round(time.monotonic() - started, 1)
-        print(f"[dynamics] seed {seed}: warm-up loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
+        print(
+            f"[dynamics] seed {seed}: warm-up loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
+            f"start accuracy {warmed.start_accuracy:.3f}",
+            flush=True,
+        )
         for arm in arms:
             records, wall_s = run_arm(arm, seed, seed_dir / "model", train, val, seed_dir / arm.name, size)
             per_seed[arm.name][seed] = curves(records)
             seconds[f"seed{seed}/{arm.name}"] = wall_s
             kl = per_seed[arm.name][seed]["papo/kl_prcp"]
-            score = per_seed[arm.name][seed]["critic/score/mean"]
+            accuracy = per_seed[arm.name][seed][ACCURACY_KEY]
             print(
                 f"[dynamics] seed {seed} {arm.name}: {seconds[f'seed{seed}/{arm.name}']:.0f} s, "
-                f"kl_prcp {kl[0]:.4g} -> {kl[-1]:.4g}, score {score[0]:.3f} -> {score[-1]:.3f}",
+                f"kl_prcp {kl[0]:.4g} -> {kl[-1]:.4g}, accuracy {accuracy[0]:.3f} -> {accuracy[-1]:.3f}",
                 flush=True,
             )
     run = {
         "command": command,
         "seeds": list(range(seeds)),
         "size": vars(size),
-        "warmup": {**vars(warmup), "losses": warmup_losses},
+        "warmup": {**vars(warmup), "losses": warmup_losses, "start_accuracy": start_accuracy},
         "arms": {arm.name: {"overrides": list(arm.overrides), "description": arm.description} for arm in arms},
         "seconds": seconds,
     }
@@ -132,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     arms = tuple(sweep_arm(g) for g in args.sweep_gammas) if args.sweep_gammas else (args.arms or ARMS)
     command = "python -m papo_tools.experiments.dynamics " + " ".join(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
-    run_experiment(args.out.resolve(), arms, seeds, size, WarmupConfig(steps=args.warmup_steps), command)
+    warmup = WarmupConfig(steps=args.warmup_steps, answer_fraction=args.warmup_answer_fraction)
+    run_experiment(args.out.resolve(), arms, seeds, size, warmup, command)
     elapsed = time.monotonic() - started
     print(f"[dynamics] done in {elapsed:.0f} s: {args.out / 'summary.json'}, {args.out / 'dynamics.png'}")
     return 0

@@ -5,15 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from papo_tools.experiments.summary import ACCURACY_KEY
+
 PANELS: tuple[tuple[str, str], ...] = (
+    (ACCURACY_KEY, "accuracy (share of rollouts right)"),
+    ("critic/score/mean", "reward (mean shaped score)"),
     ("papo/kl_prcp", "KL_prcp (original vs masked image)"),
     ("papo/entropy_ori", "H_ori (entropy est., original image)"),
     ("papo/entropy_aug", "H_aug (entropy est., masked image)"),
-    ("critic/score/mean", "reward (mean score)"),
-    ("actor/kl_loss", "reference KL (low_var_kl)"),
     ("response_length/mean", "response length (tokens)"),
+    ("vppo/kept_frac", "VPPO kept-token fraction"),
+    ("vppo/score_kept_mean", "VPPO mean s_t of kept tokens"),
+    ("vppo/score_dropped_mean", "VPPO mean s_t of dropped tokens"),
 )
-LOG_SCALE = ("papo/kl_prcp",)  # spans orders of magnitude between arms
+LOG_SCALE = ("papo/kl_prcp", "vppo/score_kept_mean", "vppo/score_dropped_mean")  # span orders of magnitude
 
 
 def plot_dynamics(summary: dict[str, Any], path: Path, title: str = "") -> Path:

@@ -1,13 +1,17 @@
 """Run one arm of the experiment for one seed through ``python -m recipe.papo.main_papo`` on CPU.
 
 Each run is a fresh process (verl's real v1 trainer, Ray, FSDP2 on gloo, the CPU "hf" rollout)
-whose metrics are read back from verl's ``file`` logger.
+whose metrics are read back from verl's ``file`` logger. verl logs the mean shaped score, not the
+accuracy, so the trainer also dumps every step's rollouts (``trainer.rollout_data_dir``) and the
+accuracy of a step (:data:`ACCURACY_KEY`) is the share of its responses that
+:func:`~papo_tools.demo.reward.score_count_answer` counts as correct.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from papo_tools.cpu.launch import cpu_env, cpu_overrides
-from papo_tools.demo.reward import reward_overrides
+from papo_tools.demo.reward import reward_overrides, score_count_answer
 from papo_tools.experiments.arms import Arm
+from papo_tools.experiments.summary import ACCURACY_KEY
 
 # GRPO as in PAPO-G (the published settings of arXiv 2507.06448): low_var_kl reference-KL loss 0.01, clip
 # 0.2 / 0.3. The learning rate is the toy scale's (the paper's 1e-6 moves a tiny model nowhere).
@@ -31,6 +36,9 @@ BASE_OVERRIDES: tuple[str, ...] = (
     "actor_rollout_ref.rollout.temperature=1.0",
     "algorithm.filter_groups.enable=False",
 )
+
+
+ROLLOUTS_DIR = "rollouts"  # verl's per-step rollout dumps (<step>.jsonl) inside a run directory
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,7 @@ def arm_command(
         rollout="hf",  # dozens of short runs: no vLLM start-up per run (papo_tools.cpu.launch.rollout_overrides)
     )
     seeded = (f"data.seed={seed}", f"papo.mask_seed={seed}", f"actor_rollout_ref.actor.optim.lr={size.lr}")
+    dumps = (f"trainer.rollout_data_dir={run_dir / ROLLOUTS_DIR}",)
     return [
         sys.executable,
         "-m",
@@ -79,6 +88,7 @@ def arm_command(
         *reward_overrides(),
         *BASE_OVERRIDES,
         *seeded,
+        *dumps,
         *arm.overrides,
     ]
 
@@ -90,9 +100,23 @@ def read_metric_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _steps_logged(metrics_path: Path) -> list[dict]:
-    """The training-step records of a metrics file (validation-only records left out)."""
-    return [r for r in read_metric_records(metrics_path) if "critic/score/mean" in r["data"]]
+def step_accuracy(dump_path: Path) -> float:
+    """Accuracy of one step's rollout dump (verl's ``<step>.jsonl``: one response per line, ``output``, ``gts``)."""
+    rows = [json.loads(line) for line in dump_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"{dump_path} holds no rollouts")
+    return sum(score_count_answer(row["output"], str(row["gts"]))["acc"] for row in rows) / len(rows)
+
+
+def _steps_logged(run_dir: Path) -> list[dict]:
+    """The training-step records of a run's metrics file (validation-only records left out), each with
+    :data:`ACCURACY_KEY` from its step's rollout dump where that dump exists."""
+    records = [r for r in read_metric_records(run_dir / "metrics.jsonl") if "critic/score/mean" in r["data"]]
+    for record in records:
+        dump = run_dir / ROLLOUTS_DIR / f"{record['step']}.jsonl"
+        if dump.exists():
+            record["data"][ACCURACY_KEY] = step_accuracy(dump)
+    return records
 
 
 def run_arm(
@@ -113,11 +137,12 @@ def run_arm(
     command = arm_command(arm, seed, model_dir, train, val, run_dir, size)
     if record_path.exists():
         record = json.loads(record_path.read_text())
-        finished = _steps_logged(metrics_path)
+        finished = _steps_logged(run_dir)
         if record["command"] == command and len(finished) == size.steps:
             return finished, record["wall_s"]
     record_path.unlink(missing_ok=True)
     metrics_path.unlink(missing_ok=True)
+    shutil.rmtree(run_dir / ROLLOUTS_DIR, ignore_errors=True)
     env = {**os.environ, **cpu_env(file_logger_path=metrics_path)}
     started = time.monotonic()
     with log_path.open("w") as log:
@@ -125,7 +150,7 @@ def run_arm(
         log.flush()
         result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
     wall_s = round(time.monotonic() - started, 1)
-    records = _steps_logged(metrics_path)
+    records = _steps_logged(run_dir)
     if result.returncode != 0 or len(records) < size.steps:
         raise RuntimeError(
             f"arm {arm.name} seed {seed}: trainer exit code {result.returncode}, {len(records)} of {size.steps} "

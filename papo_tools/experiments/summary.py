@@ -2,11 +2,12 @@
 
 Layout::
 
-    {"arms":     {arm: {metric: [mean over seeds, one value per step]}},
-     "spread":   {arm: {metric: [population std over seeds, per step]}},
-     "per_seed": {arm: {seed: {metric: [value per step]}}},
-     "steps":    [1, 2, ...],
-     "run":      {free-form description of the run: command, sizes, seeds, timings}}
+    {"arms":       {arm: {metric: [mean over seeds, one value per step]}},
+     "spread":     {arm: {metric: [population std over seeds, per step]}},
+     "per_seed":   {arm: {seed: {metric: [value per step]}}},
+     "comparison": {arm: {measure: paired comparison with the baseline arm}}  (compare_with_baseline)
+     "steps":      [1, 2, ...],
+     "run":        {free-form description of the run: command, sizes, seeds, timings}}
 """
 
 from __future__ import annotations
@@ -18,20 +19,30 @@ from typing import Any
 
 import numpy as np
 
+ACCURACY_KEY = "task/accuracy"  # share of a step's responses with the right count first (papo_tools.experiments.run)
 # Always in the summary (a run lacking one is an error).
 REQUIRED_METRICS: tuple[str, ...] = (
+    ACCURACY_KEY,
     "papo/kl_prcp",
     "papo/entropy_ori",
     "papo/entropy_aug",
     "critic/score/mean",
 )
-# Also kept when verl logs them.
+# Also kept when logged at every step (the vppo/* ones by the arms with VPPO on).
 OPTIONAL_METRICS: tuple[str, ...] = (
     "papo/logprob_gap",
     "actor/kl_loss",
     "actor/grad_norm",
     "response_length/mean",
+    "vppo/kept_frac",
+    "vppo/score_mean",
+    "vppo/score_kept_mean",
+    "vppo/score_dropped_mean",
+    "vppo/weight_min",
+    "vppo/weight_max",
 )
+BASELINE_ARM = "grpo"
+FINAL_WINDOW = 10  # steps at the end of a run whose mean accuracy is its "final accuracy"
 
 
 def curves(
@@ -55,7 +66,9 @@ def curves(
 
 
 def aggregate(per_seed: dict[str, dict[int, dict[str, list[float]]]], run: dict[str, Any]) -> dict[str, Any]:
-    """The summary of ``per_seed`` curves (``{arm: {seed: {metric: values}}}``): mean and spread."""
+    """The summary of ``per_seed`` curves (``{arm: {seed: {metric: values}}}``): mean and spread, and the
+    comparison with the baseline where every curve set has :data:`ACCURACY_KEY`."""
+    has_accuracy = all(ACCURACY_KEY in c for seeds in per_seed.values() for c in seeds.values())
     arms: dict[str, dict[str, list[float]]] = {}
     spread: dict[str, dict[str, list[float]]] = {}
     num_steps = 0
@@ -71,9 +84,66 @@ def aggregate(per_seed: dict[str, dict[int, dict[str, list[float]]]], run: dict[
         "arms": arms,
         "spread": spread,
         "per_seed": {arm: {str(seed): c for seed, c in seeds.items()} for arm, seeds in per_seed.items()},
+        "comparison": compare_with_baseline(per_seed) if has_accuracy else {},
         "steps": list(range(1, num_steps + 1)),
         "run": run,
     }
+
+
+def accuracy_measures(accuracy: list[float]) -> dict[str, float]:
+    """``final``: mean accuracy over the last :data:`FINAL_WINDOW` steps; ``auc``: the mean over all
+    steps (the area under the accuracy curve per step, in [0, 1])."""
+    return {"final": float(np.mean(accuracy[-FINAL_WINDOW:])), "auc": float(np.mean(accuracy))}
+
+
+def paired_difference(arm_values: list[float], baseline_values: list[float]) -> dict[str, Any]:
+    """Compare one measure of an arm with the baseline's, seed by seed (same seed = same start and data).
+
+    Returns:
+        ``differences`` (arm - baseline per seed), ``mean`` and ``std`` (sample std, ddof 1) of the
+        differences, ``baseline_spread`` (sample std of the baseline's values over seeds), and
+        ``exceeds_spread``: whether ``|mean|`` is larger than both ``std`` and ``baseline_spread``,
+        i.e. whether the difference stands out from the seed-to-seed variation. With 3 seeds this is a
+        plain-language screen, not a significance test.
+    """
+    arm = np.asarray(arm_values, dtype=np.float64)
+    base = np.asarray(baseline_values, dtype=np.float64)
+    differences = arm - base
+    ddof = 1 if len(differences) > 1 else 0
+    mean, std = float(differences.mean()), float(differences.std(ddof=ddof))
+    spread = float(base.std(ddof=ddof))
+    return {
+        "differences": differences.tolist(),
+        "mean": mean,
+        "std": std,
+        "baseline_spread": spread,
+        "exceeds_spread": bool(abs(mean) > max(std, spread)),
+    }
+
+
+def compare_with_baseline(
+    per_seed: dict[str, dict[int, dict[str, list[float]]]], baseline: str = BASELINE_ARM
+) -> dict[str, dict[str, Any]]:
+    """``{arm: {measure: {"per_seed", "mean", "spread", "vs_baseline"}}}`` for the measures of
+    :func:`accuracy_measures`; ``vs_baseline`` (:func:`paired_difference`) over the seeds both arms ran,
+    absent for the baseline itself or when it did not run."""
+    result: dict[str, dict[str, Any]] = {}
+    for arm, seeds in per_seed.items():
+        measures = {seed: accuracy_measures(curves_of_seed[ACCURACY_KEY]) for seed, curves_of_seed in seeds.items()}
+        result[arm] = {}
+        for name in ("final", "auc"):
+            values = [measures[seed][name] for seed in sorted(measures)]
+            entry: dict[str, Any] = {
+                "per_seed": values,
+                "mean": float(np.mean(values)),
+                "spread": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            }
+            common = sorted(set(seeds) & set(per_seed.get(baseline, {})))
+            if arm != baseline and common:
+                base = [accuracy_measures(per_seed[baseline][seed][ACCURACY_KEY])[name] for seed in common]
+                entry["vs_baseline"] = paired_difference([measures[seed][name] for seed in common], base)
+            result[arm][name] = entry
+    return result
 
 
 def all_finite(summary: dict[str, Any]) -> bool:

@@ -15,8 +15,16 @@ from pathlib import Path
 from papo_tools.demo.task import ShapeTaskConfig, make_rows, write_parquet
 
 MAX_COUNT = 3
+# The processor's normalisation mean (OpenAI CLIP's, Qwen2.5-VL's image_mean) as 8-bit RGB: an empty
+# image normalises to about 0, so the shapes are the whole input to the vision tower. On a white
+# image the normalised background (about +1.9 in every pixel) swamps them: the tiny random vision
+# tower's outputs then differ between images by about 1e-3 of their size, and not even a supervised
+# warm-up on the true answers learns the task (docs/dynamics.md, "task").
+BACKGROUND = (123, 117, 104)
 # 56 px images (4 merged visual tokens, 16 patches of 14 px); 12 px shapes on a 3 x 3 grid.
-TASK_CONFIG = ShapeTaskConfig(image_size=56, shape_size=12, max_target=MAX_COUNT, max_distractors=0)
+TASK_CONFIG = ShapeTaskConfig(
+    image_size=56, shape_size=12, max_target=MAX_COUNT, max_distractors=0, background=BACKGROUND
+)
 ANSWER_DIGITS: tuple[str, ...] = tuple(str(count) for count in range(1, MAX_COUNT + 1))
 
 

@@ -1,11 +1,11 @@
 """``python -m papo_tools.experiments.dynamics`` end to end: one arm for 2 steps through main_papo.
 
-The experiment's command line, warm-up, task, one trainer run through Ray, summary and figure. The
-arm is the one that uses all three PAPO coefficients (gamma and both entropy terms); the arms differ
-only in their coefficients, which ``test_arm_configs.py`` checks for every arm through the start-up
-checks without Ray, and monitor mode (the GRPO arm) is proven bit for bit in
-``tests/worker/test_papo_metrics.py``. Cost: a 2-step warm-up plus one 2-step run (about 40 s of
-Ray/worker start-up).
+The experiment's command line, warm-up, task, one trainer run through Ray, the accuracy read back
+from the trainer's rollout dumps, summary and figure. The arm is PAPO-G with VPPO, the one that uses
+both the PAPO and the VPPO options (and logs ``vppo/*``); the arms differ only in their options,
+which ``test_arm_configs.py`` checks for every arm through the start-up checks without Ray, and
+monitor mode (the GRPO arm) is proven bit for bit in ``tests/worker/test_papo_metrics.py``. Cost: a
+2-step warm-up plus one 2-step run (about 40 s of Ray/worker start-up).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from memory_slots import memory_slot
 from user_env import user_env
 
 from papo_tools.experiments.arms import ARMS
-from papo_tools.experiments.summary import REQUIRED_METRICS
+from papo_tools.experiments.summary import ACCURACY_KEY, REQUIRED_METRICS
 
 pytestmark = pytest.mark.e2e
 
-E2E_ARMS = ("papo_high_gamma_double_entropy",)
+E2E_ARMS = ("papo_vppo",)
 
 
 def test_two_steps_of_an_arm_write_a_finite_summary_and_the_figure(tmp_path):
@@ -51,3 +51,8 @@ def test_two_steps_of_an_arm_write_a_finite_summary_and_the_figure(tmp_path):
     arm = next(arm for arm in ARMS if arm.name == E2E_ARMS[0])
     assert summary["run"]["arms"][arm.name]["overrides"] == list(arm.overrides)
     assert (out / "dynamics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # accuracy is a share of 40 rollouts a step; VPPO kept some but not all tokens of a 2-token answer
+    assert all(0 <= v <= 1 and v * 40 == round(v * 40) for v in summary["arms"]["papo_vppo"][ACCURACY_KEY])
+    assert all(0 < v < 1 for v in summary["arms"]["papo_vppo"]["vppo/kept_frac"])
+    start = summary["run"]["warmup"]["start_accuracy"]["0"]
+    assert 0 < start < 1

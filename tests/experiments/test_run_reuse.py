@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from papo_tools.experiments.arms import ARMS
-from papo_tools.experiments.run import RunSize, arm_command, run_arm
+from papo_tools.experiments.run import ROLLOUTS_DIR, RunSize, arm_command, run_arm, step_accuracy
+from papo_tools.experiments.summary import ACCURACY_KEY
 
 
 def _finish(run_dir: Path, command: list[str], steps: int) -> None:
@@ -32,3 +35,29 @@ def test_every_arm_command_runs_main_papo_with_its_own_overrides_last(tmp_path):
         assert command[1:3] == ["-m", "recipe.papo.main_papo"]
         assert command[-len(arm.overrides) :] == list(arm.overrides)
         assert "data.seed=1" in command and "papo.mask_seed=1" in command
+
+
+def test_the_accuracy_of_a_step_is_read_from_its_rollout_dump(tmp_path):
+    paths = (tmp_path / "model", tmp_path / "train.parquet", tmp_path / "val.parquet", tmp_path / "run")
+    size = RunSize(steps=2)
+    command = arm_command(ARMS[0], 0, *paths, size)
+    assert f"trainer.rollout_data_dir={paths[3] / ROLLOUTS_DIR}" in command
+    _finish(paths[3], command, steps=2)
+    dumps = paths[3] / ROLLOUTS_DIR
+    dumps.mkdir()
+    # verl's dump lines (trainer_base._log_rollout_data): decoded response and ground truth per rollout
+    lines = [
+        {"output": "2", "gts": "2"},
+        {"output": "3", "gts": "2"},
+        {"output": "x2", "gts": "2"},
+        {"output": "", "gts": "1"},
+    ]
+    (dumps / "1.jsonl").write_text("".join(json.dumps({**line, "score": 0.0, "step": 1}) + "\n" for line in lines))
+    (dumps / "2.jsonl").write_text(json.dumps({"output": "1", "gts": "1", "score": 1.0, "step": 2}) + "\n")
+    records, _ = run_arm(ARMS[0], 0, *paths, size)
+    # "x2" counts: the first integer of the response is the answer (papo_tools.demo.reward)
+    assert [r["data"][ACCURACY_KEY] for r in records] == [0.5, 1.0]
+    assert step_accuracy(dumps / "1.jsonl") == 0.5
+    (dumps / "3.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="3.jsonl holds no rollouts"):
+        step_accuracy(dumps / "3.jsonl")

@@ -7,7 +7,17 @@ import math
 import pytest
 
 from papo_tools.experiments.plot import plot_dynamics
-from papo_tools.experiments.summary import REQUIRED_METRICS, aggregate, all_finite, curves
+from papo_tools.experiments.summary import (
+    ACCURACY_KEY,
+    FINAL_WINDOW,
+    REQUIRED_METRICS,
+    accuracy_measures,
+    aggregate,
+    all_finite,
+    compare_with_baseline,
+    curves,
+    paired_difference,
+)
 
 
 def _records(values: dict[int, float], extra: dict | None = None) -> list[dict]:
@@ -54,3 +64,38 @@ def test_plot_writes_a_png(tmp_path):
     per_seed = {arm: {0: curves(_records({1: 0.1, 2: 0.2 + i}))} for i, arm in enumerate(("grpo", "papo"))}
     path = plot_dynamics(aggregate(per_seed, run={}), tmp_path / "fig.png", title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_accuracy_measures_are_the_final_window_and_the_whole_run_means():
+    accuracy = [0.0] * 5 + [1.0] * FINAL_WINDOW
+    measures = accuracy_measures(accuracy)
+    assert measures["final"] == 1.0
+    assert measures["auc"] == pytest.approx(FINAL_WINDOW / (FINAL_WINDOW + 5))
+
+
+def test_paired_difference_is_taken_seed_by_seed():
+    # seed-to-seed spread of the baseline is large, the paired difference is steady: it stands out
+    result = paired_difference([0.5, 0.7, 0.9], [0.4, 0.6, 0.8])
+    assert result["differences"] == pytest.approx([0.1, 0.1, 0.1])
+    assert result["mean"] == pytest.approx(0.1)
+    assert result["std"] == pytest.approx(0.0, abs=1e-12)
+    assert result["baseline_spread"] == pytest.approx(0.2)  # sample std of 0.4, 0.6, 0.8
+    assert result["exceeds_spread"] is False  # 0.1 < the baseline's own spread 0.2
+    steady = paired_difference([0.6, 0.62, 0.64], [0.4, 0.41, 0.42])
+    assert steady["exceeds_spread"] is True
+    noisy = paired_difference([0.5, 0.3, 0.45], [0.4, 0.4, 0.4])
+    assert noisy["mean"] == pytest.approx(0.0166667, abs=1e-6)
+    assert noisy["exceeds_spread"] is False
+
+
+def test_compare_with_baseline_pairs_the_seeds_both_arms_ran():
+    def run(final: float) -> dict[str, list[float]]:
+        return {ACCURACY_KEY: [0.3] * 5 + [final] * FINAL_WINDOW}
+
+    per_seed = {"grpo": {0: run(0.4), 1: run(0.5)}, "papo": {0: run(0.45), 1: run(0.6), 2: run(0.9)}}
+    comparison = compare_with_baseline(per_seed)
+    assert "vs_baseline" not in comparison["grpo"]["final"]
+    papo = comparison["papo"]["final"]
+    assert papo["per_seed"] == pytest.approx([0.45, 0.6, 0.9])
+    assert papo["vs_baseline"]["differences"] == pytest.approx([0.05, 0.1])  # seed 2 has no grpo run
+    assert comparison["papo"]["auc"]["vs_baseline"]["mean"] == pytest.approx(0.075 * FINAL_WINDOW / 15)
