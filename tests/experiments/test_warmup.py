@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import subprocess
@@ -9,10 +10,11 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 from papo_tools.demo.task import make_rows
 from papo_tools.demo.tiny_model import load_tiny_model
-from papo_tools.experiments.task import ANSWER_DIGITS, TASK_CONFIG
+from papo_tools.experiments.task import ANSWER_DIGITS, BACKGROUND, TASK_CONFIG
 from papo_tools.experiments.warmup import _batch, answer_accuracy, target_digits
 
 
@@ -88,3 +90,13 @@ def test_answer_accuracy_is_the_probability_of_the_true_digit_after_the_prompt(t
         digit_id = tokenizer.convert_tokens_to_ids(row["reward_model"]["ground_truth"])
         expected.append(float(probs[digit_id]))
     assert answer_accuracy(model, tokenizer, processor, rows) == pytest.approx(sum(expected) / len(expected), rel=1e-4)
+
+
+def test_task_images_sit_on_the_processors_mean_colour(tiny_model_bundle):
+    _, _, processor = tiny_model_bundle
+    row = make_rows(1, "train", 0, TASK_CONFIG)[0]
+    image = Image.open(io.BytesIO(row["images"][0]["bytes"])).convert("RGB")
+    assert image.getpixel((0, 0)) == BACKGROUND  # the corner: no shape reaches it
+    mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
+    normalised = [(value / 255 - m) / s for value, m, s in zip(BACKGROUND, mean, std, strict=True)]
+    assert max(abs(v) for v in normalised) < 0.01  # an empty image is about 0 to the vision tower
