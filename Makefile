@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.papo-installed
 # Extra arguments of the main pytest pass, e.g. `make pytest PYTEST_ARGS="-k masking"`.
 PYTEST_ARGS ?=
+# `make experiment`: output folder and extra flags (docs/dynamics.md), e.g. EXPERIMENT_ARGS=--quick.
+EXPERIMENT_OUT ?= experiment_output
+EXPERIMENT_ARGS ?=
 # pytest-xdist workers; each test file stays on one worker (--dist loadfile). Timings per worker
 # count on 2 cores: docs/testing.md.
 TEST_WORKERS ?= 3
@@ -59,7 +62,7 @@ demo: $(STAMP)
 
 experiment: $(STAMP)
 	$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install --quiet -e '.[experiments]' --config-settings editable_mode=compat
-	$(PY) -m papo_tools.experiments.dynamics $(EXPERIMENT_ARGS)
+	$(PY) -m papo_tools.experiments.dynamics --out $(EXPERIMENT_OUT) $(EXPERIMENT_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
