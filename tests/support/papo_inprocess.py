@@ -103,6 +103,29 @@ def make_worker(config):
     return worker
 
 
+# A worker whose updates leave its weights as they are (lr 0) and compute in float32 (no bf16 autocast):
+# the loss and gradient tests compare numbers, not training.
+FROZEN_FP32 = (
+    "actor_rollout_ref.actor.optim.lr=0.0",
+    "+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp32",
+)
+
+
+def frozen_fp32_worker(model_dir: str | Path, papo_overrides: Sequence[str], *, prompts: int):
+    """:func:`make_worker` of ``model_dir`` with :data:`FROZEN_FP32` and ``papo_overrides``, in this process."""
+    activate_in_process()
+    return make_worker(compose_config(model_dir, [*FROZEN_FP32, *papo_overrides], prompts=prompts))
+
+
+def prepared_batch(worker, samples: Sequence[tuple[int | None, str, str]], advantages: Sequence[float]):
+    """The batch the trainer hands the update at step 2, of ``(image seed or None, uid, response)`` rows
+    asked "How many shapes?": old and masked log-probs, weights and ``advantages``."""
+    rows = [
+        ([] if seed is None else [random_image(seed)], uid, "How many shapes?", text) for seed, uid, text in samples
+    ]
+    return with_trainer_fields(worker, worker_batch(worker, rows, step=2), advantages)
+
+
 def random_image(seed: int, size: int = 56) -> Image.Image:
     """A ``size`` x ``size`` RGB image of uniform noise, a pure function of ``seed``."""
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))

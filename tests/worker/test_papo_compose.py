@@ -100,19 +100,8 @@ SPLIT_DEPENDENT_PAPO_LOSS = {Cell("vanilla", "seq-mean-token-sum-norm").id}
 
 @pytest.fixture(scope="module")
 def worker(tiny_model_dir):
-    inprocess.activate_in_process()
-    config = inprocess.compose_config(
-        tiny_model_dir,
-        [
-            "actor_rollout_ref.actor.optim.lr=0.0",
-            "+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp32",
-            f"papo.kl_prcp_coef={GAMMA}",
-            f"papo.entropy_ori_coef={ETA_ORI}",
-            f"papo.entropy_aug_coef={ETA_AUG}",
-        ],
-        prompts=2,
-    )
-    return inprocess.make_worker(config)
+    papo = [f"papo.kl_prcp_coef={GAMMA}", f"papo.entropy_ori_coef={ETA_ORI}", f"papo.entropy_aug_coef={ETA_AUG}"]
+    return inprocess.frozen_fp32_worker(tiny_model_dir, papo, prompts=2)
 
 
 def _nested_like(reference, values: list[torch.Tensor]):
@@ -123,11 +112,7 @@ def _nested_like(reference, values: list[torch.Tensor]):
 def prepared(worker):
     """The batch as the trainers leave it before an update, with old log-probs moved off the current
     policy (so every surrogate's ratio, clip and mask logic is exercised) and a reference policy."""
-    rows = [
-        ([] if seed is None else [inprocess.random_image(seed)], uid, "How many shapes?", text)
-        for seed, uid, text in SAMPLES
-    ]
-    data = inprocess.with_trainer_fields(worker, inprocess.worker_batch(worker, rows, step=2), ADVANTAGES)
+    data = inprocess.prepared_batch(worker, SAMPLES, ADVANTAGES)
     old = list(data["old_log_probs"].unbind())
     shift = [0.15 * torch.cos(torch.arange(len(row), dtype=row.dtype) + i) for i, row in enumerate(old)]
     data["old_log_probs"] = _nested_like(data["old_log_probs"], [o + s for o, s in zip(old, shift, strict=True)])

@@ -49,29 +49,14 @@ COEFFICIENTS = PapoCoefficients(GAMMA, ETA_ORI, ETA_AUG)
 
 @pytest.fixture(scope="module")
 def worker(tiny_model_dir):
-    inprocess.activate_in_process()
-    config = inprocess.compose_config(
-        tiny_model_dir,
-        [
-            "actor_rollout_ref.actor.optim.lr=0.0",
-            "+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp32",
-            f"papo.kl_prcp_coef={GAMMA}",
-            f"papo.entropy_ori_coef={ETA_ORI}",
-            f"papo.entropy_aug_coef={ETA_AUG}",
-        ],
-        prompts=4,
-    )
-    return inprocess.make_worker(config)
+    papo = [f"papo.kl_prcp_coef={GAMMA}", f"papo.entropy_ori_coef={ETA_ORI}", f"papo.entropy_aug_coef={ETA_AUG}"]
+    return inprocess.frozen_fp32_worker(tiny_model_dir, papo, prompts=4)
 
 
 @pytest.fixture(scope="module")
 def prepared(worker):
     """The batch with what the trainer writes before the update: old and masked log-probs, weights."""
-    rows = [
-        ([] if seed is None else [inprocess.random_image(seed)], uid, "How many shapes?", text)
-        for seed, uid, text in SAMPLES
-    ]
-    return inprocess.with_trainer_fields(worker, inprocess.worker_batch(worker, rows, step=2), ADVANTAGES)
+    return inprocess.prepared_batch(worker, SAMPLES, ADVANTAGES)
 
 
 def update_metrics(worker, prepared, *, micro_batch_size=None, max_token_len=None, loss_fn=None):

@@ -51,29 +51,18 @@ NO_PAPO = PapoCoefficients(0.0, 0.0, 0.0)  # VPPO alone: the PAPO coefficients a
 
 @pytest.fixture(scope="module")
 def worker(tiny_model_dir):
-    inprocess.activate_in_process()
-    config = inprocess.compose_config(
-        tiny_model_dir,
-        [
-            "actor_rollout_ref.actor.optim.lr=0.0",
-            "+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp32",
-            "papo.kl_prcp_coef=0.0",
-            f"papo.vppo_token_fraction={FRACTION}",
-            f"papo.vppo_beta_min={BETA_MIN}",
-            f"papo.vppo_entropy_coef={ENTROPY_COEF}",
-        ],
-        prompts=4,
-    )
-    return inprocess.make_worker(config)
+    vppo = [
+        "papo.kl_prcp_coef=0.0",
+        f"papo.vppo_token_fraction={FRACTION}",
+        f"papo.vppo_beta_min={BETA_MIN}",
+        f"papo.vppo_entropy_coef={ENTROPY_COEF}",
+    ]
+    return inprocess.frozen_fp32_worker(tiny_model_dir, vppo, prompts=4)
 
 
 @pytest.fixture(scope="module")
 def prepared(worker):
-    rows = [
-        ([] if seed is None else [inprocess.random_image(seed)], uid, "How many shapes?", text)
-        for seed, uid, text in SAMPLES
-    ]
-    return inprocess.with_trainer_fields(worker, inprocess.worker_batch(worker, rows, step=2), ADVANTAGES)
+    return inprocess.prepared_batch(worker, SAMPLES, ADVANTAGES)
 
 
 def independent(prepared, fraction=FRACTION, beta_min=BETA_MIN):
