@@ -8,7 +8,7 @@ from typing import Any
 from papo_tools.experiments.summary import ACCURACY_KEY
 
 PANELS: tuple[tuple[str, str], ...] = (
-    (ACCURACY_KEY, "accuracy (share of rollouts right)"),
+    (ACCURACY_KEY, "accuracy (share of rollouts right, 10-step moving mean)"),
     ("critic/score/mean", "reward (mean shaped score)"),
     ("papo/kl_prcp", "KL_prcp (original vs masked image)"),
     ("papo/entropy_ori", "H_ori (entropy est., original image)"),
@@ -18,7 +18,20 @@ PANELS: tuple[tuple[str, str], ...] = (
     ("vppo/score_kept_mean", "VPPO mean s_t of kept tokens"),
     ("vppo/score_dropped_mean", "VPPO mean s_t of dropped tokens"),
 )
+SMOOTHED = {ACCURACY_KEY: 10}  # metric -> moving-mean window (steps): 40 rollouts a step are noisy
 LOG_SCALE = ("papo/kl_prcp", "vppo/score_kept_mean", "vppo/score_dropped_mean")  # span orders of magnitude
+
+
+def moving_mean(values, window: int):
+    """Trailing mean over up to ``window`` steps (``(steps,)`` array in, same shape out)."""
+    import numpy as np
+
+    if window <= 1:
+        return values
+    sums = np.cumsum(np.insert(values.astype(np.float64), 0, 0.0))
+    steps = np.arange(1, len(values) + 1)
+    starts = np.maximum(steps - window, 0)
+    return (sums[steps] - sums[starts]) / (steps - starts)
 
 
 def plot_dynamics(summary: dict[str, Any], path: Path, title: str = "") -> Path:
@@ -28,8 +41,10 @@ def plot_dynamics(summary: dict[str, Any], path: Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.lines import Line2D
 
     panels = [(m, label) for m, label in PANELS if any(m in arm for arm in summary["arms"].values())]
+    colours = {arm: f"C{index}" for index, arm in enumerate(summary["arms"])}  # one colour per arm in every panel
     cols = 3
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
@@ -37,12 +52,12 @@ def plot_dynamics(summary: dict[str, Any], path: Path, title: str = "") -> Path:
         for arm, arm_curves in summary["arms"].items():
             if metric not in arm_curves:
                 continue
-            mean = np.asarray(arm_curves[metric])
-            std = np.asarray(summary["spread"][arm][metric])
+            mean = moving_mean(np.asarray(arm_curves[metric]), SMOOTHED.get(metric, 1))
+            std = moving_mean(np.asarray(summary["spread"][arm][metric]), SMOOTHED.get(metric, 1))
             steps = np.arange(1, len(mean) + 1)
-            (line,) = ax.plot(steps, mean, label=arm, linewidth=1.6)
+            ax.plot(steps, mean, label=arm, linewidth=1.6, color=colours[arm])
             if std.any():
-                ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15, linewidth=0)
+                ax.fill_between(steps, mean - std, mean + std, color=colours[arm], alpha=0.15, linewidth=0)
         if metric in LOG_SCALE:
             ax.set_yscale("log")
         ax.set_title(label, fontsize=10)
@@ -50,7 +65,8 @@ def plot_dynamics(summary: dict[str, Any], path: Path, title: str = "") -> Path:
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+    handles = [Line2D([], [], color=colours[arm], linewidth=1.6) for arm in summary["arms"]]
+    labels = list(summary["arms"])
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)

@@ -9,6 +9,7 @@ accuracy of a step (:data:`ACCURACY_KEY`) is the share of its responses that
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -119,15 +120,25 @@ def _steps_logged(run_dir: Path) -> list[dict]:
     return records
 
 
+def model_fingerprint(model_dir: Path) -> str:
+    """SHA-256 of the starting weights (``model_dir/*.safetensors``, by name), hex; ``""`` without any."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest() if any(Path(model_dir).glob("*.safetensors")) else ""
+
+
 def run_arm(
     arm: Arm, seed: int, model_dir: Path, train: Path, val: Path, run_dir: Path, size: RunSize
 ) -> tuple[list[dict], float]:
     """Train ``arm`` at ``seed``; returns its per-step metric records and the run's wall seconds.
 
     Writes ``run_dir/train.log`` (the command, then the trainer's output), ``metrics.jsonl`` and
-    ``run.json`` (command and wall seconds of a finished run). A ``run_dir`` whose ``run.json`` holds
-    the same command and whose metrics hold every step is reused as it is, so an interrupted or
-    extended experiment (more seeds) runs only what is missing.
+    ``run.json`` (command, :func:`model_fingerprint` and wall seconds of a finished run). A
+    ``run_dir`` whose ``run.json`` holds the same command and the fingerprint of the same starting
+    weights, and whose metrics hold every step, is reused as it is, so an interrupted or extended
+    experiment (more seeds) runs only what is missing, and a changed warm-up trains afresh.
 
     Raises:
         RuntimeError: the trainer exited with an error or logged fewer steps than asked for.
@@ -135,10 +146,11 @@ def run_arm(
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path, log_path, record_path = run_dir / "metrics.jsonl", run_dir / "train.log", run_dir / "run.json"
     command = arm_command(arm, seed, model_dir, train, val, run_dir, size)
+    fingerprint = model_fingerprint(model_dir)
     if record_path.exists():
         record = json.loads(record_path.read_text())
         finished = _steps_logged(run_dir)
-        if record["command"] == command and len(finished) == size.steps:
+        if record["command"] == command and record.get("model") == fingerprint and len(finished) == size.steps:
             return finished, record["wall_s"]
     record_path.unlink(missing_ok=True)
     metrics_path.unlink(missing_ok=True)
@@ -156,5 +168,5 @@ def run_arm(
             f"arm {arm.name} seed {seed}: trainer exit code {result.returncode}, {len(records)} of {size.steps} "
             f"steps logged; see {log_path}"
         )
-    record_path.write_text(json.dumps({"command": command, "wall_s": wall_s}))
+    record_path.write_text(json.dumps({"command": command, "model": fingerprint, "wall_s": wall_s}))
     return records, wall_s

@@ -103,15 +103,23 @@ def paired_difference(arm_values: list[float], baseline_values: list[float]) -> 
         ``differences`` (arm - baseline per seed), ``mean`` and ``std`` (sample std, ddof 1) of the
         differences, ``baseline_spread`` (sample std of the baseline's values over seeds), and
         ``exceeds_spread``: whether ``|mean|`` is larger than both ``std`` and ``baseline_spread``,
-        i.e. whether the difference stands out from the seed-to-seed variation. With 3 seeds this is a
-        plain-language screen, not a significance test.
+        i.e. whether the difference stands out from the seed-to-seed variation; ``None`` with fewer
+        than 2 seeds, where there is no spread to compare with. With 3 seeds this is a plain-language
+        screen, not a significance test.
     """
     arm = np.asarray(arm_values, dtype=np.float64)
     base = np.asarray(baseline_values, dtype=np.float64)
     differences = arm - base
-    ddof = 1 if len(differences) > 1 else 0
-    mean, std = float(differences.mean()), float(differences.std(ddof=ddof))
-    spread = float(base.std(ddof=ddof))
+    mean = float(differences.mean())
+    if len(differences) < 2:
+        return {
+            "differences": differences.tolist(),
+            "mean": mean,
+            "std": None,
+            "baseline_spread": None,
+            "exceeds_spread": None,
+        }
+    std, spread = float(differences.std(ddof=1)), float(base.std(ddof=1))
     return {
         "differences": differences.tolist(),
         "mean": mean,

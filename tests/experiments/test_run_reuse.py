@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
+import papo_tools.experiments.run as run_module
 from papo_tools.experiments.arms import ARMS
-from papo_tools.experiments.run import ROLLOUTS_DIR, RunSize, arm_command, run_arm, step_accuracy
+from papo_tools.experiments.run import (
+    ROLLOUTS_DIR,
+    RunSize,
+    arm_command,
+    model_fingerprint,
+    run_arm,
+    step_accuracy,
+)
 from papo_tools.experiments.summary import ACCURACY_KEY
 
 
-def _finish(run_dir: Path, command: list[str], steps: int) -> None:
+def _finish(run_dir: Path, command: list[str], steps: int, model: str = "") -> None:
     run_dir.mkdir(parents=True)
     records = [{"step": s, "data": {"critic/score/mean": 0.5, "papo/kl_prcp": 0.1 * s}} for s in range(1, steps + 1)]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (run_dir / "run.json").write_text(json.dumps({"command": command, "wall_s": 12.5}))
+    (run_dir / "run.json").write_text(json.dumps({"command": command, "model": model, "wall_s": 12.5}))
 
 
 def test_a_finished_run_with_the_same_command_is_reused(tmp_path):
@@ -61,3 +70,25 @@ def test_the_accuracy_of_a_step_is_read_from_its_rollout_dump(tmp_path):
     (dumps / "3.jsonl").write_text("\n")
     with pytest.raises(ValueError, match="3.jsonl holds no rollouts"):
         step_accuracy(dumps / "3.jsonl")
+
+
+def test_a_finished_run_from_other_starting_weights_is_not_reused(tmp_path, monkeypatch):
+    paths = (tmp_path / "model", tmp_path / "train.parquet", tmp_path / "val.parquet", tmp_path / "run")
+    paths[0].mkdir()
+    (paths[0] / "model.safetensors").write_bytes(b"warm-up A")
+    size = RunSize(steps=2)
+    command = arm_command(ARMS[0], 0, *paths, size)
+    _finish(paths[3], command, steps=2, model=model_fingerprint(paths[0]))
+    assert run_arm(ARMS[0], 0, *paths, size)[1] == 12.5  # same weights: reused
+    (paths[0] / "model.safetensors").write_bytes(b"warm-up B")  # e.g. another warm-up config
+    started = []
+
+    def trainer(command, **kwargs):  # stands in for main_papo: the run starts again
+        started.append(command)
+        return subprocess.CompletedProcess(command, 1)
+
+    monkeypatch.setattr(run_module.subprocess, "run", trainer)
+    with pytest.raises(RuntimeError, match="exit code 1"):
+        run_arm(ARMS[0], 0, *paths, size)
+    assert started == [command]
+    assert not (paths[3] / "run.json").exists()  # the stale record is gone

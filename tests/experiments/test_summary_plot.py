@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
-from papo_tools.experiments.plot import plot_dynamics
+from papo_tools.experiments.plot import moving_mean, plot_dynamics
 from papo_tools.experiments.summary import (
     ACCURACY_KEY,
     FINAL_WINDOW,
@@ -83,6 +84,9 @@ def test_paired_difference_is_taken_seed_by_seed():
     assert result["exceeds_spread"] is False  # 0.1 < the baseline's own spread 0.2
     steady = paired_difference([0.6, 0.62, 0.64], [0.4, 0.41, 0.42])
     assert steady["exceeds_spread"] is True
+    one_seed = paired_difference([0.9], [0.4])
+    assert one_seed["mean"] == pytest.approx(0.5)
+    assert one_seed["exceeds_spread"] is None and one_seed["std"] is None  # no spread to compare with
     noisy = paired_difference([0.5, 0.3, 0.45], [0.4, 0.4, 0.4])
     assert noisy["mean"] == pytest.approx(0.0166667, abs=1e-6)
     assert noisy["exceeds_spread"] is False
@@ -99,3 +103,10 @@ def test_compare_with_baseline_pairs_the_seeds_both_arms_ran():
     assert papo["per_seed"] == pytest.approx([0.45, 0.6, 0.9])
     assert papo["vs_baseline"]["differences"] == pytest.approx([0.05, 0.1])  # seed 2 has no grpo run
     assert comparison["papo"]["auc"]["vs_baseline"]["mean"] == pytest.approx(0.075 * FINAL_WINDOW / 15)
+
+
+def test_moving_mean_is_the_trailing_mean_of_up_to_window_steps():
+    values = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert moving_mean(values, 2).tolist() == [1.0, 1.5, 2.5, 3.5, 4.5]
+    assert moving_mean(values, 10).tolist() == [1.0, 1.5, 2.0, 2.5, 3.0]
+    assert moving_mean(values, 1) is values
