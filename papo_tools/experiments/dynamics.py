@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=WarmupConfig().answer_fraction,
         help="share of warm-up examples whose target is the true count",
     )
+    parser.add_argument("--warmup-lr", type=float, default=WarmupConfig().lr, help="learning rate of the warm-up")
+    parser.add_argument(
+        "--warmup-target-accuracy",
+        type=float,
+        help="stop the warm-up once its held-out probe accuracy reaches this (default: run all warm-up steps)",
+    )
     parser.add_argument("--lr", type=float, help=f"actor learning rate (default {FULL.lr})")
     parser.add_argument("--arms", type=_parse_arms, help=f"run only these arms (default: {', '.join(ARM_NAMES)})")
     parser.add_argument("--sweep-gammas", type=_parse_gammas, help="run PAPO-G without entropy at these gammas")
@@ -102,7 +108,7 @@ def run_experiment(
         train, val = write_task(seed_dir / "data", NUM_TRAIN_ROWS, NUM_VAL_ROWS, seed)
         seconds[f"seed{seed}/warmup"] = round(time.monotonic() - started, 1)
         print(
-            f"[dynamics] seed {seed}: warm-up loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
+            f"[dynamics] seed {seed}: {len(losses)} warm-up steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
             f"start accuracy {warmed.start_accuracy:.3f}",
             flush=True,
         )
@@ -145,7 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     arms = tuple(sweep_arm(g) for g in args.sweep_gammas) if args.sweep_gammas else (args.arms or ARMS)
     command = "python -m papo_tools.experiments.dynamics " + " ".join(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
-    warmup = WarmupConfig(steps=args.warmup_steps, answer_fraction=args.warmup_answer_fraction)
+    warmup = WarmupConfig(
+        steps=args.warmup_steps,
+        lr=args.warmup_lr,
+        answer_fraction=args.warmup_answer_fraction,
+        target_accuracy=args.warmup_target_accuracy,
+    )
     run_experiment(args.out.resolve(), arms, seeds, size, warmup, command)
     elapsed = time.monotonic() - started
     print(f"[dynamics] done in {elapsed:.0f} s: {args.out / 'summary.json'}, {args.out / 'dynamics.png'}")

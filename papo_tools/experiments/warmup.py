@@ -37,13 +37,20 @@ MODEL_SIZES = VLLM_SIZES
 
 @dataclass(frozen=True)
 class WarmupConfig:
-    """Warm-up optimisation settings (AdamW on all weights, vision tower included)."""
+    """Warm-up settings (AdamW on all weights, vision tower included).
+
+    With ``target_accuracy`` set, the warm-up probes :func:`answer_accuracy` on held-out rows every
+    ``probe_every`` steps and stops at the first probe that reaches it (else after ``steps`` steps):
+    the step at which this model's accuracy leaves chance differs between seeds (docs/dynamics.md).
+    """
 
     steps: int = 90
     batch_size: int = 16
     lr: float = 3e-3
     num_rows: int = 256  # distinct images the warm-up draws from (split "warmup", never trained on by RL)
     answer_fraction: float = 1.0  # share of examples whose target is the true count (else a uniform digit)
+    target_accuracy: float | None = None  # stop once the held-out probe reaches it; None: run all steps
+    probe_every: int = 5
 
 
 def _messages(row: dict) -> list[dict]:
@@ -102,10 +109,12 @@ class WarmupResult:
         losses: cross-entropy (nats per answer token) of every warm-up step; it falls from about
             ln(vocab) = 5.6 towards its floor (ln(len(ANSWER_DIGITS)) / 2 at ``answer_fraction`` 0).
         start_accuracy: :func:`answer_accuracy` of the warmed-up model on held-out rows.
+        probes: ``[step, accuracy]`` of every probe on the way (empty without ``target_accuracy``).
     """
 
     losses: list[float]
     start_accuracy: float
+    probes: list[list[float]]
 
 
 def warm_up_model(model_dir: Path, seed: int, config: WarmupConfig = WarmupConfig()) -> WarmupResult:
@@ -117,16 +126,18 @@ def warm_up_model(model_dir: Path, seed: int, config: WarmupConfig = WarmupConfi
     if record_path.exists():
         record = json.loads(record_path.read_text())
         if record["seed"] == seed and record["config"] == asdict(config):
-            return WarmupResult(record["losses"], record["start_accuracy"])
+            return WarmupResult(record["losses"], record["start_accuracy"], record.get("probes", []))
     save_tiny_qwen2_5_vl(model_dir, seed=seed, sizes=MODEL_SIZES)
     model, tokenizer, processor = load_tiny_model(model_dir)
     rows = make_rows(config.num_rows, "warmup", seed, TASK_CONFIG)
     rng = random.Random(f"warmup:{seed}")
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
-    model.train()
-    losses = []
-    for _ in range(config.steps):
+    probe = make_rows(NUM_PROBE_ROWS, "warmup_probe", seed, TASK_CONFIG)
+    losses: list[float] = []
+    probes: list[list[float]] = []
+    for step in range(1, config.steps + 1):
+        model.train()
         batch_rows = rng.sample(rows, config.batch_size)
         digits = target_digits(batch_rows, config.answer_fraction, rng)
         loss = model(**_batch(batch_rows, digits, tokenizer, processor)).loss
@@ -134,10 +145,20 @@ def warm_up_model(model_dir: Path, seed: int, config: WarmupConfig = WarmupConfi
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+        if config.target_accuracy is not None and step % config.probe_every == 0:
+            model.eval()
+            probes.append([step, answer_accuracy(model, tokenizer, processor, probe)])
+            if probes[-1][1] >= config.target_accuracy:
+                break
     model.eval()
-    probe = make_rows(NUM_PROBE_ROWS, "warmup_probe", seed, TASK_CONFIG)
-    result = WarmupResult(losses, answer_accuracy(model, tokenizer, processor, probe))
+    result = WarmupResult(losses, answer_accuracy(model, tokenizer, processor, probe), probes)
     model.save_pretrained(model_dir)
-    record = {"seed": seed, "config": asdict(config), "losses": losses, "start_accuracy": result.start_accuracy}
+    record = {
+        "seed": seed,
+        "config": asdict(config),
+        "losses": losses,
+        "start_accuracy": result.start_accuracy,
+        "probes": probes,
+    }
     record_path.write_text(json.dumps(record))
     return result

@@ -58,7 +58,8 @@ CASES = {
 def test_quick_run_prints_table_and_ratio(case, tmp_path):
     (script, *arguments), ratio_name, table_words, output_lines = CASES[case]
     # A user's environment, not the test session's (no CPU-backend switch): the README's command as typed.
-    env = user_env({"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"})
+    # faulthandler: a crashed benchmark prints its Python stack (bench_masked_memory died once on SIGSEGV)
+    env = user_env({"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "PYTHONFAULTHANDLER": "1"})
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), *arguments, "--quick"],
         cwd=tmp_path,  # the scripts must not depend on the working directory

@@ -100,3 +100,20 @@ def test_task_images_sit_on_the_processors_mean_colour(tiny_model_bundle):
     mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
     normalised = [(value / 255 - m) / s for value, m, s in zip(BACKGROUND, mean, std, strict=True)]
     assert max(abs(v) for v in normalised) < 0.01  # an empty image is about 0 to the vision tower
+
+
+def test_a_target_accuracy_stops_the_warm_up_at_the_first_probe_that_reaches_it(tmp_path):
+    code = (
+        "import json, sys\n"
+        "from papo_tools.experiments.warmup import WarmupConfig, warm_up_model\n"
+        "config = WarmupConfig(steps=20, batch_size=4, target_accuracy=0.0, probe_every=3)\n"
+        "result = warm_up_model(sys.argv[1], seed=0, config=config)\n"
+        "print(json.dumps([len(result.losses), result.probes, result.start_accuracy]))\n"
+    )
+    command = [sys.executable, "-c", code, str(tmp_path / "m")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps, probes, start_accuracy = json.loads(done.stdout.strip().splitlines()[-1])
+    assert steps == 3  # any accuracy reaches 0: the first probe, after step 3, stops it
+    assert [step for step, _ in probes] == [3]
+    assert probes[0][1] == pytest.approx(start_accuracy)  # the probe saw the weights that were saved
