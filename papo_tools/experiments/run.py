@@ -122,11 +122,12 @@ def _steps_logged(run_dir: Path) -> list[dict]:
 
 def model_fingerprint(model_dir: Path) -> str:
     """SHA-256 of the starting weights (``model_dir/*.safetensors``, by name), hex; ``""`` without any."""
+    paths = sorted(Path(model_dir).glob("*.safetensors"))
     digest = hashlib.sha256()
-    for path in sorted(Path(model_dir).glob("*.safetensors")):
+    for path in paths:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
-    return digest.hexdigest() if any(Path(model_dir).glob("*.safetensors")) else ""
+    return digest.hexdigest() if paths else ""
 
 
 def run_arm(
@@ -149,9 +150,10 @@ def run_arm(
     fingerprint = model_fingerprint(model_dir)
     if record_path.exists():
         record = json.loads(record_path.read_text())
-        finished = _steps_logged(run_dir)
-        if record["command"] == command and record.get("model") == fingerprint and len(finished) == size.steps:
-            return finished, record["wall_s"]
+        if record["command"] == command and record.get("model") == fingerprint:
+            finished = _steps_logged(run_dir)  # reads every rollout dump: only for a matching record
+            if len(finished) == size.steps:
+                return finished, record["wall_s"]
     record_path.unlink(missing_ok=True)
     metrics_path.unlink(missing_ok=True)
     shutil.rmtree(run_dir / ROLLOUTS_DIR, ignore_errors=True)

@@ -135,21 +135,26 @@ def compare_with_baseline(
     """``{arm: {measure: {"per_seed", "mean", "spread", "vs_baseline"}}}`` for the measures of
     :func:`accuracy_measures`; ``vs_baseline`` (:func:`paired_difference`) over the seeds both arms ran,
     absent for the baseline itself or when it did not run."""
+    measures = {
+        arm: {seed: accuracy_measures(curves_of_seed[ACCURACY_KEY]) for seed, curves_of_seed in seeds.items()}
+        for arm, seeds in per_seed.items()
+    }
+    base_measures = measures.get(baseline, {})
     result: dict[str, dict[str, Any]] = {}
-    for arm, seeds in per_seed.items():
-        measures = {seed: accuracy_measures(curves_of_seed[ACCURACY_KEY]) for seed, curves_of_seed in seeds.items()}
+    for arm, by_seed in measures.items():
+        common = sorted(set(by_seed) & set(base_measures))
         result[arm] = {}
         for name in ("final", "auc"):
-            values = [measures[seed][name] for seed in sorted(measures)]
+            values = [by_seed[seed][name] for seed in sorted(by_seed)]
             entry: dict[str, Any] = {
                 "per_seed": values,
                 "mean": float(np.mean(values)),
                 "spread": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
             }
-            common = sorted(set(seeds) & set(per_seed.get(baseline, {})))
             if arm != baseline and common:
-                base = [accuracy_measures(per_seed[baseline][seed][ACCURACY_KEY])[name] for seed in common]
-                entry["vs_baseline"] = paired_difference([measures[seed][name] for seed in common], base)
+                entry["vs_baseline"] = paired_difference(
+                    [by_seed[seed][name] for seed in common], [base_measures[seed][name] for seed in common]
+                )
             result[arm][name] = entry
     return result
 

@@ -151,7 +151,10 @@ def warm_up_model(model_dir: Path, seed: int, config: WarmupConfig = WarmupConfi
             if probes[-1][1] >= config.target_accuracy:
                 break
     model.eval()
-    result = WarmupResult(losses, answer_accuracy(model, tokenizer, processor, probe), probes)
+    # The last probe already scored the final weights when it stopped the warm-up.
+    stopped_by_probe = bool(probes) and probes[-1][0] == len(losses)
+    start_accuracy = probes[-1][1] if stopped_by_probe else answer_accuracy(model, tokenizer, processor, probe)
+    result = WarmupResult(losses, start_accuracy, probes)
     model.save_pretrained(model_dir)
     record = {
         "seed": seed,

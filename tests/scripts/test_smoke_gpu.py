@@ -12,7 +12,7 @@ import math
 
 import pytest
 from omegaconf import OmegaConf
-from script_runs import run_script
+from script_runs import run_smoke
 
 pytestmark = pytest.mark.gpu
 
@@ -28,7 +28,7 @@ def cuda_devices() -> int:
 @pytest.mark.skipif(cuda_devices() == 0, reason="needs CUDA")
 @pytest.mark.parametrize("name", ["run_qwen2_5_vl_7b_papo_g.sh", "run_qwen2_5_vl_7b_papo_d.sh"])
 def test_smoke_on_cuda_with_vllm(tmp_path, name):
-    run = run_script(name, cwd=tmp_path, timeout=SMOKE_TIMEOUT_S, SMOKE="1")
+    run = run_smoke(name, cwd=tmp_path, timeout=SMOKE_TIMEOUT_S)
     folder = tmp_path / "smoke_output" / name.removesuffix(".sh")
     log = (folder / "run.log").read_text()[-6000:] if (folder / "run.log").exists() else ""
     assert run.returncode == 0, f"rc={run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-3000:]}\n{log}"
