@@ -120,11 +120,18 @@ def merge_launch_metrics(launch_path: Path, metrics_path: Path) -> int:
     return len(lines)
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file, in order (blank lines skipped).
+
+    Lines end at ``"\n"`` only: verl writes decoded responses unescaped, and a tiny model's random
+    bytes can decode to U+0085 or U+2028, which ``str.splitlines`` would also split on.
+    """
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
 def read_metrics(path: Path) -> list[dict]:
-    """The ``{"step", "data"}`` records of verl's file logger, in order."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The ``{"step", "data"}`` records of verl's file logger, in order (empty if the file is missing)."""
+    return read_jsonl(path) if path.exists() else []
 
 
 def metrics_table(records: list[dict], names: tuple[str, ...] = SHOWN_METRICS) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from papo_tools.cpu.launch import cpu_env, cpu_overrides
 from papo_tools.demo.reward import reward_overrides, score_count_answer
+from papo_tools.demo.run_demo import read_jsonl, read_metrics
 from papo_tools.experiments.arms import Arm
 from papo_tools.experiments.summary import ACCURACY_KEY
 
@@ -94,16 +95,9 @@ def arm_command(
     ]
 
 
-def read_metric_records(path: Path) -> list[dict]:
-    """verl's file-logger records ``{"step", "data"}`` in order (empty if the file is missing)."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def step_accuracy(dump_path: Path) -> float:
     """Accuracy of one step's rollout dump (verl's ``<step>.jsonl``: one response per line, ``output``, ``gts``)."""
-    rows = [json.loads(line) for line in dump_path.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(dump_path)
     if not rows:
         raise ValueError(f"{dump_path} holds no rollouts")
     return sum(score_count_answer(row["output"], str(row["gts"]))["acc"] for row in rows) / len(rows)
@@ -112,7 +106,7 @@ def step_accuracy(dump_path: Path) -> float:
 def _steps_logged(run_dir: Path) -> list[dict]:
     """The training-step records of a run's metrics file (validation-only records left out), each with
     :data:`ACCURACY_KEY` from its step's rollout dump where that dump exists."""
-    records = [r for r in read_metric_records(run_dir / "metrics.jsonl") if "critic/score/mean" in r["data"]]
+    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "critic/score/mean" in r["data"]]
     for record in records:
         dump = run_dir / ROLLOUTS_DIR / f"{record['step']}.jsonl"
         if dump.exists():

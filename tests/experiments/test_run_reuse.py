@@ -67,6 +67,10 @@ def test_the_accuracy_of_a_step_is_read_from_its_rollout_dump(tmp_path):
     # "x2" counts: the first integer of the response is the answer (papo_tools.demo.reward)
     assert [r["data"][ACCURACY_KEY] for r in records] == [0.5, 1.0]
     assert step_accuracy(dumps / "1.jsonl") == 0.5
+    # verl writes responses unescaped; random bytes can decode to characters that str.splitlines breaks on
+    odd = [{"output": f"1{char}", "gts": "1"} for char in ("\u2028", "\x85", "\x0c", "\x1e")]
+    (dumps / "4.jsonl").write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in odd))
+    assert step_accuracy(dumps / "4.jsonl") == 1.0
     (dumps / "3.jsonl").write_text("\n")
     with pytest.raises(ValueError, match="3.jsonl holds no rollouts"):
         step_accuracy(dumps / "3.jsonl")
