@@ -3,12 +3,12 @@
     python -m papo_tools.experiments.dynamics --out DIR [--quick] [--seeds N] [--steps N] [--arms A,B]
     python -m papo_tools.experiments.dynamics --out DIR --quick --sweep-gammas 0.02,0.1,1
 
-For every seed: build the tiny Qwen2.5-VL, warm it up on the answer format
-(:mod:`~papo_tools.experiments.warmup`), write the counting task
+For every seed: build the tiny Qwen2.5-VL, warm it up on the true answers until a held-out probe
+reaches the target accuracy (:mod:`~papo_tools.experiments.warmup`), write the counting task
 (:mod:`~papo_tools.experiments.task`); then train every arm (:mod:`~papo_tools.experiments.arms`)
 from that same warmed-up model on the same data with ``python -m recipe.papo.main_papo`` on CPU.
 Writes ``DIR/summary.json`` (:mod:`~papo_tools.experiments.summary`), ``DIR/dynamics.png`` and
-per run ``DIR/seed<S>/<arm>/{train.log,metrics.jsonl}``. ``--arms`` runs a subset of the four arms;
+per run ``DIR/seed<S>/<arm>/{train.log,metrics.jsonl}``. ``--arms`` runs a subset of the five arms;
 with ``--sweep-gammas`` the arms are PAPO-G without entropy terms at each gamma instead.
 """
 
@@ -55,6 +55,19 @@ def _parse_arms(text: str) -> tuple[Arm, ...]:
     return tuple(arm for arm in ARMS if arm.name in names)
 
 
+def _target_accuracy(text: str) -> float | None:
+    """``--warmup-target-accuracy``: a probe accuracy in (0, 1], or ``none`` (run every warm-up step)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"wants a number in (0, 1] or 'none', got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"wants a number in (0, 1] or 'none', got {text!r}")
+    return value
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -80,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup-lr", type=float, default=WarmupConfig().lr, help="learning rate of the warm-up")
     parser.add_argument(
         "--warmup-target-accuracy",
-        type=float,
-        help="stop the warm-up once its held-out probe accuracy reaches this (default: run all warm-up steps)",
+        type=_target_accuracy,
+        default=WarmupConfig().target_accuracy,
+        help="stop the warm-up once its held-out probe accuracy reaches this; 'none': run all warm-up steps",
     )
     parser.add_argument("--lr", type=float, help=f"actor learning rate (default {FULL.lr})")
     parser.add_argument("--arms", type=_parse_arms, help=f"run only these arms (default: {', '.join(ARM_NAMES)})")

@@ -5,9 +5,10 @@ work with. Before RL the experiment teaches it, with plain torch next-token cros
 a task prompt with one digit and the end-of-turn token. The target digit of a warm-up example is the
 true count with probability ``answer_fraction`` and otherwise drawn uniformly from the task's answer
 digits, independently of the image. At ``answer_fraction`` 0 the model learns the format only and
-answers at chance (1 / number of digits) whatever the image; a small fraction leaves it using the
-image a little, a starting point from which GRPO's accuracy can rise within a few dozen steps at
-toy scale (docs/dynamics.md, "warm-up").
+answers at chance (1 / number of digits) whatever the image. By default every target is true and the
+warm-up stops as soon as a held-out probe's accuracy reaches a target a little above chance: a model
+that already uses the image a little, from which GRPO's accuracy rises within a few dozen steps at
+toy scale (docs/dynamics.md, "Set-up").
 
 Inputs go through the model directory's own tokenizer chat template and processor, i.e. the same
 token layout as verl's rollout (``<|vision_start|>``, one ``<|image_pad|>`` per merged visual token,
@@ -44,12 +45,12 @@ class WarmupConfig:
     the step at which this model's accuracy leaves chance differs between seeds (docs/dynamics.md).
     """
 
-    steps: int = 90
+    steps: int = 300  # at most, with ``target_accuracy`` set
     batch_size: int = 16
-    lr: float = 3e-3
+    lr: float = 1e-3
     num_rows: int = 256  # distinct images the warm-up draws from (split "warmup", never trained on by RL)
     answer_fraction: float = 1.0  # share of examples whose target is the true count (else a uniform digit)
-    target_accuracy: float | None = None  # stop once the held-out probe reaches it; None: run all steps
+    target_accuracy: float | None = 0.4  # stop once the held-out probe reaches it; None: run all steps
     probe_every: int = 5
 
 
