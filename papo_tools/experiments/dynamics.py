@@ -8,7 +8,8 @@ reaches the target accuracy (:mod:`~papo_tools.experiments.warmup`), write the c
 (:mod:`~papo_tools.experiments.task`); then train every arm (:mod:`~papo_tools.experiments.arms`)
 from that same warmed-up model on the same data with ``python -m recipe.papo.main_papo`` on CPU.
 Writes ``DIR/summary.json`` (:mod:`~papo_tools.experiments.summary`), ``DIR/dynamics.png`` and
-per run ``DIR/seed<S>/<arm>/{train.log,metrics.jsonl}``. ``--arms`` runs a subset of the five arms;
+per run ``DIR/seed<S>/<arm>/{train.log,metrics.jsonl}``. ``--arms`` picks arms (a subset of the five, or
+the extra Double Entropy Loss arm);
 with ``--sweep-gammas`` the arms are PAPO-G without entropy terms at each gamma instead.
 """
 
@@ -20,7 +21,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from papo_tools.experiments.arms import ARM_NAMES, ARMS, Arm, sweep_arm
+from papo_tools.experiments.arms import ARM_NAMES, ARMS, EXTRA_ARMS, SELECTABLE_ARMS, Arm, sweep_arm
 from papo_tools.experiments.plot import plot_dynamics
 from papo_tools.experiments.run import RunSize, run_arm
 from papo_tools.experiments.summary import ACCURACY_KEY, aggregate, all_finite, curves, write_summary
@@ -47,12 +48,13 @@ def _parse_gammas(text: str) -> list[float]:
 
 def _parse_arms(text: str) -> tuple[Arm, ...]:
     names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = sorted(set(names) - set(ARM_NAMES))
+    known = [arm.name for arm in SELECTABLE_ARMS]
+    unknown = sorted(set(names) - set(known))
     if not names or unknown:
         raise argparse.ArgumentTypeError(
-            f"--arms wants comma-separated names from {', '.join(ARM_NAMES)}; unknown: {', '.join(unknown) or text!r}"
+            f"--arms wants comma-separated names from {', '.join(known)}; unknown: {', '.join(unknown) or text!r}"
         )
-    return tuple(arm for arm in ARMS if arm.name in names)
+    return tuple(arm for arm in SELECTABLE_ARMS if arm.name in names)
 
 
 def _target_accuracy(text: str) -> float | None:
@@ -98,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop the warm-up once its held-out probe accuracy reaches this; 'none': run all warm-up steps",
     )
     parser.add_argument("--lr", type=float, help=f"actor learning rate (default {FULL.lr})")
-    parser.add_argument("--arms", type=_parse_arms, help=f"run only these arms (default: {', '.join(ARM_NAMES)})")
+    parser.add_argument(
+        "--arms",
+        type=_parse_arms,
+        help=f"run these arms (default: {', '.join(ARM_NAMES)}; also: {', '.join(a.name for a in EXTRA_ARMS)})",
+    )
     parser.add_argument("--sweep-gammas", type=_parse_gammas, help="run PAPO-G without entropy at these gammas")
     return parser
 

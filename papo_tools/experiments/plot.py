@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from papo_tools.experiments.arms import SELECTABLE_ARMS
 from papo_tools.experiments.summary import ACCURACY_KEY
 
 PANELS: tuple[tuple[str, str], ...] = (
@@ -34,6 +35,13 @@ def moving_mean(values, window: int):
     return (sums[steps] - sums[starts]) / (steps - starts)
 
 
+def arm_colours(arms: list[str]) -> dict[str, str]:
+    """A matplotlib colour per arm: an experiment arm keeps its own in every figure, others follow in order."""
+    fixed = {arm.name: f"C{index}" for index, arm in enumerate(SELECTABLE_ARMS)}
+    others = [arm for arm in arms if arm not in fixed]
+    return {arm: fixed.get(arm) or f"C{len(fixed) + others.index(arm)}" for arm in arms}
+
+
 def plot_dynamics(summary: dict[str, Any], path: Path, title: str = "") -> Path:
     """Draw the summary's curves into ``path`` (PNG). Panels whose metric no arm has are left out."""
     import matplotlib
@@ -44,7 +52,7 @@ def plot_dynamics(summary: dict[str, Any], path: Path, title: str = "") -> Path:
     from matplotlib.lines import Line2D
 
     panels = [(m, label) for m, label in PANELS if any(m in arm for arm in summary["arms"].values())]
-    colours = {arm: f"C{index}" for index, arm in enumerate(summary["arms"])}  # one colour per arm in every panel
+    colours = arm_colours(list(summary["arms"]))
     cols = 3
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)

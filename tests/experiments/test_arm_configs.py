@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from papo_tools.experiments.arms import ARMS
+from papo_tools.experiments.arms import SELECTABLE_ARMS
 from papo_tools.experiments.run import RunSize, arm_command
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -29,7 +29,7 @@ def resolved_settings(command: list[str]) -> dict:
     return prepare(config)
 
 
-@pytest.mark.parametrize("arm", ARMS, ids=lambda arm: arm.name)
+@pytest.mark.parametrize("arm", SELECTABLE_ARMS, ids=lambda arm: arm.name)
 def test_arm_composes_with_its_own_coefficients(arm, tiny_model_dir, tmp_path):
     command = arm_command(arm, 0, tiny_model_dir, tmp_path / "t.parquet", tmp_path / "v.parquet", tmp_path, RunSize(2))
     settings = resolved_settings(command)

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from papo_tools.experiments.plot import moving_mean, plot_dynamics
+from papo_tools.experiments.arms import ARM_NAMES
+from papo_tools.experiments.plot import arm_colours, moving_mean, plot_dynamics
 from papo_tools.experiments.summary import (
     ACCURACY_KEY,
     FINAL_WINDOW,
@@ -110,3 +111,12 @@ def test_moving_mean_is_the_trailing_mean_of_up_to_window_steps():
     assert moving_mean(values, 2).tolist() == [1.0, 1.5, 2.5, 3.5, 4.5]
     assert moving_mean(values, 10).tolist() == [1.0, 1.5, 2.0, 2.5, 3.0]
     assert moving_mean(values, 1) is values
+
+
+def test_every_arm_keeps_its_colour_in_any_figure_and_other_runs_get_the_rest():
+    full = arm_colours(list(ARM_NAMES))
+    subset = arm_colours(["papo_high_gamma_double_entropy", "grpo", "papo_high_gamma_no_entropy"])
+    assert all(subset[arm] == full[arm] for arm in ("grpo", "papo_high_gamma_no_entropy"))
+    assert subset["papo_high_gamma_double_entropy"] not in full.values()
+    sweep = arm_colours(["papo_gamma_0.02", "papo_gamma_2"])
+    assert len(set(sweep.values())) == 2 and not set(sweep.values()) & set(full.values())
