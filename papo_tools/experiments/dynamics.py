@@ -9,13 +9,14 @@ reaches the target accuracy (:mod:`~papo_tools.experiments.warmup`), write the c
 from that same warmed-up model on the same data with ``python -m recipe.papo.main_papo`` on CPU.
 Writes ``DIR/summary.json`` (:mod:`~papo_tools.experiments.summary`), ``DIR/dynamics.png`` and
 per run ``DIR/seed<S>/<arm>/{train.log,metrics.jsonl}``. ``--arms`` picks arms (a subset of the five, or
-the extra Double Entropy Loss arm);
-with ``--sweep-gammas`` the arms are PAPO-G without entropy terms at each gamma instead.
+the extra Double Entropy Loss arm); with ``--sweep-gammas`` the arms are PAPO-G without entropy terms
+at each gamma instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import replace
@@ -64,7 +65,7 @@ def _target_accuracy(text: str) -> float | None:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"wants a number in (0, 1] or 'none', got {text!r}") from None
+        value = math.nan  # fails the range check below
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"wants a number in (0, 1] or 'none', got {text!r}")
     return value
