@@ -21,6 +21,7 @@ import yaml
 from memory_slots import memory_slot
 from user_env import user_env
 
+from papo_tools.demo.run_demo import read_jsonl
 from papo_tools.smoke.sizes import CPU_VLLM_UNSUPPORTED
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,7 +60,7 @@ def test_smoke_run_of_the_familys_papo_g_script(tmp_path, script, model_type):
     assert config["actor_rollout_ref"]["rollout"]["name"] == ("hf" if model_type in CPU_VLLM_UNSUPPORTED else "vllm")
     assert f"rollout {config['actor_rollout_ref']['rollout']['name']})" in run.stdout
 
-    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_jsonl(folder / "metrics.jsonl")
     steps = [record["data"] for record in records if "papo/kl_prcp" in record["data"]]
     assert len(steps) == 2
     for data in steps:

