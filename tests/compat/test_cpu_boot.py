@@ -104,6 +104,51 @@ def test_vllm_linear_layers_compute_with_the_live_weight():
     torch.testing.assert_close(layer_utils.cpu_unquantized_gemm(layer, x, layer.weight), x @ layer.weight.T)
 
 
+@needs_cpu_install
+def test_a_packed_convolution_weight_computes_with_the_synced_weight():
+    """A Gated DeltaNet short-convolution weight synced through its loader is the weight vLLM's kernel uses.
+
+    vLLM packs the ``(dim, 1, width)`` weight into ``(dim, width)`` for its C++ kernel on AVX-512 BF16 CPUs;
+    unpatched, vLLM's own loader then fails on the sync (``expand(... [16, 1, 4] ..., size=[16, 4])``).
+    """
+    import torch.nn.functional as F
+    import vllm.model_executor.layers.utils as layer_utils
+    from vllm import _custom_ops
+    from vllm.model_executor.layers.mamba.mamba_mixer2 import mamba_v2_sharded_weight_loader
+
+    dim, width, tokens = 64, 4, 7
+    torch.manual_seed(0)
+    layer = torch.nn.Module()  # vLLM's conv1d: a ColumnParallelLinear whose weight it unsqueezes to (dim, 1, width)
+    layer.weight = torch.nn.Parameter(torch.randn(dim, 1, width).to(torch.bfloat16), requires_grad=False)
+    # Qwen3.5's query, key and value parts of the convolution (Qwen3NextGatedDeltaNet), one rank
+    layer.weight.weight_loader = mamba_v2_sharded_weight_loader([(16, 0, False), (16, 0, False), (32, 0, False)], 1, 0)
+    layer_utils.dispatch_cpu_unquantized_gemm(layer, remove_weight=True)  # process_weights_after_loading
+    before = layer.weight.detach().clone()
+    synced = torch.randn(dim, 1, width)  # the actor's float32 weight
+    layer.weight.weight_loader(layer.weight, synced)  # verl's sync: model.load_weights
+    layer_utils.dispatch_cpu_unquantized_gemm(layer, remove_weight=True)  # which verl repeats after every sync
+
+    expected = synced.to(torch.bfloat16)[:, 0]
+    packed = hasattr(layer, vllm_cpu.UNPACKED_CONV_WEIGHT)
+    assert packed == torch.cpu._is_avx512_bf16_supported()
+    if not packed:  # vLLM computes with the (dim, 1, width) weight itself
+        assert torch.equal(layer.weight[:, 0], expected)
+        return
+    assert torch.equal(getattr(layer, vllm_cpu.UNPACKED_CONV_WEIGHT), expected)
+    x = torch.randn(tokens, dim).to(torch.bfloat16)
+
+    def kernel(weight: torch.Tensor) -> torch.Tensor:
+        """vLLM's prefill convolution of one sequence without a prior state, (dim, tokens)."""
+        states = torch.zeros(1, dim, width - 1, dtype=torch.bfloat16)
+        one = (torch.tensor([0, tokens], dtype=torch.int32), torch.tensor([0], dtype=torch.int32))
+        return _custom_ops.causal_conv1d_fwd_cpu(x.t(), weight, None, states, *one, torch.tensor([False]), False, True)
+
+    reference = F.conv1d(F.pad(x.float().t()[None], (width - 1, 0)), expected.float()[:, None], groups=dim)[0]
+    # bf16 output: one rounding, half an ulp (2^-8 relative); the weight before the sync is far off
+    torch.testing.assert_close(kernel(layer.weight).float(), reference, rtol=2**-8, atol=1e-3)
+    assert (kernel(before).float() - reference).abs().max() > 0.5
+
+
 def test_the_vllm_patch_refuses_another_vllm_cpu_version(monkeypatch):
     monkeypatch.setattr(vllm_cpu, "cpu_build_only", lambda: True)
     monkeypatch.setattr("recipe.papo.compat.guard.installed_version", lambda name: "0.99.0")
