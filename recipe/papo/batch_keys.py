@@ -33,6 +33,12 @@ KL_WEIGHT_KEY = "papo_kl_weight"
 # over the global mini-batch. Written by the worker into each update mini-batch, read by the loss.
 VPPO_WEIGHT_KEY = "vppo_advantage_weight"
 
+# ``(batch,)`` float32: VPPO's normalised score n_i by min and max over this rank's share of the update
+# mini-batch, NaN for rows not shaped (``papo.vppo_shaping_stats=micro_batch``, the published statistics).
+# Written by the worker into each update mini-batch instead of the weight, read by the loss, which takes
+# mu over its micro-batch.
+VPPO_NORM_KEY = "vppo_normalised_score"
+
 # -- Batch-level values (the step's ``extra_info``) ------------------------------------------------
 
 # :class:`recipe.papo.objective.PapoCoefficients`: gamma_t, eta_ori_t and eta_aug_t of this step

@@ -24,6 +24,7 @@ KL_ESTIMATORS: tuple[str, ...] = ("low_var_kl", "kl", "abs", "mse")
 APPLY_MODES: tuple[str, ...] = ("all", "correct_only", "weighted")
 SCHEDULES: tuple[str, ...] = ("fixed", "annealing")
 MASKED_LOGPROB_MODES: tuple[str, ...] = ("precompute", "recompute")
+VPPO_SHAPING_STATS: tuple[str, ...] = ("global", "micro_batch")
 
 
 class PapoConfigError(ValueError):
@@ -95,6 +96,11 @@ class PapoConfig(BaseConfig):
             mean 1 over the global mini-batch; ``None`` (default): off.
         vppo_entropy_coef: c of VPPO's entropy penalty + c * mean_t(-log pi_theta(o_t)) over all
             response tokens (0.06 in its Qwen2.5-VL-7B run); 0 (default): off.
+        vppo_shaping_stats: where VPPO's advantage shaping takes min S, max S and mu from:
+            ``global`` (default: the whole global mini-batch, all-reduced over the data-parallel ranks,
+            so a weight does not depend on the GPU count or the micro-batch split) or ``micro_batch``
+            (as the published code: min and max over this rank's share of the mini-batch, mu over each
+            update micro-batch, with its 1e-8 in beta_max), to reproduce VPPO's runs. See docs/vppo.md.
     """
 
     kl_prcp_coef: float = 0.02
@@ -122,6 +128,7 @@ class PapoConfig(BaseConfig):
     vppo_token_fraction: float | None = None
     vppo_beta_min: float | None = None
     vppo_entropy_coef: float = 0.0
+    vppo_shaping_stats: str = "global"
 
     def __post_init__(self) -> None:
         for key in ("kl_prcp_coef", "entropy_ori_coef", "entropy_aug_coef", "anneal_start", "anneal_end"):
@@ -174,6 +181,7 @@ class PapoConfig(BaseConfig):
         if self.vppo_beta_min is not None:
             _check_number("vppo_beta_min", self.vppo_beta_min, 0.0, 1.0)
         _check_number("vppo_entropy_coef", self.vppo_entropy_coef, 0.0, math.inf, high_open=True)
+        _check_choice("vppo_shaping_stats", self.vppo_shaping_stats, VPPO_SHAPING_STATS)
         if not self.vppo:
             return
         key = "vppo_token_fraction" if self.vppo_token_fraction is not None else "vppo_beta_min"

@@ -49,6 +49,7 @@ from .batch_keys import (
     KL_WEIGHT_KEY,
     MASKED_LOG_PROBS_KEY,
     STEP_KEY,
+    VPPO_NORM_KEY,
     VPPO_WEIGHT_KEY,
 )
 from .config import PapoConfig
@@ -276,12 +277,17 @@ def read_papo_inputs(
         masked = data[MASKED_LOG_PROBS_KEY].to_padded_tensor(0.0)
     vppo_weight = None
     if papo.vppo_beta_min is not None:
-        if VPPO_WEIGHT_KEY not in data.keys():  # noqa: SIM118  (TensorDict has no `in`)
+        published = papo.vppo_shaping_stats == "micro_batch"
+        key = VPPO_NORM_KEY if published else VPPO_WEIGHT_KEY
+        if key not in data.keys():  # noqa: SIM118  (TensorDict has no `in`)
             raise MissingMaskedLogProbsError(
-                f"papo.vppo_beta_min is set but the micro-batch lacks {VPPO_WEIGHT_KEY}: the PAPO worker writes it "
+                f"papo.vppo_beta_min is set but the micro-batch lacks {key}: the PAPO worker writes it "
                 "into each update mini-batch (PapoActorRolloutRefWorker.init_papo)."
             )
-        vppo_weight = data[VPPO_WEIGHT_KEY].to(torch.float32)
+        if published:  # the published statistics: mu over this micro-batch
+            vppo_weight = vppo.micro_batch_weights(data[key], papo.vppo_beta_min)
+        else:
+            vppo_weight = data[key].to(torch.float32)
     return PapoLossInputs(
         masked_log_prob=_pad_to_width(masked.to(torch.float32), response_width),
         has_image=data[IMAGE_ROW_KEY].to(torch.bool),

@@ -12,12 +12,16 @@ I_mask) (the precomputed masked log-probs). From them, as in the paper's method 
 * advantage shaping: per response ``S_i = mean_t s_t``, min-max normalised over the global
   mini-batch to ``n_i`` and mapped to ``w_i = beta_min + n_i (beta_max - beta_min)`` with
   ``beta_max = beta_min + (1 - beta_min) / mean n_i``, so that the mean weight is 1; then
-  ``A_i <- w_i A_i`` (:func:`shaping_weights`).
+  ``A_i <- w_i A_i`` (:func:`shaping_weights`). With ``papo.vppo_shaping_stats=micro_batch`` the
+  statistics are the published code's instead: min and max over one rank's share of the mini-batch
+  (:func:`rank_normalised_scores`), the mean over each update micro-batch
+  (:func:`micro_batch_weights`).
 
 All inputs are no-gradient tensors padded to ``(batch, response_len)``; ``mask`` marks the response
 tokens that count. The functions here are row-local except :func:`shaping_weights`, whose batch
 statistics are reduced over a process group when one is given, so that they cover the global
-mini-batch whatever the micro-batch split and the number of data-parallel ranks.
+mini-batch whatever the micro-batch split and the number of data-parallel ranks, and the two
+functions of the published statistics, which cover what they are given.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ SCORE_CLAMP = 10.0
 RANGE_EPSILON = 1e-6
 # ceil(p * |y|) is taken of the exact product: float rounding below this is ignored (0.7 * 10 -> 7, not 8).
 CEIL_TOLERANCE = 1e-9
+# The published code's beta_max = beta_min + (1 - beta_min) / (mu + 1e-8); kept with the published statistics,
+# where a micro-batch's mu can be 0 (all its rows at the rank's min S: every weight is then beta_min).
+PUBLISHED_MU_EPSILON = 1e-8
 
 
 def visual_dependency(old_log_prob: torch.Tensor, masked_log_prob: torch.Tensor) -> torch.Tensor:
@@ -139,20 +146,68 @@ def shaping_weights(
     inf = torch.tensor(math.inf, dtype=torch.float64, device=scores.device)
     low = _all_reduce(torch.where(rows, scores, inf).min().reshape(1), torch.distributed.ReduceOp.MIN, group)
     high = _all_reduce(torch.where(rows, scores, -inf).max().reshape(1), torch.distributed.ReduceOp.MAX, group)
-    span = high - low
-    weights = torch.ones_like(scores, dtype=torch.float32)
-    norm = ((scores - low) / span.clamp(min=RANGE_EPSILON)).clamp(0.0, 1.0)
+    norm = ((scores - low) / (high - low).clamp(min=RANGE_EPSILON)).clamp(0.0, 1.0)
     sums = torch.stack([(norm * rows).sum(), rows.sum().double()]) if scores.numel() else torch.zeros(2)
     sums = _all_reduce(sums.to(torch.float64).to(scores.device), torch.distributed.ReduceOp.SUM, group)
     stats = ShapingStats(
         score_min=float(low.item()), score_max=float(high.item()), norm_sum=float(sums[0]), rows=float(sums[1])
     )
+    weights = torch.ones_like(scores, dtype=torch.float32)
     if not stats.shapes:
         return weights, stats
-    mu = stats.norm_sum / stats.rows
-    beta_max = beta_min + (1.0 - beta_min) / mu
-    shaped = beta_min + norm * (beta_max - beta_min)
+    shaped = _mapped(norm, beta_min, mu=stats.norm_sum / stats.rows)
     return torch.where(rows, shaped.float(), weights), stats
+
+
+def _mapped(norm: torch.Tensor, beta_min: float, mu: float | torch.Tensor) -> torch.Tensor:
+    """``w_i = beta_min + n_i (beta_max - beta_min)`` with ``beta_max = beta_min + (1 - beta_min) / mu``."""
+    beta_max = beta_min + (1.0 - beta_min) / mu
+    return beta_min + norm * (beta_max - beta_min)
+
+
+def rank_normalised_scores(scores: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, ShapingStats]:
+    """The published code's normalisation: ``n_i`` by min and max over the rows given (one rank's share).
+
+    Args:
+        scores: ``(batch,)`` float S_i of this rank's share of an update mini-batch.
+        rows: ``(batch,)`` bool, the rows that take part.
+
+    Returns:
+        ``(norm, stats)``: ``(batch,)`` float32 ``n_i = clamp((S_i - min S) / (max S - min S), 0, 1)`` on
+        rows that take part when :attr:`ShapingStats.shapes`, NaN on every other row (weight 1); and
+        this rank's statistics. :func:`micro_batch_weights` turns them into weights per micro-batch.
+    """
+    scores = scores.detach().double()
+    rows = rows.to(torch.bool)
+    _, stats = shaping_weights(scores, rows, beta_min=1.0)  # this rank's min, max and counts
+    norm = torch.full_like(scores, math.nan, dtype=torch.float32)
+    if stats.shapes:
+        share = ((scores - stats.score_min) / (stats.score_max - stats.score_min)).clamp(0.0, 1.0)
+        norm = torch.where(rows, share.float(), norm)
+    return norm, stats
+
+
+def micro_batch_weights(norm: torch.Tensor, beta_min: float) -> torch.Tensor:
+    """The published code's weights of one update micro-batch, from :func:`rank_normalised_scores`.
+
+    ``mu`` is the mean ``n_i`` over the micro-batch's shaped rows (those with a number, not NaN) and
+    ``beta_max = beta_min + (1 - beta_min) / (mu + 1e-8)`` (:data:`PUBLISHED_MU_EPSILON`), so the weights
+    average 1 per micro-batch, not per mini-batch.
+
+    Args:
+        norm: ``(batch,)`` float ``n_i`` of the micro-batch's rows, NaN for rows not shaped.
+        beta_min: ``papo.vppo_beta_min``.
+
+    Returns:
+        ``(batch,)`` float32 weights, 1.0 on rows not shaped.
+    """
+    shaped = ~torch.isnan(norm)
+    weights = torch.ones(norm.shape, dtype=torch.float32, device=norm.device)
+    if not shaped.any():
+        return weights
+    norm = norm.double()
+    mu = norm[shaped].mean() + PUBLISHED_MU_EPSILON
+    return torch.where(shaped, _mapped(norm.nan_to_num(0.0), beta_min, mu).float(), weights)
 
 
 # Names of the sums one micro-batch reports for the ``vppo/*`` metrics (see :class:`VppoTerms`).
@@ -203,7 +258,7 @@ def apply_vppo(
         has_image: ``(batch,)`` bool; rows without an image are neither filtered nor shaped.
         token_fraction: the filter's p, or ``None`` for no filter.
         weights: ``(batch,)`` advantage weights w_i (:func:`shaping_weights` over the global
-            mini-batch), or ``None`` for no shaping.
+            mini-batch, or :func:`micro_batch_weights`), or ``None`` for no shaping.
 
     Returns:
         :class:`VppoTerms`. A dropped token's advantage is exactly 0, so under every verl policy loss

@@ -24,7 +24,9 @@
 * VPPO's advantage shaping (``papo.vppo_beta_min``, docs/vppo.md): ``init_papo`` wraps the actor's
   per-mini-batch ``train_batch`` so that, before each update mini-batch, :func:`assign_vppo_weights`
   writes every row's weight w_i, with min, max and mean taken over the global mini-batch (all-reduced
-  over the data-parallel group), hence independent of the micro-batch split and the GPU count.
+  over the data-parallel group), hence independent of the micro-batch split and the GPU count. With
+  ``papo.vppo_shaping_stats=micro_batch`` it writes each row's n_i normalised by this rank's min and
+  max instead, and the loss takes the mean over its micro-batch (the published statistics).
 
 The batch fields read and written here are named in :mod:`recipe.papo.batch_keys`.
 """
@@ -46,7 +48,7 @@ from verl.workers.utils.padding import response_from_nested
 
 from . import register as _register  # noqa: F401  (registries in this process)
 from . import vppo
-from .batch_keys import IMAGE_ROW_KEY, MASKED_LOG_PROBS_KEY, STEP_KEY, VPPO_WEIGHT_KEY
+from .batch_keys import IMAGE_ROW_KEY, MASKED_LOG_PROBS_KEY, STEP_KEY, VPPO_NORM_KEY, VPPO_WEIGHT_KEY
 from .compat.verl import install_position_ids_fix
 from .compat.verl_engine import check_engine_forward_step, forward_log_probs_with_grad
 from .config import PapoConfig
@@ -82,7 +84,9 @@ def masked_log_probs_with_grad(micro_batch: TensorDict, engine: Any, builder: Ma
     return forward_log_probs_with_grad(engine, masked)
 
 
-def assign_vppo_weights(data: TensorDict, beta_min: float, group: Any = None) -> vppo.ShapingStats:
+def assign_vppo_weights(
+    data: TensorDict, beta_min: float, group: Any = None, stats: str = "global"
+) -> vppo.ShapingStats:
     """Write VPPO's advantage weights w_i of one global mini-batch into ``data`` (:data:`VPPO_WEIGHT_KEY`).
 
     Args:
@@ -90,9 +94,13 @@ def assign_vppo_weights(data: TensorDict, beta_min: float, group: Any = None) ->
             log-probs (nested ``(batch, response_len)``), ``response_mask`` and the has-image flags.
         beta_min: ``papo.vppo_beta_min``.
         group: the data-parallel process group the mini-batch is spread over (``None``: this rank).
+        stats: ``papo.vppo_shaping_stats``; with ``micro_batch`` it writes each row's n_i by this
+            rank's min and max (:data:`VPPO_NORM_KEY`, :func:`recipe.papo.vppo.rank_normalised_scores`)
+            instead, whatever ``group``, and the loss computes the weights per micro-batch.
 
     Returns:
-        The reduced shaping statistics (:class:`recipe.papo.vppo.ShapingStats`).
+        The reduced shaping statistics (:class:`recipe.papo.vppo.ShapingStats`; this rank's with
+        ``micro_batch``).
     """
     mask = data["response_mask"].to_padded_tensor(0).to(torch.bool)
     width = mask.shape[-1]
@@ -100,14 +108,19 @@ def assign_vppo_weights(data: TensorDict, beta_min: float, group: Any = None) ->
     masked = data[MASKED_LOG_PROBS_KEY].to_padded_tensor(0.0)[..., :width]
     scores = vppo.sequence_scores(vppo.visual_dependency(old, masked), mask)
     rows = data[IMAGE_ROW_KEY].to(torch.bool) & mask.any(-1)
-    weights, stats = vppo.shaping_weights(scores, rows, beta_min, group)
+    if stats == "micro_batch":
+        data[VPPO_NORM_KEY], shaping = vppo.rank_normalised_scores(scores, rows)
+        return shaping
+    weights, shaping = vppo.shaping_weights(scores, rows, beta_min, group)
     data[VPPO_WEIGHT_KEY] = weights
-    return stats
+    return shaping
 
 
-def _train_batch_with_vppo_weights(data: TensorDict, *, train_batch: Any, beta_min: float, group: Any) -> Any:
+def _train_batch_with_vppo_weights(
+    data: TensorDict, *, train_batch: Any, beta_min: float, group: Any, stats: str = "global"
+) -> Any:
     """The actor's ``train_batch`` on one update mini-batch, after :func:`assign_vppo_weights`."""
-    assign_vppo_weights(data, beta_min, group)
+    assign_vppo_weights(data, beta_min, group, stats)
     return train_batch(data)
 
 
@@ -164,6 +177,7 @@ class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
                 train_batch=self.actor.train_batch,
                 beta_min=papo.vppo_beta_min,
                 group=self.actor.engine.get_data_parallel_group(),
+                stats=papo.vppo_shaping_stats,
             )
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))

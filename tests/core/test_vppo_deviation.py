@@ -1,10 +1,12 @@
-"""VPPO's advantage shaping: this recipe's global statistics against the published code's, measured.
+"""VPPO's advantage shaping and ``s_t``: this recipe's defaults against the published code's, measured.
 
-This recipe (:func:`recipe.papo.vppo.shaping_weights`): min S, max S and mu = mean n_i over the whole
-global mini-batch (all micro-batches, all data-parallel ranks). The published code (VPPO-RL, an
-EasyR1 fork): min and max over the mini-batch share of one rank, mu over one micro-batch, so a row's
-weight depends on how many GPUs and which micro-batch it lands in. Both give mean weight 1 per unit
-they average over and agree with one rank and one micro-batch per mini-batch.
+This recipe's default (``papo.vppo_shaping_stats=global``, :func:`recipe.papo.vppo.shaping_weights`):
+min S, max S and mu = mean n_i over the whole global mini-batch (all micro-batches, all data-parallel
+ranks). The published code (VPPO-RL, an EasyR1 fork; ``vppo_shaping_stats=micro_batch`` here): min
+and max over the mini-batch share of one rank, mu over one micro-batch, so a row's weight depends on
+how many GPUs and which micro-batch it lands in. Both give mean weight 1 per unit they average over
+and agree with one rank and one micro-batch per mini-batch. ``s_t``: the published code computes
+``exp(d) - d - 1`` in float32, this recipe ``expm1(d) - d`` in float64.
 ``python tests/core/test_vppo_deviation.py`` prints the numbers quoted in docs/vppo.md.
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recipe.papo.vppo import shaping_weights
+from recipe.papo.vppo import sequence_scores, shaping_weights, top_fraction_token_mask, visual_dependency
 
 BETA_MIN = 0.9
 
@@ -49,7 +51,7 @@ def ragged_scores(rng: np.random.Generator, rows: int, max_len: int = 2048) -> n
     return out
 
 
-def measure(ranks: int, micro_size: int, mini_batch: int = 128, trials: int = 200, seed: int = 0) -> dict:
+def measure(ranks: int, micro_size: int, mini_batch: int = 1024, trials: int = 200, seed: int = 0) -> dict:
     """Per-row |w_published - w_here| over ``trials`` ragged global mini-batches; and the largest weights."""
     rng = np.random.default_rng(seed)
     diffs, max_published, max_here = [], [], []
@@ -71,6 +73,44 @@ def measure(ranks: int, micro_size: int, mini_batch: int = 128, trials: int = 20
     }
 
 
+def published_float32_scores(old: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """The published ``s_t``: ``clamp(exp(d) - d - 1, 0, 10)``, ``d = clamp(masked - old, -20, 20)``, in float32."""
+    d = (masked - old).clamp(-20.0, 20.0)
+    return (d.exp() - d - 1).clamp(0.0, 10.0)
+
+
+def measure_float32(rows: int = 1024, length: int = 256, sigma: float = 0.03, trials: int = 8, seed: int = 0) -> dict:
+    """The published float32 ``s_t`` against :func:`visual_dependency` (float64) on full ``length``-token rows.
+
+    Log-probs in float32 (old uniform in [-3.05, -0.05], masked = old + N(0, sigma)), ``trials``
+    mini-batches of ``rows`` rows: the largest absolute error of ``s_t``, its median relative error, the
+    largest relative error of ``S_i`` and the share of tokens whose p = 0.4 filter decision changes.
+    """
+    g = torch.Generator().manual_seed(seed)
+    abs_err, rel_err, s_rel, flips, tokens = 0.0, [], 0.0, 0, 0
+    mask = torch.ones(rows, length, dtype=torch.bool)
+    for _ in range(trials):
+        old = -torch.rand(rows, length, generator=g) * 3 - 0.05
+        masked = old + sigma * torch.randn(rows, length, generator=g)
+        exact = visual_dependency(old, masked)
+        published = published_float32_scores(old, masked).double()
+        abs_err = max(abs_err, float((published - exact).abs().max()))
+        rel_err.append(((published - exact).abs() / exact.clamp(min=1e-30)).flatten())
+        s_exact, s_published = sequence_scores(exact, mask), sequence_scores(published, mask)
+        s_rel = max(s_rel, float(((s_published - s_exact).abs() / s_exact).max()))
+        keep_exact = top_fraction_token_mask(exact, mask, 0.4)
+        keep_published = top_fraction_token_mask(published, mask, 0.4)
+        flips += int((keep_exact != keep_published).sum())
+        tokens += rows * length
+    return {
+        "median_s_t": float(exact.median()),
+        "max_abs_s_t_error": abs_err,
+        "median_rel_s_t_error": float(torch.cat(rel_err).median()),
+        "max_rel_S_i_error": s_rel,
+        "filter_decisions_changed": flips / tokens,
+    }
+
+
 def test_one_rank_one_micro_batch_agrees_with_the_published_weights():
     rng = np.random.default_rng(1)
     scores = ragged_scores(rng, 32)
@@ -88,12 +128,24 @@ def test_published_weights_depend_on_the_split_and_ours_do_not():
     assert 1e-3 < numbers["mean_abs_weight_difference"] < 1.0
 
 
+def test_float32_s_t_cancels_but_stays_within_the_documented_bounds():
+    numbers = measure_float32(rows=64, trials=1)
+    assert 0 < numbers["max_abs_s_t_error"] < 5e-7
+    assert 0 < numbers["max_rel_S_i_error"] < 1e-4
+
+
 if __name__ == "__main__":
     import json
 
     settings = {
-        "8 GPUs, micro-batch 16 (published 7B script)": dict(ranks=8, micro_size=16),
-        "8 GPUs, micro-batch 8 (published config.yaml)": dict(ranks=8, micro_size=8),
-        "1 GPU, micro-batch 8": dict(ranks=1, micro_size=8),
+        "8 GPUs, micro-batch 16, 128 prompts x 8 = 1024 responses (published 7B run)": dict(
+            ranks=8, micro_size=16, mini_batch=1024
+        ),
+        "2 GPUs, micro-batch 8, 128 prompts x 5 = 640 responses (published config.yaml)": dict(
+            ranks=2, micro_size=8, mini_batch=640
+        ),
+        "1 GPU, micro-batch 16, 1024 responses": dict(ranks=1, micro_size=16, mini_batch=1024),
     }
-    print(json.dumps({name: measure(**kwargs) for name, kwargs in settings.items()}, indent=2))
+    out = {name: measure(**kwargs) for name, kwargs in settings.items()}
+    out["float32 s_t, 1024 rows x 256 tokens, d ~ N(0, 0.03), 8 mini-batches"] = measure_float32()
+    print(json.dumps(out, indent=2))
