@@ -74,6 +74,12 @@ VPPO_ENTROPY_LOSS_METRIC = VPPO_PREFIX + "entropy_loss"
 VPPO_SUM_PREFIX = VPPO_PREFIX + "sum/"
 VPPO_WEIGHT_MIN_METRIC = VPPO_PREFIX + "weight_min"
 VPPO_WEIGHT_MAX_METRIC = VPPO_PREFIX + "weight_max"
+# verl losses with a per-token term that does not read the advantage: DRO's quadratic log-ratio penalty,
+# kl_cov's |log-ratio| penalty on its top-covariance tokens. A zero advantage would leave VPPO's dropped
+# tokens that term's gradient, so with the filter on their per-token loss is also multiplied by the filter
+# mask, through the per-token weights both apply (``rollout_is_weights``): no gradient at all on a dropped
+# token, and the aggregation still counts it, as in the published code (docs/vppo.md).
+ADVANTAGE_FREE_TERM_LOSSES: tuple[str, ...] = ("dro", "kl_cov")
 
 
 class MissingMaskedLogProbsError(RuntimeError):
@@ -187,6 +193,9 @@ def compute_policy_loss_papo(
             weights=inputs.vppo_weight,
         )
         pg_advantages = vppo_terms.advantages
+        if papo.vppo_token_fraction is not None and papo.base_loss_mode in ADVANTAGE_FREE_TERM_LOSSES:
+            keep = vppo_terms.token_mask.to(log_prob.dtype)
+            rollout_is_weights = keep if rollout_is_weights is None else rollout_is_weights * keep
     base_loss_fn = get_policy_loss_fn(papo.base_loss_mode)
     pg_loss, pg_metrics = base_loss_fn(
         old_log_prob=old_log_prob,

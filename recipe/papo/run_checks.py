@@ -52,6 +52,31 @@ UNSUPPORTED_ESTIMATORS: dict[str, str] = {
 # verl 0.9.1's default of actor.grad_clip (trainer/config/actor/dp_actor.yaml), a key its engine never reads.
 IGNORED_GRAD_CLIP_DEFAULT = 1.0
 
+# Each estimator's mean |A| per response as a share of GRPO's (std-normalised, the advantage the published
+# gamma and eta were tuned with), keyed by (estimator, algorithm.norm_adv_by_std_in_grpo). Measured with
+# binary rewards, n = 5 responses per prompt, each prompt's success probability uniform in [0, 1], 20,000
+# prompts, through verl 0.9.1's own advantage call (docs/compose.md), by
+#     PYTHONPATH=tests/support python tests/core/test_estimator_scale.py
+# Only papo, grpo and grpo_passk read the flag; the others are keyed by True. gae is left out: its scale is
+# its critic's.
+ESTIMATOR_SCALE_VS_GRPO: dict[tuple[str, bool], float] = {
+    ("papo", True): 1.00,
+    ("papo", False): 0.50,
+    ("grpo", True): 1.00,
+    ("grpo", False): 0.50,
+    ("grpo_vectorized", True): 1.00,
+    ("grpo_passk", True): 0.14,
+    ("grpo_passk", False): 0.06,
+    ("rloo", True): 0.63,
+    ("rloo_vectorized", True): 0.63,
+    ("opo", True): 0.50,
+    ("gpg", True): 1.00,
+    ("reinforce_plus_plus", True): 1.89,
+    ("reinforce_plus_plus_baseline", True): 1.38,
+}
+# Warn when an estimator's ratio to GRPO's is beyond this factor either way.
+ESTIMATOR_SCALE_LIMIT = 2.0
+
 logger = logging.getLogger(__name__)
 
 
@@ -102,6 +127,7 @@ def check_papo_run_config(config: DictConfig) -> PapoConfig:
     check_composition(config, papo)
     warn_ineffective_settings(papo)
     warn_composition(config, papo)
+    warn_estimator_scale(config, papo)
     return papo
 
 
@@ -146,6 +172,14 @@ def check_composition(config: DictConfig, papo: PapoConfig) -> None:
             "grows with their number while the PAPO terms do not: gamma's weight would depend on the micro-batch "
             "size. Use papo.monitor=true to measure, or another base_loss_mode."
         )
+    if base == "geo_mean" and papo.vppo_token_fraction is not None:
+        raise PapoConfigError(
+            f"papo.vppo_token_fraction={papo.vppo_token_fraction} with papo.base_loss_mode='geo_mean': verl's GMPO "
+            "surrogate averages the per-token advantages into one per sequence, so VPPO's filter (advantage 0 on "
+            "dropped tokens) would scale each response's advantage by its kept share (about p) instead of limiting "
+            "its gradient to the kept tokens. Remove papo.vppo_token_fraction (VPPO's shaping works with geo_mean) "
+            "or use another base_loss_mode."
+        )
     dro_beta = OmegaConf.select(config, "actor_rollout_ref.actor.policy_loss.dro_beta")
     if base == "dro" and not (dro_beta is not None and dro_beta > 0):
         raise PapoConfigError(
@@ -166,20 +200,59 @@ def warn_composition(config: DictConfig, papo: PapoConfig) -> None:
     """Log a warning (once, at start-up) for a composition that works with a caveat (docs/compose.md)."""
     actor = config.actor_rollout_ref.actor
     base = base_loss_mode_of(config, papo)
-    if papo.trains and base == "sapo" and actor.loss_agg_mode != "seq-mean-token-mean":
+    if not (papo.trains or papo.vppo):  # the base algorithm alone, or monitor mode: verl's own caveats
+        return
+    terms = "the PAPO terms" if papo.trains else "VPPO's filter, shaping and entropy penalty"
+    if base == "sapo" and actor.loss_agg_mode != "seq-mean-token-mean":
         logger.warning(
             "papo.base_loss_mode=sapo with actor_rollout_ref.actor.loss_agg_mode=%s: verl's SAPO surrogate is always "
-            "aggregated seq-mean-token-mean, the PAPO terms with loss_agg_mode. Set loss_agg_mode=seq-mean-token-mean "
-            "for one normalisation.",
+            "aggregated seq-mean-token-mean, %s with loss_agg_mode. Set loss_agg_mode=seq-mean-token-mean for one "
+            "normalisation.",
             actor.loss_agg_mode,
+            terms,
         )
-    if papo.trains and actor.loss_agg_mode == "seq-mean-token-sum-norm" and actor.loss_scale_factor is None:
+    if actor.loss_agg_mode == "seq-mean-token-sum-norm" and actor.loss_scale_factor is None:
         logger.warning(
             "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm without actor_rollout_ref.actor."
-            "loss_scale_factor: verl divides each micro-batch's loss (surrogate and PAPO terms) by that micro-batch's "
+            "loss_scale_factor: verl divides each micro-batch's loss (surrogate and %s) by that micro-batch's "
             "padded response length, so the loss depends on the micro-batch split. Set loss_scale_factor (e.g. "
-            "data.max_response_length) for Dr.GRPO's constant."
+            "data.max_response_length) for Dr.GRPO's constant.",
+            terms,
         )
+
+
+def estimator_scale_vs_grpo(estimator: str, norm_by_std: bool) -> float | None:
+    """The estimator's mean |A| as a share of GRPO's (:data:`ESTIMATOR_SCALE_VS_GRPO`); ``None`` if unmeasured."""
+    return ESTIMATOR_SCALE_VS_GRPO.get((estimator, norm_by_std), ESTIMATOR_SCALE_VS_GRPO.get((estimator, True)))
+
+
+def warn_estimator_scale(config: DictConfig, papo: PapoConfig) -> None:
+    """Warn when the advantage's typical scale is beyond :data:`ESTIMATOR_SCALE_LIMIT` x GRPO's while a term
+    that does not read the advantage trains (the PAPO terms, VPPO's entropy penalty; docs/compose.md)."""
+    coefficients = []
+    if papo.trains:
+        coefficients += ["papo.kl_prcp_coef", "papo.entropy_ori_coef", "papo.entropy_aug_coef"]
+        if papo.schedule == "annealing":
+            coefficients += ["papo.anneal_start", "papo.anneal_end"]
+    if papo.vppo_entropy_coef > 0:
+        coefficients.append("papo.vppo_entropy_coef")
+    estimator = config.algorithm.adv_estimator
+    norm_by_std = bool(config.algorithm.get("norm_adv_by_std_in_grpo", True))
+    ratio = estimator_scale_vs_grpo(estimator, norm_by_std)
+    if not coefficients or ratio is None or 1 / ESTIMATOR_SCALE_LIMIT <= ratio <= ESTIMATOR_SCALE_LIMIT:
+        return
+    logger.warning(
+        "algorithm.adv_estimator=%r (algorithm.norm_adv_by_std_in_grpo=%s): its advantage scale is %.2f x GRPO's "
+        "(mean |A| per response, binary rewards, n=5; docs/compose.md). The surrogate reads the advantage and %s "
+        "do not, so they weigh about %.1f times the share of the gradient their published values were tuned for "
+        "(on GRPO). To keep the published balance, multiply them by %.2f.",
+        estimator,
+        norm_by_std,
+        ratio,
+        ", ".join(coefficients),
+        1 / ratio,
+        ratio,
+    )
 
 
 def _check_registered(key: str, value: object, allowed: Iterable[str], what: str, hint: str = "") -> None:

@@ -227,6 +227,8 @@ class VppoTerms:
     Attributes:
         advantages: ``(batch, response_len)`` advantages for the policy-gradient term: ``w_i A_i`` on
             kept tokens, 0 on tokens the filter drops.
+        token_mask: ``(batch, response_len)`` bool, the response tokens that enter the policy-gradient
+            term: the kept tokens of image rows and every token of text-only rows.
         sums: per name in :data:`SUM_NAMES`, its sum over this micro-batch (sums, so that a step's
             ratio does not depend on the micro-batch split).
         weight_min: smallest advantage weight of the micro-batch's rows.
@@ -234,6 +236,7 @@ class VppoTerms:
     """
 
     advantages: torch.Tensor
+    token_mask: torch.Tensor
     sums: dict[str, float]
     weight_min: float
     weight_max: float
@@ -295,7 +298,9 @@ def apply_vppo(
         shaped = shaped * keep.to(advantages.dtype)
     weight_min = float(row_weights.min().item()) if row_weights.numel() else 1.0
     weight_max = float(row_weights.max().item()) if row_weights.numel() else 1.0
-    return VppoTerms(advantages=shaped, sums=sums, weight_min=weight_min, weight_max=weight_max)
+    return VppoTerms(
+        advantages=shaped, token_mask=keep & response, sums=sums, weight_min=weight_min, weight_max=weight_max
+    )
 
 
 def step_metrics(sums: dict[str, float]) -> dict[str, float]:

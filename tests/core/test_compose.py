@@ -5,8 +5,10 @@ defaults. An estimator is a pure function of the rewards, so each cell is checke
 verl 0.9.1's v1 trainer makes (``compute_advantage_for_multi_trajectories`` on the fields its
 ``PPOTrainer._compute_advantage`` reads): the supported ones run and pass the start-up checks, the
 refused ones fail in verl (which grounds the refusal) and are refused by ``check_papo_run_config``
-before Ray, naming both settings. The PAPO loss takes the advantages as an input whatever computed
-them (tests/worker/test_papo_compose.py proves it per loss and aggregation). Item 4 of the matrix:
+before Ray, naming both settings. The PAPO terms do not read the advantage: the loss is the same
+function of whatever advantages the estimator computed (tests/worker/test_papo_compose.py proves it
+per loss and aggregation), and their weight against the surrogate moves with the estimator's scale
+(tests/core/test_estimator_scale.py). Item 4 of the matrix:
 ``papo`` and verl's ``grpo`` give equal advantages.
 
 The policy-loss and aggregation refusals (``geo_mean``, ``dro`` without ``dro_beta``, ``bypass_mode``
@@ -268,21 +270,42 @@ def test_agg_loss_modes_are_the_five_the_matrix_has():
     ]
 
 
-def matrix_rows() -> dict[str, str]:
-    """``{name: verdict cell}`` of every table row of docs/compose.md whose first cell is a `name`."""
-    rows = {}
+LOSSES_SECTION = "Policy losses (`papo.base_loss_mode`)"
+ESTIMATORS_SECTION = "Advantage estimators (`algorithm.adv_estimator`)"
+AGGREGATION_SECTION = "Loss aggregation (`actor_rollout_ref.actor.loss_agg_mode`)"
+
+
+def matrix_rows() -> dict[tuple[str, str], str]:
+    """``{(section, name): verdict cell}`` of every table row of docs/compose.md whose first cell is a `name`;
+    the section is the heading above the table (a name such as ``gpg`` is both a loss and an estimator)."""
+    rows, section = {}, ""
     for line in COMPOSE_MD.read_text().splitlines():
+        if line.startswith("#"):
+            section = line.lstrip("#").strip()
+            continue
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if line.startswith("|") and len(cells) >= 2 and re.fullmatch(r"`[\w-]+`", cells[0]):
-            rows[cells[0].strip("`")] = cells[1]
+            key = (section, cells[0].strip("`"))
+            assert key not in rows, f"docs/compose.md: two rows for {key}"
+            rows[key] = cells[1]
     return rows
 
 
 def test_compose_md_has_a_verdict_for_every_registered_name():
     rows = matrix_rows()
-    names = (set(POLICY_LOSS_REGISTRY) - {"papo"}) | set(ADV_ESTIMATOR_REGISTRY) | set(agg_loss_modes())
-    assert names <= set(rows), sorted(names - set(rows))
-    for name, verdict in rows.items():
-        assert verdict.split()[0].strip("*") in ("works", "caveat", "refused"), (name, verdict)
-    for name in UNSUPPORTED_ESTIMATORS.keys() | REFUSED_LOSSES:
-        assert rows[name].startswith("**refused"), name
+    expected = {
+        LOSSES_SECTION: set(POLICY_LOSS_REGISTRY) - {"papo"},
+        ESTIMATORS_SECTION: set(ADV_ESTIMATOR_REGISTRY),
+        AGGREGATION_SECTION: set(agg_loss_modes()),
+    }
+    for section, names in expected.items():
+        listed = {name for (where, name) in rows if where == section}
+        assert names <= listed, (section, sorted(names - listed))
+        for name in listed:
+            assert rows[(section, name)].split()[0].strip("*") in ("works", "caveat", "refused"), (section, name)
+    for name in UNSUPPORTED_ESTIMATORS:
+        assert rows[(ESTIMATORS_SECTION, name)].startswith("**refused"), name
+    for name in REFUSED_LOSSES:
+        assert rows[(LOSSES_SECTION, name)].startswith("**refused"), name
+    # gpg is both: each table keeps its own row
+    assert rows[(LOSSES_SECTION, "gpg")] == rows[(ESTIMATORS_SECTION, "gpg")] == "works"
