@@ -85,6 +85,7 @@ SLOWEST_FIRST = (
     "tests/e2e/test_papo_e2e.py",
     "tests/e2e/test_demo_rerun.py",
     "tests/experiments/test_dynamics_e2e.py",
+    "tests/experiments/test_hacking_guard_e2e.py",
     "tests/scripts/test_smoke_vppo_e2e.py",
     "tests/scripts/test_smoke_gspo_e2e.py",
     "tests/cpu/test_e2e_cpu.py",

@@ -18,6 +18,7 @@ from typing import Any
 from verl.base_config import BaseConfig
 from verl.workers.config import PolicyLossConfig
 
+from .hacking_guard import GUARD_MODES
 from .masking import MASK_SPACES, MASK_UNITS
 
 KL_ESTIMATORS: tuple[str, ...] = ("low_var_kl", "kl", "abs", "mse")
@@ -101,6 +102,10 @@ class PapoConfig(BaseConfig):
             so a weight does not depend on the GPU count or the micro-batch split) or ``micro_batch``
             (as the published code: min and max over this rank's share of the mini-batch, mu over each
             update micro-batch, with its 1e-8 in beta_max), to reproduce VPPO's runs. See docs/vppo.md.
+        hacking_guard: the KL_prcp hacking guard (docs/metrics.md): every step, both entropies near the
+            uniform distribution's, responses at the length limit and the reward fallen, for 2 steps
+            in a row, raise an alarm. ``warn`` (default): log an ERROR naming the metrics and the
+            remedies; ``stop``: also save a checkpoint and end the run after that step; ``off``.
     """
 
     kl_prcp_coef: float = 0.02
@@ -129,6 +134,7 @@ class PapoConfig(BaseConfig):
     vppo_beta_min: float | None = None
     vppo_entropy_coef: float = 0.0
     vppo_shaping_stats: str = "global"
+    hacking_guard: str = "warn"
 
     def __post_init__(self) -> None:
         for key in ("kl_prcp_coef", "entropy_ori_coef", "entropy_aug_coef", "anneal_start", "anneal_end"):
@@ -172,6 +178,7 @@ class PapoConfig(BaseConfig):
             _fail("monitor", self.monitor, "true or false")
         if not isinstance(self.allow_unsupported_model, bool):
             _fail("allow_unsupported_model", self.allow_unsupported_model, "true or false")
+        _check_choice("hacking_guard", self.hacking_guard, GUARD_MODES)
         self._check_base_loss_mode()
         self._check_vppo()
 

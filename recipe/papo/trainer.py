@@ -20,11 +20,19 @@ Once, when the workers exist, it hands the actor workers what their own config (
 lacks, ``data.mm_processor_kwargs`` (``PapoActorRolloutRefWorker.init_papo``). Per step it writes
 only what changes per step: the global step, once, into the call that masks, and the step's
 coefficients as one :class:`recipe.papo.objective.PapoCoefficients` (:mod:`recipe.papo.batch_keys`).
+
+With PAPO on and ``papo.hacking_guard`` not ``off``, every step's metrics, once verl has computed them
+all (``_compute_metrics``), go to the KL_prcp hacking guard (:mod:`recipe.papo.hacking_guard`). On its
+alarm the trainer logs an ERROR; with ``stop`` it also saves a checkpoint of the step (verl's own
+``_save_checkpoint``, unless ``trainer.save_freq`` saved this step already) and lowers
+``total_training_steps`` to the step, so that verl's ``fit`` loop logs the step's metrics and ends
+as after its last step.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import ray
@@ -41,6 +49,7 @@ from . import register as _register  # noqa: F401  (registries in this process)
 from .batch_keys import COEFFICIENTS_KEY, IMAGE_ROW_KEY, KL_WEIGHT_KEY, MASKED_LOG_PROBS_KEY, STEP_KEY
 from .compat.verl import install_position_ids_fix
 from .config import PapoConfig, papo_config_from
+from .hacking_guard import HACKING_ALARM_METRIC, HACKING_SCORE_METRIC, HackingGuard
 from .objective import coefficients_at_step, sample_weights
 from .policy_loss import METRIC_PREFIX, papo_step_metrics, vppo_step_metrics
 from .worker import PapoActorRolloutRefWorker
@@ -66,6 +75,17 @@ def correctness_from_extra_fields(extra_fields: list, key: str) -> torch.Tensor:
             )
         correct.append(float(info[key]) > 0.5)
     return torch.tensor(correct, dtype=torch.bool)
+
+
+def model_vocab_size(model_config: DictConfig) -> int:
+    """The vocabulary size of ``actor_rollout_ref.model`` (its text config's ``vocab_size``), read as verl reads it."""
+    from transformers import AutoConfig
+    from verl.utils.fs import copy_to_local
+
+    path = OmegaConf.select(model_config, "hf_config_path") or model_config.path
+    local = copy_to_local(path, use_shm=bool(OmegaConf.select(model_config, "use_shm", default=False)))
+    trust = bool(OmegaConf.select(model_config, "trust_remote_code", default=False))
+    return int(AutoConfig.from_pretrained(local, trust_remote_code=trust).get_text_config().vocab_size)
 
 
 def mm_processor_kwargs_of(config: DictConfig) -> dict[str, Any]:
@@ -94,13 +114,23 @@ class PapoTrainer(PPOTrainerSync):
             config.trainer.v1.trainer_mode = registered_mode
         install_position_ids_fix()
         self.papo: PapoConfig = papo_config_from(config.papo)
+        self.hacking_guard: HackingGuard | None = None
+        self._hacking_alarm_on = False
 
     def on_init_end(self):
         # Once, before the first step: the run-constant setting the actor workers' own config lacks.
         # The processor options verl's agent loop used for the original images: the masked pass
         # re-processes images (mask_space=image, images_aug) with the same ones.
         self.actor_rollout_wg.init_papo(mm_processor_kwargs=mm_processor_kwargs_of(self.config))
+        self.hacking_guard = self._build_hacking_guard()
         super().on_init_end()
+
+    def _build_hacking_guard(self) -> HackingGuard | None:
+        """The KL_prcp hacking guard of this run: ``None`` with ``papo.hacking_guard=off`` or PAPO off."""
+        if not self.papo.enabled or self.papo.hacking_guard == "off":
+            return None
+        vocab_size = model_vocab_size(self.config.actor_rollout_ref.model)
+        return HackingGuard(vocab_size, int(self.config.data.max_response_length))
 
     def _init_resource_pool_mgr(self):
         super()._init_resource_pool_mgr()
@@ -170,3 +200,39 @@ class PapoTrainer(PPOTrainerSync):
         metrics.update(papo_step_metrics(metrics))
         metrics.update(vppo_step_metrics(metrics))
         return batch
+
+    def _compute_metrics(self, batch: KVBatchMeta, metrics, timing_raw, global_steps, epoch):
+        super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
+        if self.hacking_guard is not None:
+            self._watch_for_hacking(metrics, global_steps)
+
+    def _watch_for_hacking(self, metrics: dict, step: int) -> None:
+        """Feed the step's metrics to the hacking guard; log its score, and act on its alarm (module docstring)."""
+        if self.hacking_guard.observe(step, metrics) is None:  # a step without the watched metrics
+            return
+        metrics[HACKING_SCORE_METRIC] = self.hacking_guard.score
+        alarm = self.hacking_guard.alarm()
+        metrics[HACKING_ALARM_METRIC] = float(alarm is not None)
+        if alarm is not None and not self._hacking_alarm_on:  # once per episode, not every step of it
+            logger.error(alarm.message())
+        self._hacking_alarm_on = alarm is not None
+        if alarm is not None and self.papo.hacking_guard == "stop":
+            self._stop_for_hacking(step)
+
+    def _stop_for_hacking(self, step: int) -> None:
+        """Save a checkpoint of ``step`` (unless verl's loop saved it) and end the run after this step."""
+        trainer = self.config.trainer
+        saved = trainer.save_freq > 0 and (step >= self.total_training_steps or step % trainer.save_freq == 0)
+        if not saved:
+            self._save_checkpoint()
+        folder = os.path.join(trainer.default_local_dir, f"global_step_{step}")
+        logger.error(
+            "papo.hacking_guard=stop: the run ends after step %d (of %d) on the KL_prcp hacking alarm above; its "
+            "checkpoint is %s (the collapsed model, for diagnosis: resume from an earlier one with the remedies).",
+            step,
+            self.total_training_steps,
+            folder,
+        )
+        # verl's fit loop runs while global_steps <= total_training_steps: this step's metrics are still
+        # logged, then the loop ends as after its last step (on_train_end, dump executor shut down).
+        self.total_training_steps = step
