@@ -35,6 +35,19 @@ if [[ "$SMOKE" == 1 && "$DRY_RUN" == 1 ]]; then
     exit 2
 fi
 SMOKE_OUT=${SMOKE_OUT:-$PWD/smoke_output}
+# What SMOKE=1 replaces: SMOKE_DATA=builtin runs the built-in counting task and its reward, SMOKE_DATA=script
+# keeps this script's data files and reward (DATA_DIR, TRAIN_FILE, VAL_FILE); SMOKE_MODEL=tiny runs a tiny
+# random model of the script's family, SMOKE_MODEL=script keeps MODEL_PATH. A training script defaults to
+# builtin/tiny, scripts/eval_papo.sh to script/script (docs/smoke.md).
+SMOKE_DATA=${SMOKE_DATA:-${DEFAULT_SMOKE_DATA:-builtin}}
+SMOKE_MODEL=${SMOKE_MODEL:-${DEFAULT_SMOKE_MODEL:-tiny}}
+case "$SMOKE_DATA/$SMOKE_MODEL" in
+builtin/tiny | builtin/script | script/tiny | script/script) ;;
+*)
+    echo "SMOKE_DATA must be builtin or script and SMOKE_MODEL tiny or script, got '$SMOKE_DATA' and '$SMOKE_MODEL'" >&2
+    exit 2
+    ;;
+esac
 # The user's own `key=value` arguments (this file is sourced, so "$@" is the script's command line):
 # in a smoke run they are applied after the smoke sizes, so they win over those too.
 USER_ARGS=("$@")
@@ -42,6 +55,12 @@ USER_ARGS=("$@")
 MODEL_PATH=${MODEL_PATH:-$DEFAULT_MODEL_PATH}
 # Output of `python -m data_prep.all --out "$DATA_DIR"`.
 DATA_DIR=${DATA_DIR:-$HOME/data/papo}
+# Relative folders are the caller's: made absolute here, as the trainer's processes may run elsewhere.
+case "$DATA_DIR" in
+/*) ;;
+*) DATA_DIR=$PWD/$DATA_DIR ;;
+esac
+if [ -d "$MODEL_PATH" ]; then MODEL_PATH=$(cd "$MODEL_PATH" && pwd); fi
 TRAIN_FILE=${TRAIN_FILE:-$DATA_DIR/virl39k_train.parquet}
 VAL_FILE=${VAL_FILE:-$DATA_DIR/mmk12_val.parquet}
 
@@ -164,7 +183,7 @@ PAPO_OFF_ARGS=(
 papo_main() {
     if [[ "$SMOKE" == 1 ]]; then
         "$PYTHON" -m papo_tools.smoke --script "$(basename "$0")" --out "$SMOKE_OUT" \
-            --user-args "${#USER_ARGS[@]}" -- "$@"
+            --data "$SMOKE_DATA" --model "$SMOKE_MODEL" --user-args "${#USER_ARGS[@]}" -- "$@"
     else
         PAPO_DRY_RUN="$DRY_RUN" "$PYTHON" -m recipe.papo.main_papo "$@"
     fi

@@ -3,7 +3,9 @@
 # avg@8 (8 samples per question at temperature 1.0, top_p 0.99), then the per-benchmark table (each
 # benchmark, general, vision-dependent and overall) as Markdown and JSON.
 #
-# Usage: MODEL_PATH=<HF model dir or merged checkpoint> [DRY_RUN=1] bash scripts/eval_papo.sh [key=value ...]
+# Usage: MODEL_PATH=<HF model dir or merged checkpoint> [DRY_RUN=1 | SMOKE=1] bash scripts/eval_papo.sh [key=value ...]
+# SMOKE=1 evaluates MODEL_PATH on the prepared benchmarks at the smoke sizes on this machine (CPU included):
+# SMOKE_DATA and SMOKE_MODEL default to "script" here (docs/smoke.md).
 # Knobs (besides those of scripts/common.sh that apply to the model, rollout and cluster):
 #   MODEL_PATH   required: a Hugging Face model (id or folder), e.g. a checkpoint merged with
 #                `python -m verl.model_merger merge --backend fsdp ...`
@@ -23,6 +25,8 @@ set -xeuo pipefail
 : "${MODEL_PATH:?set MODEL_PATH to the Hugging Face model or merged checkpoint to evaluate}"
 DEFAULT_MODEL_PATH=$MODEL_PATH
 DEFAULT_N_GPUS_PER_NODE=4
+DEFAULT_SMOKE_DATA=script
+DEFAULT_SMOKE_MODEL=script
 
 # The checkpoint as recorded in OUT_DIR/checkpoint.txt: an existing folder as its absolute physical
 # path, anything else (a hub id) as given.

@@ -1,13 +1,19 @@
 """The smoke run ``scripts/common.sh`` starts for ``SMOKE=1``: compose (:func:`plan`), run (:func:`execute`).
 
-    python -m papo_tools.smoke --script NAME.sh --out DIR --user-args K -- OVERRIDE ...
+    python -m papo_tools.smoke --script NAME.sh --out DIR [--data builtin|script] [--model tiny|script]
+        --user-args K -- OVERRIDE ...
 
 ``OVERRIDE ...`` is the script's full ``main_papo`` argument list, whose last ``K`` entries are the
 user's own ``key=value`` arguments. The run's overrides are, in order: the script's, the smoke
-sizes/machine/task (:mod:`.sizes`), the user's (so the user's win). Writes into ``DIR/<script
-stem>/``: ``config.yaml`` (the fully resolved configuration, written before Ray starts),
-``metrics.jsonl`` (verl's file logger), ``run.log``, the tiny model and the task's parquet files.
-Exits 0 only when the run succeeded and :func:`.checks.check_records` found nothing wrong.
+sizes/machine/task (:mod:`.sizes`), the user's (so the user's win). ``--data builtin`` (the default)
+replaces the script's data and reward by the built-in counting task and its reward, ``--data
+script`` keeps them (``SMOKE_DATA``); ``--model tiny`` (the default) replaces the script's model by
+a tiny random one of its family, ``--model script`` keeps it (``SMOKE_MODEL``). Writes into
+``DIR/<script stem>/``: ``config.yaml`` (the fully resolved configuration, written before Ray
+starts), ``metrics.jsonl`` (verl's file logger; where the script names another file, there),
+``rollouts/`` and ``validation/`` (verl's generation dumps, unless the script names its own
+folders), ``checkpoints/``, ``run.log``, and the tiny model and the task's parquet files where they
+are used. Exits 0 only when the run succeeded and :func:`.checks.check_records` found nothing wrong.
 """
 
 from __future__ import annotations
@@ -31,15 +37,21 @@ from papo_tools.smoke.sizes import (
     TRAINING_STEPS,
     VAL_ROWS,
     Machine,
+    builtin_task_overrides,
     detect_machine,
     machine_overrides,
     micro_batches_per_worker,
+    model_overrides,
+    output_overrides,
     size_overrides,
-    task_overrides,
 )
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 MARKER = ".papo-smoke"  # marks a folder this command created (and may therefore replace)
+# What SMOKE may replace (SMOKE_DATA / SMOKE_MODEL): "builtin" / "tiny" replace, "script" keeps the script's.
+DATA_MODES = ("builtin", "script")
+MODEL_MODES = ("tiny", "script")
+FILE_LOGGER_PATH_KEY = "ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH"
 
 
 class SmokeError(RuntimeError):
@@ -123,6 +135,9 @@ class SmokePlan:
         machine: where it trains.
         overrides: ``main_papo``'s arguments: script's, smoke's, user's.
         config: ``overrides`` composed in this process (what ``main_papo`` composes).
+        data: ``"builtin"`` (the counting task and its reward) or ``"script"`` (the script's own).
+        model: ``"tiny"`` (a tiny random model of the family) or ``"script"`` (the script's own).
+        metrics: verl's file-logger output (the script's own file where it names one).
     """
 
     script: str
@@ -131,48 +146,134 @@ class SmokePlan:
     machine: Machine
     overrides: list[str]
     config: DictConfig
+    data: str = "builtin"
+    model: str = "tiny"
+    metrics: Path = Path("metrics.jsonl")
 
     @property
     def model_dir(self) -> Path:
+        """The tiny model's folder (where ``--model tiny`` writes it)."""
         return self.folder / f"tiny_{self.model_type}"
 
     @property
     def data_dir(self) -> Path:
+        """The built-in task's folder (where ``--data builtin`` writes it)."""
         return self.folder / "data"
 
     @property
-    def metrics(self) -> Path:
-        return self.folder / "metrics.jsonl"
+    def val_only(self) -> bool:
+        """An evaluation script: one validation pass, no training."""
+        return bool(self.config.trainer.get("val_only", False))
+
+
+def data_files(value) -> list[str]:
+    """``data.train_files`` / ``data.val_files`` as a list of paths (verl takes one path or a list)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(path) for path in value]
+
+
+def parquet_rows(paths: list[str], key: str) -> int:
+    """Rows in the parquet files ``paths`` (read from their footers); a missing file is a :class:`SmokeError`."""
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for path in paths:
+        if not Path(path).is_file():
+            raise SmokeError(
+                f"SMOKE_DATA=script keeps the script's {key}, but {path} does not exist: prepare the data first "
+                '(python -m data_prep.all --out "$DATA_DIR", docs/data_prep.md) or set DATA_DIR / TRAIN_FILE / VAL_FILE'
+            )
+        rows += pq.ParquetFile(path).metadata.num_rows
+    return rows
+
+
+def check_script_data(config: DictConfig) -> None:
+    """The script's own data (``--data script``) exists and holds at least one smoke training batch."""
+    if config.trainer.get("val_only", False):
+        parquet_rows(data_files(config.data.val_files), "data.val_files")
+        return
+    train = data_files(config.data.train_files)
+    rows, batch = parquet_rows(train, "data.train_files"), int(config.data.train_batch_size)
+    parquet_rows(data_files(config.data.val_files), "data.val_files")
+    if rows < batch:
+        raise SmokeError(
+            f"SMOKE_DATA=script: data.train_files ({', '.join(train)}) hold {rows} rows, fewer than the smoke run's "
+            f"training batch of {batch} prompts; give it at least {batch} rows"
+        )
 
 
 def plan(
-    script: str, out: Path, script_args: list[str], user_args: list[str], machine: Machine | None = None
+    script: str,
+    out: Path,
+    script_args: list[str],
+    user_args: list[str],
+    machine: Machine | None = None,
+    data: str = "builtin",
+    model: str = "tiny",
 ) -> SmokePlan:
-    """Compose the smoke run of ``script`` (nothing is written or started) on ``machine`` (default: this one)."""
+    """Compose the smoke run of ``script`` (nothing is written or started) on ``machine`` (default: this one).
+
+    ``data`` / ``model``: what SMOKE replaces (:data:`DATA_MODES`, :data:`MODEL_MODES`; the module docstring).
+    """
     from recipe.papo.model_families import UnsupportedModelError, family_of_model_name
 
+    if data not in DATA_MODES or model not in MODEL_MODES:
+        raise SmokeError(
+            f"--data must be one of {DATA_MODES} and --model one of {MODEL_MODES}, got {data!r}, {model!r}"
+        )
     folder = (out / Path(script).stem).resolve()
     intended = compose(script_args + user_args)
     if "file" not in list(intended.trainer.logger):
         raise SmokeError(
             f"trainer.logger={list(intended.trainer.logger)} has no 'file': the smoke checks read its metrics"
         )
+    if intended.trainer.get("val_only", False) and data == "builtin":
+        raise SmokeError(
+            f"{script} only evaluates (trainer.val_only=True): the built-in task has no benchmark to evaluate. "
+            "Run it with SMOKE_DATA=script on the prepared evaluation data"
+        )
     try:
         model_type = family_of_model_name(intended.actor_rollout_ref.model.path)
     except UnsupportedModelError as error:
         raise SmokeError(f"no tiny model for this script's model: {error}") from error
     machine = machine or detect_machine(intended.trainer.n_gpus_per_node * intended.trainer.nnodes)
-    model_dir, data_dir = folder / f"tiny_{model_type}", folder / "data"
+    metrics = Path(OmegaConf.select(intended, FILE_LOGGER_PATH_KEY) or folder / "metrics.jsonl")
+    task_dir = folder / "data"
     overrides = [
         *script_args,
-        *size_overrides(intended, machine, model_type),
+        *size_overrides(intended, machine, model_type, script_data=data == "script"),
         *machine_overrides(intended, machine, model_type),
-        *task_overrides(
-            model_dir, data_dir / "train.parquet", data_dir / "val.parquet", folder, folder / "metrics.jsonl"
-        ),
+        *(model_overrides(folder / f"tiny_{model_type}") if model == "tiny" else []),
+        *(builtin_task_overrides(task_dir / "train.parquet", task_dir / "val.parquet") if data == "builtin" else []),
+        *output_overrides(folder, metrics, intended),
         *user_args,
     ]
-    return SmokePlan(script, folder, model_type, machine, overrides, compose(overrides))
+    config = compose(overrides)
+    if data == "script":
+        check_script_data(config)
+    return SmokePlan(script, folder, model_type, machine, overrides, config, data, model, metrics)
+
+
+def describe(smoke: SmokePlan) -> str:
+    """One sentence: what the smoke run runs (model, data, steps) and where."""
+    model = (
+        f"a tiny random {smoke.model_type} model"
+        if smoke.model == "tiny"
+        else f"the script's model {smoke.config.actor_rollout_ref.model.path}"
+    )
+    data = (
+        "the built-in counting task and its reward"
+        if smoke.data == "builtin"
+        else f"the script's data and reward (train {smoke.config.data.train_files}, val {smoke.config.data.val_files})"
+    )
+    work = "1 validation pass" if smoke.val_only else f"{TRAINING_STEPS} steps + 1 validation pass"
+    return (
+        f"{smoke.script}: its configuration on {model} and {data}, {work} on {smoke.machine.world_size} "
+        f"{smoke.machine.device} worker(s)"
+    )
 
 
 def execute(smoke: SmokePlan) -> int:
@@ -182,13 +283,11 @@ def execute(smoke: SmokePlan) -> int:
     from recipe.papo.main_papo import prepare
 
     fresh_folder(smoke.folder)
-    say(
-        f"{smoke.script}: its configuration on a tiny random {smoke.model_type} model and the built-in counting "
-        f"task, {TRAINING_STEPS} steps + 1 validation pass on {smoke.machine.world_size} {smoke.machine.device} "
-        "worker(s)"
-    )
-    save_tiny_model(smoke.model_dir, smoke.model_type, sizes=VLLM_SIZES)  # the same sizes for both rollouts
-    write_demo_dataset(smoke.data_dir, num_train=TRAIN_ROWS, num_val=VAL_ROWS)
+    say(describe(smoke))
+    if smoke.model == "tiny":
+        save_tiny_model(smoke.model_dir, smoke.model_type, sizes=VLLM_SIZES)  # the same sizes for both rollouts
+    if smoke.data == "builtin":
+        write_demo_dataset(smoke.data_dir, num_train=TRAIN_ROWS, num_val=VAL_ROWS)
     env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(smoke.metrics)}
     config = smoke.config
     summary = prepare(config)  # main_papo's start-up checks, before Ray
@@ -214,7 +313,10 @@ def execute(smoke: SmokePlan) -> int:
         return returncode
     rollout_log_probs = bool(config.actor_rollout_ref.rollout.calculate_log_probs)
     expect = Expectations(
-        TRAINING_STEPS, summary["papo.enabled"], bool(config.actor_rollout_ref.actor.use_kl_loss), rollout_log_probs
+        0 if smoke.val_only else TRAINING_STEPS,
+        summary["papo.enabled"],
+        bool(config.actor_rollout_ref.actor.use_kl_loss),
+        rollout_log_probs,
     )
     if not rollout_log_probs:
         say("rollout-fidelity check skipped: actor_rollout_ref.rollout.calculate_log_probs=False")
@@ -232,6 +334,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m papo_tools.smoke", description=__doc__.splitlines()[0])
     parser.add_argument("--script", required=True, help="the run script's file name (names the output folder)")
     parser.add_argument("--out", type=Path, default=Path("smoke_output"), help="parent output folder (SMOKE_OUT)")
+    parser.add_argument(
+        "--data", choices=DATA_MODES, default="builtin", help="builtin: the counting task; script: the script's own"
+    )
+    parser.add_argument(
+        "--model", choices=MODEL_MODES, default="tiny", help="tiny: a tiny random model; script: the script's own"
+    )
     parser.add_argument("--user-args", type=int, default=0, help="how many trailing overrides are the user's")
     parser.add_argument("overrides", nargs="*", help="the script's main_papo overrides, the user's last")
     return parser.parse_args(argv)
@@ -242,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     switch_on_cpu_backend_without_cuda()
     try:
         script_args, user_args = split_arguments(args.overrides, args.user_args)
-        return execute(plan(args.script, args.out, script_args, user_args))
+        return execute(plan(args.script, args.out, script_args, user_args, data=args.data, model=args.model))
     except SmokeError as error:
         say(f"error: {error}")
         return 2

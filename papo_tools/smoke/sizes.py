@@ -8,7 +8,9 @@ Three groups, each touching only what its name says:
 * :func:`machine_overrides`: what the machine needs. CPU: 2 workers (FSDP2 over gloo), the
   script's vLLM rollout on the CPU build of vLLM (``papo_tools.cpu.launch``), logical Ray resources.
   CUDA: the script's own rollout engine and worker count, capped to the GPUs present, and a small memory share.
-* :func:`task_overrides`: the tiny model, the built-in task and its reward, the output paths.
+* :func:`model_overrides`, :func:`builtin_task_overrides`, :func:`output_overrides`: the tiny model,
+  the built-in task and its reward (each only where SMOKE replaces the script's, ``--model tiny`` /
+  ``--data builtin``), and the output paths.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ CPU_WORKERS = 2
 # Token budgets of the tiny task: its prompts (chat template + question + <= 16 visual tokens) fit 192.
 MAX_PROMPT_LENGTH = 192
 MAX_RESPONSE_LENGTH = 16
+# Token budgets on the script's own data (SMOKE_DATA=script): the paper's prompt, written by data_prep, is
+# about 200 bytes around the question (the tiny model's tokenizer is byte-level: one token per byte) plus
+# <= 16 visual tokens per image; an answer in the paper's format (<think> ... </think> \boxed{...}) needs
+# about 30.
+SCRIPT_DATA_MAX_PROMPT_LENGTH = 512
+SCRIPT_DATA_MAX_RESPONSE_LENGTH = 64
 # Visual tokens per image: 4..16 merged tokens (the paper's bounds give 256..1280).
 MIN_VISUAL_TOKENS = 4
 MAX_VISUAL_TOKENS = 16
@@ -87,7 +95,7 @@ def largest_divisor_at_most(total: int, cap: int) -> int:
     return max(d for d in range(1, max(1, min(cap, total)) + 1) if total % d == 0)
 
 
-def size_overrides(config: DictConfig, machine: Machine, model_type: str) -> list[str]:
+def size_overrides(config: DictConfig, machine: Machine, model_type: str, script_data: bool = False) -> list[str]:
     """Size overrides for the script's composed ``config`` on ``machine``.
 
     verl 0.9.1 splits a rank's share of a batch into equal micro-batches
@@ -100,7 +108,11 @@ def size_overrides(config: DictConfig, machine: Machine, model_type: str) -> lis
     * train batch = mini-batch times the script's ``train_batch_size // ppo_mini_batch_size``
       optimiser steps per training step (3 in the paper's settings);
     * log-prob micro-batches (rollout and reference): the largest divisor of a rank's share of the
-      train batch that is at most the script's size and at most half the share (>= 2 per rank).
+      train batch that is at most the script's size and at most half the share (>= 2 per rank);
+    * prompt / response lengths: the built-in task's, or larger ones on the script's own data
+      (``script_data``);
+    * steps: 2 training steps and one validation pass after the last; an evaluation script
+      (``trainer.val_only``) keeps its single validation pass.
     """
     actor = config.actor_rollout_ref.actor
     n = config.actor_rollout_ref.rollout.n
@@ -114,20 +126,28 @@ def size_overrides(config: DictConfig, machine: Machine, model_type: str) -> lis
     rollout_micro = largest_divisor_at_most(share, min(rollout_micro, share // 2))
     ref_micro = largest_divisor_at_most(share, min(ref_micro, share // 2))
     token_pixels = FAMILIES[model_type].token_pixels
+    prompt_length, response_length = (
+        (SCRIPT_DATA_MAX_PROMPT_LENGTH, SCRIPT_DATA_MAX_RESPONSE_LENGTH)
+        if script_data
+        else (MAX_PROMPT_LENGTH, MAX_RESPONSE_LENGTH)
+    )
+    steps = [
+        f"trainer.total_training_steps={TRAINING_STEPS}",
+        # One validation pass: verl validates at the last step when test_freq > 0.
+        "trainer.val_before_train=False",
+        f"trainer.test_freq={TRAINING_STEPS}",
+    ]
     return [
         f"data.train_batch_size={train}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={mini}",
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}",
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={rollout_micro}",
         f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={ref_micro}",
-        f"data.max_prompt_length={MAX_PROMPT_LENGTH}",
-        f"data.max_response_length={MAX_RESPONSE_LENGTH}",
+        f"data.max_prompt_length={prompt_length}",
+        f"data.max_response_length={response_length}",
         f"++data.mm_processor_kwargs.min_pixels={MIN_VISUAL_TOKENS * token_pixels}",
         f"++data.mm_processor_kwargs.max_pixels={MAX_VISUAL_TOKENS * token_pixels}",
-        f"trainer.total_training_steps={TRAINING_STEPS}",
-        # One validation pass: verl validates at the last step when test_freq > 0.
-        "trainer.val_before_train=False",
-        f"trainer.test_freq={TRAINING_STEPS}",
+        *([] if config.trainer.get("val_only", False) else steps),
         "data.filter_overlong_prompts_workers=1",
         "data.dataloader_num_workers=0",
     ]
@@ -168,14 +188,33 @@ def machine_overrides(config: DictConfig, machine: Machine, model_type: str = "q
     ]
 
 
-def task_overrides(model_dir: Path, train: Path, val: Path, out: Path, metrics: Path) -> list[str]:
-    """The tiny model, the built-in task and reward, and the outputs under ``out``."""
+def model_overrides(model_dir: Path) -> list[str]:
+    """The tiny model of the script's family (``--model tiny``)."""
+    return [f"actor_rollout_ref.model.path={model_dir}"]
+
+
+def builtin_task_overrides(train: Path, val: Path) -> list[str]:
+    """The built-in counting task and its reward (``--data builtin``)."""
     return [
-        f"actor_rollout_ref.model.path={model_dir}",
         f"data.train_files={train}",
         f"data.val_files={val}",
         # The PAPO reward scores math answers; a random model never earns one, so the task's own reward.
         *reward_overrides(),
+    ]
+
+
+def output_overrides(out: Path, metrics: Path, config: DictConfig) -> list[str]:
+    """Checkpoints, metrics and generation dumps under ``out``; a dump folder the script names stays its own.
+
+    ``config``: the script's composed configuration. ``metrics`` is where verl's file logger writes.
+    """
+    trainer = config.trainer
+    dumps = {
+        "rollout_data_dir": out / "rollouts",  # each training step's rollouts: prompt, response, score
+        "validation_data_dir": out / "validation",  # each validation pass's generations
+    }
+    return [
         f"trainer.default_local_dir={out / 'checkpoints'}",
         f"++ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH={metrics}",
+        *(f"trainer.{key}={folder}" for key, folder in dumps.items() if not trainer.get(key)),
     ]

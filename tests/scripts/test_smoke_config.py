@@ -72,6 +72,8 @@ SMOKE_KEYS = {
     "reward.custom_reward_function.path",
     "reward.custom_reward_function.name",
     "trainer.default_local_dir",
+    "trainer.rollout_data_dir",
+    "trainer.validation_data_dir",
     "ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH",
 }
 # What a smoke run must keep from the script (resolved keys).
@@ -149,19 +151,22 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def smoke_plan(workdir):
-    """``smoke_plan(name, *args, machine=CPU)``: the plan ``SMOKE=1 bash scripts/<name> args...``
+    """``smoke_plan(name, *args, machine=CPU, **env)``: the plan ``SMOKE=1 <env> bash scripts/<name> args...``
     makes on ``machine`` (composed here) and the script's own overrides; cached per module."""
     cache: dict = {}
 
-    def make(name: str, *args: str, machine: Machine = CPU):
-        key = (name, args, machine)
+    def make(name: str, *args: str, machine: Machine = CPU, **env: str):
+        key = (name, args, machine, tuple(sorted(env.items())))
         if key not in cache:
-            argv = python_args_of(name, *args, cwd=workdir, SMOKE="1")
+            argv = python_args_of(name, *args, cwd=workdir, SMOKE="1", **env)
             assert argv[:2] == ["-m", "papo_tools.smoke"]
             parsed = parse_args(argv[2:])
             script_args, user_args = split_arguments(parsed.overrides, parsed.user_args)
             assert user_args == list(args)
-            cache[key] = plan(parsed.script, parsed.out, script_args, user_args, machine=machine), script_args
+            smoke = plan(
+                parsed.script, parsed.out, script_args, user_args, machine=machine, data=parsed.data, model=parsed.model
+            )
+            cache[key] = smoke, script_args
         return cache[key]
 
     return make
@@ -398,3 +403,89 @@ def test_checks_want_every_step_and_a_validation_pass():
     # rollout-actor correlation when the rollout returns no log-probs
     plain = [record(1, **{"actor/pg_loss": 0.1}), record(2, **{"actor/pg_loss": 0.2, "val-core/x": 0.0})]
     assert check_records(plain, Expectations(2, papo_enabled=False, use_kl_loss=False, rollout_log_probs=False)) == []
+
+
+@pytest.fixture(scope="module")
+def script_data(tmp_path_factory) -> Path:
+    """A ``DATA_DIR`` as data_prep writes it (training, validation and evaluation parquets) and a model folder."""
+    from papo_tools.demo.task import make_rows, write_parquet
+    from recipe.papo.prompt import EVAL_BENCHMARKS
+
+    root = tmp_path_factory.mktemp("script_data")
+    write_parquet(make_rows(16, "train"), root / "data" / "virl39k_train.parquet")
+    write_parquet(make_rows(2, "val"), root / "data" / "mmk12_val.parquet")
+    for benchmark in EVAL_BENCHMARKS:
+        write_parquet(make_rows(2, benchmark), root / "data" / "eval" / f"{benchmark}.parquet")
+    model = root / "models" / "my_qwen2_5_vl"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    return root
+
+
+def test_smoke_data_and_model_script_keep_the_scripts_own(smoke_plan, plain_config, script_data):
+    env = {"DATA_DIR": str(script_data / "data"), "MODEL_PATH": str(script_data / "models" / "my_qwen2_5_vl")}
+    smoke, _ = smoke_plan(PAPO_G, SMOKE_DATA="script", SMOKE_MODEL="script", **env)
+    config = smoke.config
+    assert (smoke.data, smoke.model) == ("script", "script")
+    assert config.data.train_files == f"{script_data}/data/virl39k_train.parquet"
+    assert config.data.val_files == f"{script_data}/data/mmk12_val.parquet"
+    assert config.actor_rollout_ref.model.path == env["MODEL_PATH"]
+    # the script's reward, not the counting task's; room for the paper's prompt and answer format
+    assert config.reward.custom_reward_function.path == plain_config(PAPO_G).reward.custom_reward_function.path
+    assert config.reward.custom_reward_function.path == "pkg://recipe.papo.reward"
+    assert (config.data.max_prompt_length, config.data.max_response_length) == (512, 64)
+    # generation dumps and checkpoints in the smoke folder
+    assert config.trainer.rollout_data_dir == str(smoke.folder / "rollouts")
+    assert config.trainer.validation_data_dir == str(smoke.folder / "validation")
+    assert config.trainer.default_local_dir == str(smoke.folder / "checkpoints")
+    assert smoke.metrics == smoke.folder / "metrics.jsonl"
+
+
+def test_smoke_defaults_replace_the_data_and_model(smoke_plan):
+    smoke, _ = smoke_plan(PAPO_G)
+    assert (smoke.data, smoke.model) == ("builtin", "tiny")
+    assert smoke.config.data.train_files == str(smoke.folder / "data" / "train.parquet")
+    assert smoke.config.reward.custom_reward_function.path == "pkg://papo_tools.demo.reward"
+    assert (smoke.config.data.max_prompt_length, smoke.config.data.max_response_length) == (192, 16)
+
+
+def test_smoke_of_the_eval_script_evaluates_the_model_on_the_prepared_benchmarks(smoke_plan, script_data, tmp_path):
+    from recipe.papo.prompt import EVAL_BENCHMARKS
+
+    model = str(script_data / "models" / "my_qwen2_5_vl")
+    env = {"DATA_DIR": str(script_data / "data"), "MODEL_PATH": model, "OUT_DIR": str(tmp_path / "results")}
+    env["BENCHMARKS"] = " ".join(EVAL_BENCHMARKS)  # the script asks $PYTHON for them, a stand-in here
+    smoke, _ = smoke_plan("eval_papo.sh", **env)
+    config = smoke.config
+    assert (smoke.data, smoke.model, smoke.val_only) == ("script", "script", True)
+    assert config.actor_rollout_ref.model.path == model
+    assert len(config.data.val_files) == 9 and config.data.val_files[0].startswith(f"{script_data}/data/eval/")
+    # one validation pass, n = 8: no training steps, and verl's val_before_train kept (val_only needs it)
+    assert (config.trainer.val_only, config.trainer.val_before_train) == (True, True)
+    assert config.actor_rollout_ref.rollout.val_kwargs.n == 8
+    assert "trainer.total_training_steps" not in {override_key(o) for o in smoke.overrides}
+    # the script's own outputs: metrics where the table reads them, generations in OUT_DIR
+    assert smoke.metrics == tmp_path / "results" / "metrics.jsonl"
+    assert config.trainer.validation_data_dir == str(tmp_path / "results" / "generations")
+
+
+def test_smoke_refuses_what_it_cannot_run(smoke_plan, script_data, tmp_path):
+    with pytest.raises(SmokeError, match="only evaluates"):
+        smoke_plan(
+            "eval_papo.sh",
+            SMOKE_DATA="builtin",
+            MODEL_PATH=str(script_data / "models" / "my_qwen2_5_vl"),
+            DATA_DIR=str(script_data / "data"),
+            BENCHMARKS="We_Math",
+        )
+    with pytest.raises(SmokeError, match="prepare the data first"):
+        smoke_plan(PAPO_G, SMOKE_DATA="script", DATA_DIR=str(tmp_path / "nowhere"))
+    few = tmp_path / "few"
+    from papo_tools.demo.task import make_rows, write_parquet
+
+    write_parquet(make_rows(3, "train"), few / "virl39k_train.parquet")
+    write_parquet(make_rows(1, "val"), few / "mmk12_val.parquet")
+    with pytest.raises(SmokeError, match="hold 3 rows, fewer than the smoke run's training batch of 12"):
+        smoke_plan(PAPO_G, SMOKE_DATA="script", DATA_DIR=str(few))
+    run = run_script(PAPO_G, cwd=tmp_path, SMOKE="1", SMOKE_DATA="mine")
+    assert run.returncode == 2 and "SMOKE_DATA must be builtin or script" in run.stderr

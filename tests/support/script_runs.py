@@ -107,21 +107,28 @@ def smoke_outputs(script: str, *args: str, cwd: Path):
     return run, config, train
 
 
-# Stands in for $PYTHON: records the arguments a script passes to Python (NUL-separated) and exits 0.
-RECORD_ARGS = '#!/usr/bin/env bash\nprintf "%s\\0" "$@" > "$RECORDED_ARGS"\n'
+# Stands in for $PYTHON: appends the arguments of each call to "$RECORDED_ARGS" (NUL after each argument,
+# \x01 after each call) and exits 0.
+RECORD_ARGS = '#!/usr/bin/env bash\nprintf "%s\\0" "$@" >> "$RECORDED_ARGS"\nprintf "\\1" >> "$RECORDED_ARGS"\n'
+ENTRY_POINTS = ("papo_tools.smoke", "recipe.papo.main_papo")
 
 
 def python_args_of(name: str, *args: str, cwd: Path, **env: str) -> list[str]:
-    """What ``bash scripts/<name> args...`` (with ``env``) passes to ``$PYTHON``, without running it.
+    """What ``bash scripts/<name> args...`` (with ``env``) passes to ``$PYTHON`` to start the run, without running it.
 
-    Bash only (no Python start, no verl import): the tests then compose those arguments in-process.
+    The run's call is the one of ``python -m`` :data:`ENTRY_POINTS` (a script may call ``$PYTHON`` for
+    other things too, such as ``eval_papo.sh``'s table). Bash only (no Python start, no verl import):
+    the tests then compose those arguments in-process.
     """
     stub, record = cwd / "record_python_args", cwd / "python_args"
     stub.write_text(RECORD_ARGS)
     stub.chmod(0o755)
+    record.unlink(missing_ok=True)
     run = run_script(name, *args, cwd=cwd, PYTHON=str(stub), RECORDED_ARGS=str(record), **env)
     assert run.returncode == 0, run.stderr[-3000:]
-    return record.read_text().split("\0")[:-1]
+    calls = [call.split("\0")[:-1] for call in record.read_text().split("\1")[:-1]]
+    (call,) = [call for call in calls if call[:1] == ["-m"] and call[1:2][0] in ENTRY_POINTS]
+    return call
 
 
 class DryRuns:
