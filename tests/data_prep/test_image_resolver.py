@@ -3,20 +3,13 @@ suffix; missing and ambiguous paths are row problems naming the path and the arc
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import pytest
 
 from data_prep.problems import RowProblem
 from data_prep.resolver import ImageResolver
-
-
-def write_zip(path: Path, members: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return path
+from papo_tools.journey.hub_layout import write_zip
 
 
 @pytest.fixture

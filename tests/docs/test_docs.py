@@ -310,3 +310,47 @@ def test_no_page_refers_to_a_spec():
 
 if __name__ == "__main__":
     print(options_table())
+
+
+def bash_block_after(path: Path, heading: str) -> str:
+    """The first ``bash`` block after ``heading`` in ``path``."""
+    _, found, rest = path.read_text().partition(heading + "\n")
+    assert found, f"{path.name} has no heading {heading!r}"
+    match = re.search(r"```bash\n(.*?)```", rest, re.DOTALL)
+    assert match, f"{path.name}: no bash block after {heading!r}"
+    return match.group(1)
+
+
+def commands(block: str) -> list[str]:
+    """Each command of a bash block (continuation lines joined) without its leading ``NAME=value`` settings,
+    cut to what it runs: the program and its module, script or subcommand."""
+    heads = []
+    for command in block.replace("\\\n", " ").splitlines():
+        words = command.split()
+        while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+            words = words[1:]
+        if words:
+            heads.append(" ".join(words[:3] if words[:2] == ["python", "-m"] else words[:2]))
+    return heads
+
+
+def test_the_cpu_journey_runs_the_readme_journey_commands():
+    """docs/evaluation.md's CPU journey (run as written by tests/e2e/test_journey.py) is the README's
+    "From data to table" sequence, command for command, after the one that writes the hub copies."""
+    readme = commands(bash_block_after(README, "## From data to table"))
+    cpu = commands(bash_block_after(DOCS / "evaluation.md", "## The whole journey on CPU"))
+    assert readme == [
+        "export DATA_DIR=$PWD/data",
+        "python -m data_prep.all",
+        "bash scripts/run_qwen2_5_vl_7b_papo_g.sh",
+        "python -m verl.model_merger",
+        "bash scripts/eval_papo.sh",
+        "cat eval_results/qwen2_5_vl_7b_papo_g__global_step_202/eval_table.md",
+    ]
+    assert cpu[0] == "python -m papo_tools.journey"
+
+    def step(head: str) -> str:  # what a command does, whatever folder it names
+        program, _, argument = head.partition(" ")
+        return {"export": argument.split("=")[0], "cat": Path(argument).name}.get(program, argument)
+
+    assert [step(head) for head in cpu[1:]] == [step(head) for head in readme]

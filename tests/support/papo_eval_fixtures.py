@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import io
 import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from PIL import Image
+
+from papo_tools.journey.hub_layout import write_hub_repo, write_zip
 
 BENCHMARKS = (
     "hiyouga_geometry3k",
@@ -129,14 +129,6 @@ def all_benchmarks(names: tuple[str, ...] = BENCHMARKS) -> dict[str, Benchmark]:
     return {name: benchmark(BENCHMARKS.index(name), name) for name in names}
 
 
-def write_zip(path: Path, members: dict[str, bytes]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w") as archive:
-        for member, data in members.items():
-            archive.writestr(member, data)
-    return path
-
-
 def write_hub_layout(root: Path, names: tuple[str, ...] = BENCHMARKS) -> dict[str, Benchmark]:
     """The repository as ``DatasetDict.push_to_hub`` writes it, plus one image zip per benchmark."""
     import datasets
@@ -149,30 +141,9 @@ def write_hub_layout(root: Path, names: tuple[str, ...] = BENCHMARKS) -> dict[st
         }
     )
     content = all_benchmarks(names)
-    splits_info = []
+    write_hub_repo(root, {name: bench.rows for name, bench in content.items()}, features, "PAPO_eval (test copy)")
     for name, bench in content.items():
-        shard = root / "data" / f"{name}-00000-of-00001.parquet"
-        shard.parent.mkdir(parents=True, exist_ok=True)
-        datasets.Dataset.from_list(bench.rows, features=features).to_parquet(str(shard))
-        splits_info.append({"name": name, "num_bytes": shard.stat().st_size, "num_examples": len(bench.rows)})
         write_zip(root / HUB_ZIPS[name], bench.members)
-    card = {
-        "dataset_info": {
-            "features": [
-                {
-                    "name": "messages",
-                    "list": [{"name": "role", "dtype": "string"}, {"name": "content", "dtype": "string"}],
-                },
-                {"name": "images", "list": "string"},
-                {"name": "id", "dtype": "int64"},
-            ],
-            "splits": splits_info,
-        },
-        "configs": [
-            {"config_name": "default", "data_files": [{"split": name, "path": f"data/{name}-*"} for name in content]}
-        ],
-    }
-    (root / "README.md").write_text(f"---\n{yaml.safe_dump(card, sort_keys=False)}---\n\n# PAPO_eval (test copy)\n")
     return content
 
 
