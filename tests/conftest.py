@@ -130,5 +130,8 @@ def pytest_collection_modifyitems(session, config, items):
 def pytest_configure(config):
     """Modules marked ``own_process`` (they build verl workers, which patch model classes) run in a child process."""
     import own_process
+    from folder_times import FolderTimes
 
     own_process.configure(config)
+    if not hasattr(config, "workerinput"):  # the process that reports (xdist's controller, or the only one)
+        config.pluginmanager.register(FolderTimes(), "folder_times")

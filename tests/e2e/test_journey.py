@@ -18,6 +18,7 @@ check each step's output against an independent computation:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -62,25 +63,48 @@ def journey_block(page: Path = PAGE) -> str:
     return match.group(1)
 
 
+def split_at_first_run(block: str) -> tuple[str, str]:
+    """``(preparation, runs)``: the block's lines before its first ``SMOKE=1`` command, and from there on.
+
+    ``runs`` starts with the preparation's ``export`` lines, so both parts run in the same environment;
+    only ``runs`` needs a training run's memory (the preparation is data and a small CPU warm-up).
+    """
+    lines = block.splitlines(keepends=True)
+    first = next(index for index, line in enumerate(lines) if line.startswith("SMOKE=1"))
+    exports = [line for line in lines[:first] if line.startswith("export ")]
+    return "".join(lines[:first]), "".join(exports + lines[first:])
+
+
 @pytest.fixture(scope="module")
 def journey(tmp_path_factory) -> Path:
     """The folder the page's block ran in (as the repository root: ``scripts/`` links to the project's)."""
     root = tmp_path_factory.mktemp("journey")
     (root / "scripts").symlink_to(REPO / "scripts")
-    with memory_slot("vllm"):
-        done = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", journey_block()],
-            cwd=root,
-            env=script_env(),
-            capture_output=True,
-            text=True,
-            timeout=JOURNEY_TIMEOUT_S,
-            check=False,
-        )
-    (root / "journey.log").write_text(done.stdout + done.stderr)
-    logs = "\n".join((root / log).read_text()[-4000:] for log in (TRAINING / "run.log",) if (root / log).exists())
-    assert done.returncode == 0, f"rc={done.returncode}\n{done.stdout[-6000:]}\n{done.stderr[-4000:]}\n{logs}"
+    preparation, runs = split_at_first_run(journey_block())
+    outputs = []
+    for part, slot in ((preparation, None), (runs, "vllm")):
+        with memory_slot(slot) if slot else contextlib.nullcontext():
+            done = subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", part],
+                cwd=root,
+                env=script_env(),
+                capture_output=True,
+                text=True,
+                timeout=JOURNEY_TIMEOUT_S,
+                check=False,
+            )
+        outputs.append(done.stdout + done.stderr)
+        (root / "journey.log").write_text("".join(outputs))
+        logs = "\n".join((root / log).read_text()[-4000:] for log in (TRAINING / "run.log",) if (root / log).exists())
+        assert done.returncode == 0, f"rc={done.returncode}\n{done.stdout[-6000:]}\n{done.stderr[-4000:]}\n{logs}"
     return root
+
+
+def test_the_block_splits_into_preparation_and_runs_that_together_are_the_block():
+    preparation, runs = split_at_first_run(journey_block())
+    exports = [line for line in preparation.splitlines(keepends=True) if line.startswith("export ")]
+    assert exports and "SMOKE=1" not in preparation and runs.startswith("".join(exports) + "SMOKE=1")
+    assert preparation + runs.removeprefix("".join(exports)) == journey_block()
 
 
 def prepared_rows(parquet: Path) -> pd.DataFrame:
