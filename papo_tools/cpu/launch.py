@@ -51,6 +51,22 @@ def cpu_env(file_logger_path: str | Path | None = None) -> dict[str, str]:
     return env
 
 
+RUNTIME_ENV_KEY = "ray_kwargs.ray_init.runtime_env.env_vars"
+
+
+def cpu_runtime_env_overrides() -> list[str]:
+    """Hydra overrides that carry :func:`cpu_env` to every Ray worker of a run on a running cluster.
+
+    A run started by ``ray.init()`` on one machine starts its own raylet, whose workers inherit the
+    launching process's environment. On a cluster started with ``ray start`` the workers get the
+    environment of each node's ``ray start`` shell instead, plus the job's runtime env: verl passes
+    ``ray_kwargs.ray_init.runtime_env`` to ``ray.init``, so these reach every worker on every node.
+    Raylet settings (``RAY_*``) are left out: they act only in the ``ray start`` shell. Values are
+    quoted, so Hydra keeps them strings (Ray takes only string values) and commas stay inside them.
+    """
+    return [f"++{RUNTIME_ENV_KEY}.{key}='{value}'" for key, value in cpu_env().items() if not key.startswith("RAY_")]
+
+
 def cpu_overrides(
     model_dir: str | Path,
     train_files: str | Path,

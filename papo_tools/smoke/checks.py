@@ -42,7 +42,7 @@ class Expectations:
     """What the run's configuration promises.
 
     Attributes:
-        steps: training steps the run must log (1..steps).
+        steps: the last training step the run must log (``first_step..steps``).
         papo_enabled: a PAPO coefficient is > 0, so ``papo/*`` metrics are logged and
             ``papo/kl_prcp`` must be > 0.
         use_kl_loss: the reference-KL loss is on, so ``actor/kl_loss`` must be logged.
@@ -55,6 +55,8 @@ class Expectations:
     papo_enabled: bool
     use_kl_loss: bool
     rollout_log_probs: bool
+    first_step: int = 1
+    """The first training step the run must log: 1, or one past the checkpoint it resumes from."""
 
 
 @dataclass(frozen=True)
@@ -139,8 +141,8 @@ def check_records(records: list[dict], expect: Expectations, vppo: VppoExpectati
     train = training_records(records)
     failures = []
     steps = [record["step"] for record in train]
-    if steps != list(range(1, expect.steps + 1)):
-        failures.append(f"expected training steps 1..{expect.steps} in the metrics, found {steps}")
+    if steps != list(range(expect.first_step, expect.steps + 1)):
+        failures.append(f"expected training steps {expect.first_step}..{expect.steps} in the metrics, found {steps}")
     if not any(key.startswith(VALIDATION_PREFIX) for record in records for key in record["data"]):
         failures.append("no validation metrics (val-*) were logged")
     for record in train:

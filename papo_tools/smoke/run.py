@@ -34,7 +34,6 @@ from papo_tools.smoke.checks import Expectations, check_records, metrics_table, 
 from papo_tools.smoke.sizes import (
     CPU_VLLM_UNSUPPORTED,
     TRAIN_ROWS,
-    TRAINING_STEPS,
     VAL_ROWS,
     Machine,
     builtin_task_overrides,
@@ -239,7 +238,9 @@ def plan(
         model_type = family_of_model_name(intended.actor_rollout_ref.model.path)
     except UnsupportedModelError as error:
         raise SmokeError(f"no tiny model for this script's model: {error}") from error
-    machine = machine or detect_machine(intended.trainer.n_gpus_per_node * intended.trainer.nnodes)
+    machine = machine or detect_machine(
+        intended.trainer.n_gpus_per_node * intended.trainer.nnodes, int(intended.trainer.nnodes)
+    )
     metrics = Path(OmegaConf.select(intended, FILE_LOGGER_PATH_KEY) or folder / "metrics.jsonl")
     task_dir = folder / "data"
     overrides = [
@@ -257,8 +258,8 @@ def plan(
     return SmokePlan(script, folder, model_type, machine, overrides, config, data, model, metrics)
 
 
-def describe(smoke: SmokePlan) -> str:
-    """One sentence: what the smoke run runs (model, data, steps) and where."""
+def describe(smoke: SmokePlan, first_step: int = 1) -> str:
+    """One sentence: what the smoke run runs (model, data, steps ``first_step..``) and where."""
     model = (
         f"a tiny random {smoke.model_type} model"
         if smoke.model == "tiny"
@@ -269,11 +270,36 @@ def describe(smoke: SmokePlan) -> str:
         if smoke.data == "builtin"
         else f"the script's data and reward (train {smoke.config.data.train_files}, val {smoke.config.data.val_files})"
     )
-    work = "1 validation pass" if smoke.val_only else f"{TRAINING_STEPS} steps + 1 validation pass"
+    last = int(smoke.config.trainer.total_training_steps or 0)
+    steps = f"{last} steps" if first_step == 1 else f"steps {first_step}..{last}"
+    work = "1 validation pass" if smoke.val_only else f"{steps} + 1 validation pass"
+    nodes = f" on the running Ray cluster's {smoke.machine.nnodes} nodes" if smoke.machine.nnodes > 1 else ""
     return (
         f"{smoke.script}: its configuration on {model} and {data}, {work} on {smoke.machine.world_size} "
-        f"{smoke.machine.device} worker(s)"
+        f"{smoke.machine.device} worker(s){nodes}"
     )
+
+
+def resumed_step(config: DictConfig, run_dir: Path) -> int:
+    """The step verl's trainer resumes from (0: from scratch), found as verl 0.9.1 finds it.
+
+    ``trainer.resume_mode``: ``disable`` starts from scratch, ``resume_path`` from
+    ``trainer.resume_from_path`` (a ``global_step_<k>`` folder), ``auto`` from the latest checkpoint
+    in ``trainer.default_local_dir`` (verl's tracker file ``latest_checkpointed_iteration.txt``), if
+    any. A relative path is relative to ``run_dir``, the folder ``main_papo`` runs in (verl joins it
+    with its working directory).
+    """
+    from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
+
+    mode = config.trainer.resume_mode
+    if mode == "disable":
+        return 0
+    folder = (
+        config.trainer.resume_from_path
+        if mode == "resume_path"
+        else find_latest_ckpt_path(str(run_dir / config.trainer.default_local_dir))
+    )
+    return int(str(folder).rsplit("global_step_", 1)[-1]) if folder else 0
 
 
 def execute(smoke: SmokePlan) -> int:
@@ -283,7 +309,10 @@ def execute(smoke: SmokePlan) -> int:
     from recipe.papo.main_papo import prepare
 
     fresh_folder(smoke.folder)
-    say(describe(smoke))
+    first_step = 1 if smoke.val_only else resumed_step(smoke.config, smoke.folder) + 1
+    say(describe(smoke, first_step))
+    if first_step > 1:
+        say(f"resuming from the checkpoint of step {first_step - 1} in {smoke.config.trainer.default_local_dir}")
     if smoke.model == "tiny":
         save_tiny_model(smoke.model_dir, smoke.model_type, sizes=VLLM_SIZES)  # the same sizes for both rollouts
     if smoke.data == "builtin":
@@ -313,10 +342,11 @@ def execute(smoke: SmokePlan) -> int:
         return returncode
     rollout_log_probs = bool(config.actor_rollout_ref.rollout.calculate_log_probs)
     expect = Expectations(
-        0 if smoke.val_only else TRAINING_STEPS,
+        0 if smoke.val_only else int(config.trainer.total_training_steps),
         summary["papo.enabled"],
         bool(config.actor_rollout_ref.actor.use_kl_loss),
         rollout_log_probs,
+        first_step=first_step,
     )
     if not rollout_log_probs:
         say("rollout-fidelity check skipped: actor_rollout_ref.rollout.calculate_log_probs=False")

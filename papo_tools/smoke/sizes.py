@@ -8,6 +8,8 @@ Three groups, each touching only what its name says:
 * :func:`machine_overrides`: what the machine needs. CPU: 2 workers (FSDP2 over gloo), the
   script's vLLM rollout on the CPU build of vLLM (``papo_tools.cpu.launch``), logical Ray resources.
   CUDA: the script's own rollout engine and worker count, capped to the GPUs present, and a small memory share.
+  A script with ``NNODES`` > 1 keeps its nodes and workers per node and joins the running Ray
+  cluster instead (docs/multi_node.md).
 * :func:`model_overrides`, :func:`builtin_task_overrides`, :func:`output_overrides`: the tiny model,
   the built-in task and its reward (each only where SMOKE replaces the script's, ``--model tiny`` /
   ``--data builtin``), and the output paths.
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from papo_tools.cpu.launch import rollout_overrides
+from papo_tools.cpu.launch import cpu_runtime_env_overrides, rollout_overrides
 from papo_tools.demo.reward import reward_overrides
 from recipe.papo.model_families import FAMILIES
 
@@ -52,17 +54,29 @@ class Machine:
     Attributes:
         device: ``"cpu"`` or ``"cuda"``.
         world_size: training workers (processes), one per GPU on CUDA.
+        nnodes: Ray nodes the workers are spread over. 1: the run starts its own Ray on this machine;
+            more: it joins the running cluster (``ray start``, docs/multi_node.md) with
+            ``world_size / nnodes`` workers per node.
     """
 
     device: str
     world_size: int
+    nnodes: int = 1
 
 
-def detect_machine(script_gpus: int) -> Machine:
-    """CUDA with ``min(script_gpus, GPUs present)`` workers if a GPU is visible, else CPU with 2."""
+def detect_machine(script_gpus: int, nnodes: int = 1) -> Machine:
+    """The machine a smoke run of a script with ``script_gpus`` workers on ``nnodes`` nodes trains on.
+
+    One node: CUDA with ``min(script_gpus, GPUs present)`` workers if a GPU is visible, else CPU with
+    2. Several nodes: the script's own ``script_gpus`` workers on the running cluster's nodes (CUDA if
+    this node sees a GPU, else the CPU backend with one logical "GPU" slot per worker).
+    """
     import torch
 
-    if torch.cuda.is_available():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if nnodes > 1:
+        return Machine(device, script_gpus, nnodes)
+    if device == "cuda":
         return Machine("cuda", max(1, min(script_gpus, torch.cuda.device_count())))
     return Machine("cpu", CPU_WORKERS)
 
@@ -165,10 +179,25 @@ def cpu_rollout(model_type: str) -> str:
 
 
 def machine_overrides(config: DictConfig, machine: Machine, model_type: str = "qwen2_5_vl") -> list[str]:
-    """What ``machine`` needs; the script's rollout engine stays on CUDA, and on CPU where vLLM runs."""
-    common = ["trainer.nnodes=1", f"trainer.n_gpus_per_node={machine.world_size}"]
+    """What ``machine`` needs; the script's rollout engine stays on CUDA, and on CPU where vLLM runs.
+
+    On several nodes the run joins the running cluster, whose resources ``ray start`` set on each
+    node: no ``ray_init`` resources (Ray refuses them when it connects), and on CPU the backend's
+    environment travels in the job's runtime env to every worker on every node.
+    """
+    common = [f"trainer.nnodes={machine.nnodes}", f"trainer.n_gpus_per_node={machine.world_size // machine.nnodes}"]
     if machine.device == "cuda":
         return [*common, f"actor_rollout_ref.rollout.gpu_memory_utilization={GPU_MEMORY_UTILIZATION}"]
+    ray_resources = (
+        cpu_runtime_env_overrides()
+        if machine.nnodes > 1
+        else [
+            # Logical Ray resources so every placement bundle fits a small machine; one "GPU" slot per worker.
+            "ray_kwargs.ray_init.num_cpus=16",
+            f"++ray_kwargs.ray_init.num_gpus={machine.world_size}",
+            "++ray_kwargs.ray_init.include_dashboard=False",
+        ]
+    )
     return [
         *common,
         "trainer.device=cpu",
@@ -181,10 +210,7 @@ def machine_overrides(config: DictConfig, machine: Machine, model_type: str = "q
         "actor_rollout_ref.ref.fsdp_config.use_torch_compile=False",
         # verl's own vLLM rollout on the CPU build of vLLM (papo_tools.cpu.launch), where it runs
         *rollout_overrides(cpu_rollout(model_type)),
-        # Logical Ray resources so every placement bundle fits a small machine; one "GPU" slot per worker.
-        "ray_kwargs.ray_init.num_cpus=16",
-        f"++ray_kwargs.ray_init.num_gpus={machine.world_size}",
-        "++ray_kwargs.ray_init.include_dashboard=False",
+        *ray_resources,
     ]
 
 

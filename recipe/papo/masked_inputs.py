@@ -48,6 +48,7 @@ from verl.utils.tokenizer import build_multimodal_processor_inputs
 from .batch_keys import IMAGES_AUG_KEY, MULTI_MODAL_INPUTS_KEY, RAW_PROMPT_KEY, UID_KEY
 from .config import PapoConfig
 from .image_rgb import to_rgb
+from .mask_log import log_mask
 from .masking import (
     PatchLayout,
     mask_image_patches,
@@ -196,6 +197,7 @@ class MaskedInputBuilder:
                 torch_generator(seed),
                 unit=self.papo.mask_unit,
             )
+        log_mask(uid, step, inputs["pixel_values"], masked["pixel_values"])  # only with PAPO_MASK_LOG_DIR set
         return masked
 
     def _reprocess(
