@@ -23,6 +23,21 @@ import os
 from pathlib import Path
 
 PLUGIN_MODULE = "papo_tools.cpu"
+# TransferQueue's own default of TQ_NUM_THREADS (transfer_queue/client.py, storage/simple_storage.py).
+TQ_DEFAULT_THREADS = 8
+
+
+def tq_num_threads() -> int:
+    """TransferQueue's torch threads for a put or get on this machine: its default 8, at most the physical cores.
+
+    TransferQueue (0.1.11) sets torch's threads to ``TQ_NUM_THREADS`` around every put and get and,
+    where that exceeds the physical cores (``psutil``, as it counts them), logs a warning each time
+    (about 70 in a 4-step demo on 2 cores) and uses the core count. Passing that count gives the
+    same threads without the warnings.
+    """
+    import psutil
+
+    return min(TQ_DEFAULT_THREADS, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
 
 
 def cpu_env(file_logger_path: str | Path | None = None) -> dict[str, str]:
@@ -45,6 +60,8 @@ def cpu_env(file_logger_path: str | Path | None = None) -> dict[str, str]:
         "RAY_prestart_worker_first_driver": "0",
         # The CPU build of vLLM; also set by papo_tools.cpu_boot before vLLM's first import.
         "VLLM_TARGET_DEVICE": "cpu",
+        # The user's value, else TransferQueue's default capped at the cores (no warning per put/get).
+        "TQ_NUM_THREADS": os.environ.get("TQ_NUM_THREADS") or str(tq_num_threads()),
     }
     if file_logger_path is not None:
         env["VERL_FILE_LOGGER_PATH"] = str(file_logger_path)

@@ -9,7 +9,7 @@ import sys
 import pytest
 from hydra import compose, initialize_config_module
 
-from papo_tools.cpu.launch import PLUGIN_MODULE, cpu_env, cpu_overrides, rollout_overrides
+from papo_tools.cpu.launch import PLUGIN_MODULE, TQ_DEFAULT_THREADS, cpu_env, cpu_overrides, rollout_overrides
 from papo_tools.demo.reward import reward_overrides
 
 
@@ -54,6 +54,24 @@ def test_env_switches_the_plugin_on_and_keeps_other_modules(monkeypatch):
     assert env["VERL_PLATFORM"] == "cpu"
     assert env["VERL_USE_EXTERNAL_MODULES"] == f"{PLUGIN_MODULE},my.plugin"
     assert env["VERL_FILE_LOGGER_PATH"] == "/tmp/metrics.jsonl"
+
+
+def test_env_caps_transfer_queue_threads_at_the_physical_cores(monkeypatch):
+    import psutil
+
+    # TransferQueue's own default, as its modules read it at import
+    unset = {key: value for key, value in os.environ.items() if key != "TQ_NUM_THREADS"}
+    probe = (
+        "import transfer_queue.client as c, transfer_queue.storage.simple_storage as s; "
+        "print(c.TQ_NUM_THREADS, s.TQ_NUM_THREADS)"
+    )
+    assert run_probe(probe, unset) == f"{TQ_DEFAULT_THREADS} {TQ_DEFAULT_THREADS}"
+    monkeypatch.delenv("TQ_NUM_THREADS", raising=False)
+    assert cpu_env()["TQ_NUM_THREADS"] == str(min(TQ_DEFAULT_THREADS, psutil.cpu_count(logical=False)))
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 64)
+    assert cpu_env()["TQ_NUM_THREADS"] == str(TQ_DEFAULT_THREADS)  # a large machine keeps TransferQueue's default
+    monkeypatch.setenv("TQ_NUM_THREADS", "3")
+    assert cpu_env()["TQ_NUM_THREADS"] == "3"  # the user's value
 
 
 PROBE = """
