@@ -2,7 +2,10 @@
 
 Builds the tiny random Qwen2.5-VL and the counting-shapes task in ``--out``, runs
 ``python -m recipe.papo.main_papo`` through verl's real v1 trainer with the CPU backend, and prints
-the ``papo/*`` metrics of every step (read back from verl's ``file`` logger).
+the ``papo/*`` metrics of every step (read back from verl's ``file`` logger). While it runs it
+prints only its start-up phases and one line per step; the run's whole output (verl, Ray and
+vLLM, every worker) goes to ``<out>/run.log``, replaced by each launch, and a failed run shows the
+log's last lines (:mod:`papo_tools.demo.console`).
 
     python -m papo_tools.demo.run_demo [--out demo_output] [--steps 4] [key=value ...]
 
@@ -21,12 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+import transformers
+
 from papo_tools.cpu.launch import ROLLOUTS, cpu_env, cpu_overrides
+from papo_tools.demo.console import Progress, run_logged, shown_path
 from papo_tools.demo.reward import reward_overrides
 from papo_tools.demo.task import write_demo_dataset
 from papo_tools.demo.tiny_model import VLLM_SIZES, save_tiny_qwen2_5_vl
@@ -106,7 +111,7 @@ def keep_previous_metrics(metrics_path: Path, resuming: bool) -> str | None:
         return None
     kept = metrics_path.with_name(f"metrics.{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
     metrics_path.rename(kept)
-    return f"no checkpoint to resume from: training starts over; the previous metrics are kept in {kept}"
+    return f"no checkpoint to resume from: training starts over; the previous metrics are kept in {shown_path(kept)}"
 
 
 def merge_launch_metrics(launch_path: Path, metrics_path: Path) -> int:
@@ -166,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     done = checkpointed_step(out / "checkpoints")
     if done is not None and done >= args.steps:
         print(
-            f"[demo] nothing to do: {out / 'checkpoints'} holds the checkpoint of step {done}, and --steps is "
-            f"{args.steps}. The run's metrics are in {metrics_path}. To train further pass --steps {done + 1} or "
-            "more (training resumes from that checkpoint); to start over use another --out."
+            f"[demo] nothing to do: {shown_path(out / 'checkpoints')} holds the checkpoint of step {done}, and --steps "
+            f"is {args.steps}. The run's metrics are in {shown_path(metrics_path)}. To train further pass --steps "
+            f"{done + 1} or more (training resumes from that checkpoint); to start over use another --out."
         )
         print(metrics_table(read_metrics(metrics_path)))
         return 0
@@ -176,22 +181,30 @@ def main(argv: list[str] | None = None) -> int:
     if moved:
         print(f"[demo] {moved}")
     elif done is not None:
-        print(f"[demo] resuming from the checkpoint of step {done}; new steps are appended to {metrics_path}")
+        print(
+            f"[demo] resuming from the checkpoint of step {done}; new steps are appended to {shown_path(metrics_path)}"
+        )
+    transformers.utils.logging.disable_progress_bar()  # saving the tiny model would print a progress bar
     model_dir, train, val = prepare_demo(out)
     command = demo_command(model_dir, train, val, out, args.steps, extra, rollout=args.rollout)
     launch_metrics = out / f"metrics.launch-{os.getpid()}.jsonl"
-    env = {**os.environ, **cpu_env(file_logger_path=launch_metrics)}
-    print(f"[demo] model {model_dir}\n[demo] data {train.parent}\n[demo] running: {' '.join(command)}", flush=True)
-    started = time.monotonic()
-    result = subprocess.run(command, env=env, check=False)
-    elapsed = time.monotonic() - started
-    added = merge_launch_metrics(launch_metrics, metrics_path)
+    log = out / "run.log"
     print(
-        f"\n[demo] PAPO-G on the tiny model: {added} metric records in {elapsed:.0f} s (exit code {result.returncode})"
+        f"[demo] PAPO-G, {args.steps} steps on the tiny model ({shown_path(model_dir)}) and the counting task "
+        f"({shown_path(train.parent)}), {args.rollout} rollout\n[demo] verl's trainer (python -m "
+        f"recipe.papo.main_papo) starts; its whole output goes to {shown_path(log)}",
+        flush=True,
     )
+    progress = Progress(total_steps=args.steps)
+    returncode = run_logged(
+        command, {**os.environ, **cpu_env(file_logger_path=launch_metrics)}, log, launch_metrics, progress
+    )
+    elapsed = time.monotonic() - progress.started
+    added = merge_launch_metrics(launch_metrics, metrics_path)
+    print(f"[demo] PAPO-G on the tiny model: {added} metric records in {elapsed:.0f} s (exit code {returncode})")
     print(metrics_table(read_metrics(metrics_path)))
-    print(f"[demo] all metrics: {metrics_path}")
-    return result.returncode
+    print(f"[demo] all metrics: {shown_path(metrics_path)}\n[demo] full log: {shown_path(log)}")
+    return returncode
 
 
 if __name__ == "__main__":
