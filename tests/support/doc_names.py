@@ -1,9 +1,9 @@
 """What a page names that does not exist: file paths, modules, ``python -m`` commands, ``make`` targets,
 ``papo.*`` options and verl's Hydra keys, in prose and in code blocks alike.
 
-Test support (``tests/support``) for ``tests/docs/test_doc_names.py``. :func:`missing_names` takes a page's text and returns
-one line per name that does not resolve, so drift (a renamed module, a removed option, a moved file)
-fails a test instead of misleading a reader.
+Test support for ``tests/docs/test_doc_names.py``. :func:`missing_names` takes a page's text and
+returns one line per name that does not resolve, so drift (a renamed module, a removed option, a moved
+file) fails a test instead of misleading a reader.
 
 What counts as a name (each pattern also requires that no ``word``, ``/``, ``.`` or ``-`` precedes it,
 so ``.data_prep/...`` output folders and other projects' ``examples/configs/...`` are not ours):
