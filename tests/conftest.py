@@ -73,8 +73,9 @@ def family_bundle(family_model_dir):
     return load_tiny_model(family_model_dir)
 
 
-# End-to-end modules, longest first (the user's journey: scorer warm-up and two vLLM runs; SMOKE on
-# vLLM x2, main_papo x3, demo x2, warm-up + 1 arm, VPPO and GSPO SMOKE, main_ppo), then the families
+# End-to-end modules, longest first (the user's journey: scorer warm-up and two vLLM runs; multi-node:
+# two vLLM SMOKE runs on a two-node Ray cluster; SMOKE on vLLM x2, main_papo x3, demo x2, warm-up + 1 arm,
+# VPPO and GSPO SMOKE, main_ppo), then the families
 # (Qwen3-VL on vLLM) and the two in-process vLLM engines. A scheduling hint only: with pytest-xdist
 # (--dist loadfile) a file goes to the next free worker in collection order, so the long runs start at
 # once and the short tests fill the gaps; without xdist it changes nothing but the order. The families'
@@ -83,6 +84,7 @@ def family_bundle(family_model_dir):
 # a worker that could run other tests meanwhile.
 SLOWEST_FIRST = (
     "tests/e2e/test_journey.py",
+    "tests/e2e/test_multi_node.py",
     "tests/scripts/test_smoke_e2e.py",
     "tests/e2e/test_papo_e2e.py",
     "tests/e2e/test_demo_rerun.py",
