@@ -32,6 +32,9 @@ def test_a_ci_machine_refuses_the_runs_that_ran_out_of_memory_together():
     # while a vLLM run beside an HF run and an in-process engine, or three HF runs, fit
     assert admits([PEAK_GIB["vllm"], PEAK_GIB["engine"]], PEAK_GIB["hf"], budget)
     assert admits([PEAK_GIB["hf"], PEAK_GIB["hf"]], PEAK_GIB["hf"], budget)
+    # the two-node cluster run is a vLLM run with more: never beside another, but beside an HF run
+    assert not admits([PEAK_GIB["cluster"]], PEAK_GIB["vllm"], budget)
+    assert admits([PEAK_GIB["cluster"], PEAK_GIB["engine"]], PEAK_GIB["hf"], budget)
 
 
 def test_a_run_larger_than_the_budget_starts_once_it_is_alone():
