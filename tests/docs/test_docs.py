@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from doc_blocks import bash_block_after
 
 from recipe.papo.config import PapoConfig
 
@@ -310,15 +311,6 @@ def test_no_page_refers_to_a_spec():
 
 if __name__ == "__main__":
     print(options_table())
-
-
-def bash_block_after(path: Path, heading: str) -> str:
-    """The first ``bash`` block after ``heading`` in ``path``."""
-    _, found, rest = path.read_text().partition(heading + "\n")
-    assert found, f"{path.name} has no heading {heading!r}"
-    match = re.search(r"```bash\n(.*?)```", rest, re.DOTALL)
-    assert match, f"{path.name}: no bash block after {heading!r}"
-    return match.group(1)
 
 
 def commands(block: str) -> list[str]:

@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from doc_blocks import bash_block_after
 from memory_slots import memory_slot
 from omegaconf import OmegaConf
 from script_runs import REPO, script_env
@@ -53,14 +54,9 @@ RESULTS = Path("eval_results/papo_g__global_step_2")
 DATA = Path("journey/data")
 
 
-def journey_block(page: Path = PAGE) -> str:
+def journey_block() -> str:
     """The first ``bash`` block after the page's :data:`SECTION` heading."""
-    text = page.read_text()
-    _, found, rest = text.partition(SECTION + "\n")
-    assert found, f"{page} has no {SECTION!r} section"
-    match = re.search(r"```bash\n(.*?)```", rest, re.DOTALL)
-    assert match, f"no bash block in {page}, section {SECTION!r}"
-    return match.group(1)
+    return bash_block_after(PAGE, SECTION)
 
 
 def split_at_first_run(block: str) -> tuple[str, str]:
