@@ -1,21 +1,24 @@
 """``SMOKE=1 bash scripts/<name>.sh`` end to end on CPU, as a user runs it (issue 9 item 5).
 
-Two runs through verl's real v1 trainer (Ray, FSDP2 on 2 gloo workers, verl's own vLLM rollout on
-the CPU build of vLLM, as the scripts say), each a shipped script with a user's pass-through
-overrides: PAPO-D 7B (dynamic sampling) with the masked branch recomputed with gradient and verl's
-RLOO advantage (docs/compose.md), and PAPO-G 7B (reference KL + double entropy, precompute mode) with
-Ulysses sequence parallelism 2 and Dr.GRPO's aggregation (``seq-mean-token-sum-norm`` with a constant
-``loss_scale_factor``, advantages not divided by the std). Each asserts the resolved ``config.yaml``
-(the script's settings kept: remove-padding on, reference KL as the script says, >= 2 micro-batches
-per worker) and, from ``metrics.jsonl`` independently of the smoke command's own checks, every step's
-metrics.
+Two runs through verl's real v1 trainer (Ray, FSDP2 on 2 gloo workers; PAPO-D on verl's own vLLM rollout
+on the CPU build of vLLM, as the scripts say, PAPO-G on the HF rollout), each a shipped script with a
+user's pass-through overrides: PAPO-D 7B (dynamic sampling) with the masked branch recomputed with
+gradient and verl's RLOO advantage (docs/compose.md), and PAPO-G 7B (reference KL + double entropy,
+precompute mode) with Ulysses sequence parallelism 2 and Dr.GRPO's aggregation
+(``seq-mean-token-sum-norm`` with a constant ``loss_scale_factor``, advantages not divided by the std).
+Each asserts the resolved ``config.yaml`` (the script's settings kept: remove-padding on, reference KL
+as the script says, >= 2 micro-batches per worker) and, from ``metrics.jsonl`` independently of the
+smoke command's own checks, every step's metrics.
 
 These runs are also the suite's proof of the scripts' path on CPU: remove-padding through verl's own
 code around the CPU backend's packed attention, the reference model, several micro-batches per
 worker on 2 workers, and Ulysses SP=2. The SP=2 run passes a larger learning rate, so that one update
-moves the policy measurably away from the reference in bf16 and step 2's reference KL is > 0. The
-PAPO-G script without overrides runs in ``tests/families`` for Qwen3-VL and Qwen3.5, and SP=1
-remove-padding on Qwen2.5-VL in the VPPO SMOKE run (``test_smoke_vppo_e2e.py``).
+moves the policy measurably away from the reference in bf16 and step 2's reference KL is > 0. What it
+checks is the trainer's side, so it runs on the CPU backend's HF rollout: the PAPO-G script on verl's
+vLLM rollout runs in the journey (``tests/e2e/test_journey.py``, one node) and on two nodes
+(``tests/e2e/test_multi_node.py``), and only one vLLM run fits in memory at a time. The PAPO-G script
+without overrides runs in ``tests/families`` for Qwen3-VL and Qwen3.5, and SP=1 remove-padding on
+Qwen2.5-VL in the VPPO SMOKE run (``test_smoke_vppo_e2e.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from script_runs import run_smoke
+from script_runs import HF_ROLLOUT, run_smoke
 
 from papo_tools.demo.run_demo import read_jsonl
 from papo_tools.smoke.sizes import micro_batches_per_worker
@@ -47,8 +50,8 @@ RUNS = {
     # recipe.papo.compat.verl_engine inside every update micro-batch), on verl's RLOO advantage
     "papo_d": ("run_qwen2_5_vl_7b_papo_d.sh", (RECOMPUTE, RLOO)),
     # PAPO-G 7B (precompute mode) with Ulysses SP=2, Dr.GRPO's normalisation and a step large enough
-    # to leave the reference
-    "papo_g_sp2": ("run_qwen2_5_vl_7b_papo_g.sh", (SP2, MOVING_LR, *DR_GRPO)),
+    # to leave the reference, on the HF rollout (module docstring)
+    "papo_g_sp2": ("run_qwen2_5_vl_7b_papo_g.sh", (SP2, MOVING_LR, *DR_GRPO, HF_ROLLOUT)),
 }
 
 
@@ -83,7 +86,8 @@ def test_resolved_config_keeps_the_script_settings(smoke_run):
     assert actor.ulysses_sequence_parallel_size == (2 if key.endswith("sp2") else 1)
     assert config.actor_rollout_ref.rollout.n == 5 and config.actor_rollout_ref.rollout.val_kwargs.n == 8
     assert config.trainer.logger == ["console", "file"]
-    assert config.actor_rollout_ref.rollout.name == "vllm"  # the script's engine, on the CPU build of vLLM
+    # PAPO-D: the script's engine, on the CPU build of vLLM; PAPO-G: the HF rollout it passes
+    assert config.actor_rollout_ref.rollout.name == ("vllm" if key == "papo_d" else "hf")
     assert config.actor_rollout_ref.rollout.engine_kwargs.vllm.mm_device_do_normalize is False
     assert config.algorithm.adv_estimator == ("rloo" if key == "papo_d" else "papo")
     assert actor.loss_agg_mode == ("token-mean" if key == "papo_d" else "seq-mean-token-sum-norm")
