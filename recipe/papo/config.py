@@ -80,6 +80,11 @@ class PapoConfig(BaseConfig):
         masked_logprob_mode: ``precompute`` (no-grad pass of the pre-update policy once per step,
             the authors' default: H_aug has zero gradient) or ``recompute`` (masked forward with
             gradient inside each update micro-batch: both branches carry gradient).
+        share_masked_prompt: in ``precompute`` mode, run each prompt's masked prompt (vision tower and
+            prompt tokens) once and its rollouts' responses against its cached keys/values, instead
+            of the whole masked sequence per rollout: the same log-probs at about half the cost
+            (docs/masking.md#the-shared-masked-pass). Where it cannot apply (Ulysses sequence
+            parallelism, Qwen3.5, fused kernels) the full pass runs and the worker's log says why.
         base_loss_mode: verl registered policy loss providing the clipped surrogate (vanilla, gspo...).
         monitor: compute the masked pass and log every ``papo/*`` metric, but train exactly the base
             algorithm: the loss and its gradient are bit-identical to ``base_loss_mode`` alone
@@ -127,6 +132,7 @@ class PapoConfig(BaseConfig):
     mask_patch_size: int | None = None
     mask_seed: int = 0
     masked_logprob_mode: str = "precompute"
+    share_masked_prompt: bool = True
     base_loss_mode: str = "vanilla"
     monitor: bool = False
     allow_unsupported_model: bool = False
@@ -174,6 +180,8 @@ class PapoConfig(BaseConfig):
         if isinstance(self.mask_seed, bool) or not isinstance(self.mask_seed, int):
             _fail("mask_seed", self.mask_seed, "an integer")
         _check_choice("masked_logprob_mode", self.masked_logprob_mode, MASKED_LOGPROB_MODES)
+        if not isinstance(self.share_masked_prompt, bool):
+            _fail("share_masked_prompt", self.share_masked_prompt, "true or false")
         if not isinstance(self.monitor, bool):
             _fail("monitor", self.monitor, "true or false")
         if not isinstance(self.allow_unsupported_model, bool):

@@ -15,7 +15,9 @@
   pass holds the masked ``pixel_values`` of one micro-batch at a time. It writes
   ``papo_masked_log_probs`` (response tokens) and ``papo_has_image``. The masked log-probs are
   constants during the update: KL_prcp's gradient flows through log pi_theta(o|I) only and H_aug
-  has zero gradient.
+  has zero gradient. With ``papo.share_masked_prompt`` (default) the pass runs each prompt's masked
+  prompt once and its rollouts' responses against it (:mod:`recipe.papo.shared_pass`); where that
+  cannot apply, the full pass runs, and ``init_papo`` prints one line saying which and why.
 * ``recompute`` mode: the masked forward runs *with gradient* inside every update micro-batch
   (:func:`masked_log_probs_with_grad`), so H_aug and both KL branches carry gradient; the
   per-step call only reports ``papo_has_image``. The engine's per-micro-batch forward is not part of
@@ -48,12 +50,21 @@ from verl.workers.utils.padding import response_from_nested
 
 from . import register as _register  # noqa: F401  (registries in this process)
 from . import vppo
-from .batch_keys import IMAGE_ROW_KEY, MASKED_LOG_PROBS_KEY, STEP_KEY, VPPO_NORM_KEY, VPPO_WEIGHT_KEY
+from .batch_keys import (
+    IMAGE_ROW_KEY,
+    MASKED_LOG_PROBS_KEY,
+    MULTI_MODAL_INPUTS_KEY,
+    STEP_KEY,
+    VPPO_NORM_KEY,
+    VPPO_WEIGHT_KEY,
+)
+from .compat.shared_prompt import unsupported_reason, uses_flash_attention
 from .compat.verl import install_position_ids_fix
 from .compat.verl_engine import check_engine_forward_step, forward_log_probs_with_grad
 from .config import PapoConfig
 from .masked_inputs import MaskedInputBuilder, rows_with_images
 from .policy_loss import papo_ppo_loss
+from .shared_pass import SharedMaskedPass
 
 
 def masking_step(data: TensorDict) -> int:
@@ -167,6 +178,7 @@ class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
             masked_forward = partial(
                 masked_log_probs_with_grad, engine=self.actor.engine, builder=self.masked_input_builder
             )
+        self.shared_masked_pass = self._shared_masked_pass()
         self.loss_fn = partial(papo_ppo_loss, config=actor_config, masked_forward=masked_forward)
         self.actor.set_loss_fn(self.loss_fn)
         if papo.vppo_beta_min is not None:
@@ -179,6 +191,35 @@ class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
                 group=self.actor.engine.get_data_parallel_group(),
                 stats=papo.vppo_shaping_stats,
             )
+
+    def _shared_masked_pass(self) -> SharedMaskedPass | None:
+        """The shared masked pass if it applies to this worker, else None; one start-up line says which, and why."""
+        reason = unsupported_reason(self)
+        shared = None
+        if reason is None:
+            module = self.actor.engine.module
+            use_flash = uses_flash_attention(module, bool(self.actor.model_config.get("use_remove_padding", False)))
+            kv_heads = module.config.get_text_config().num_key_value_heads
+            shared = SharedMaskedPass(self.actor.engine, kv_heads, use_flash=use_flash)
+        if self.papo.enabled and self.rank == 0:
+            print(
+                "PAPO masked pass: shared (each prompt's masked prompt once, its rollouts' responses against its "
+                f"cached keys/values; {'flash-attn' if shared and shared.use_flash else 'torch SDPA'} kernels)"
+                if shared
+                else f"PAPO masked pass: full sequence per rollout, not shared: {reason}",
+                flush=True,
+            )
+        return shared
+
+    def _log_prob_micro_batch_limit(self, data: TensorDict) -> dict[str, int | None]:
+        """The no-grad micro-batch limit ``infer_batch`` would use for ``data``: ``max_rows`` or ``max_tokens``."""
+        engine_config = self.actor.engine_config
+        dynamic = tu.get(data, "use_dynamic_bsz", default=engine_config.use_dynamic_bsz)
+        if dynamic:
+            tokens = tu.get(data, "max_token_len_per_gpu", default=engine_config.infer_max_token_len_per_gpu)
+            return dict(max_rows=None, max_tokens=int(tokens))
+        rows = tu.get(data, "micro_batch_size_per_gpu", default=engine_config.infer_micro_batch_size_per_gpu)
+        return dict(max_rows=int(rows), max_tokens=None)
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     @DistProfiler.annotate(color="purple", role="papo_masked_log_prob")
@@ -197,6 +238,11 @@ class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
         # lazy: each row's masked inputs are built when the engine reads its micro-batch, not all up front.
         masked, has_image = self.masked_input_builder.mask_batch(data, step=masking_step(data), lazy=True)
         fields: dict[str, torch.Tensor] = {IMAGE_ROW_KEY: has_image}
+        if self.shared_masked_pass is not None:
+            fields[MASKED_LOG_PROBS_KEY] = self.shared_masked_pass(
+                data, tu.get(masked, MULTI_MODAL_INPUTS_KEY), **self._log_prob_micro_batch_limit(data)
+            )
+            return TensorDict(fields, batch_size=data.batch_size)
         output = self.actor.infer_batch(masked)
         if output is None:  # not an output-collecting model-parallel rank
             return None

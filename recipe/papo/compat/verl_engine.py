@@ -28,19 +28,24 @@ from .guard import UnsupportedVersionError, installed_version
 FORWARD_STEP_PARAMETERS: tuple[str, ...] = ("micro_batch", "loss_function", "forward_only")
 
 
+def forward_step_parameters(engine: Any) -> tuple[str, ...] | None:
+    """The parameter names of ``engine.forward_step``, or None if it has none (or no readable signature)."""
+    method = getattr(engine, "forward_step", None)
+    if not callable(method):
+        return None
+    try:
+        return tuple(inspect.signature(method).parameters)
+    except (TypeError, ValueError):
+        return None
+
+
 def check_engine_forward_step(engine: Any) -> None:
     """Raise unless ``engine.forward_step`` has verl 0.9.1's FSDP shape ``(micro_batch, loss_function, forward_only)``.
 
     Raises:
         UnsupportedVersionError: naming the engine class, the parameters found and what to do.
     """
-    method = getattr(engine, "forward_step", None)
-    found: tuple[str, ...] | None = None
-    if callable(method):
-        try:
-            found = tuple(inspect.signature(method).parameters)
-        except (TypeError, ValueError):
-            found = None
+    found = forward_step_parameters(engine)
     if found != FORWARD_STEP_PARAMETERS:
         raise UnsupportedVersionError(
             f"recipe.papo.compat.verl_engine: papo.masked_logprob_mode=recompute runs the masked forward through "
