@@ -119,20 +119,23 @@ def prompt_groups(data: TensorDict, rows: BatchRows) -> list[PromptGroup]:
     """
     uids = [str(uid) for uid in tu.get(data, UID_KEY)]
     inputs = tu.get(data, MULTI_MODAL_INPUTS_KEY) or [None] * len(uids)
-    found: dict[tuple[str, tuple[int, ...]], list[list[int]]] = {}
+    found: dict[tuple[str, int], list[list[int]]] = {}
     order: list[list[int]] = []
     for row, uid in enumerate(uids):
         prompt_len = rows.prompt_len(row)
         if prompt_len < 1:
             raise ValueError(f"row {row} (uid={uid}) has an empty prompt ({rows.response_lens[row]} response tokens)")
-        key = (uid, tuple(rows.input_ids[row][:prompt_len].tolist()))
-        for group in found.setdefault(key, []):
-            if _same_image_inputs(inputs[group[0]], inputs[row]):
+        prompt = rows.input_ids[row][:prompt_len]
+        for group in found.setdefault((uid, prompt_len), []):
+            first = group[0]
+            if torch.equal(rows.input_ids[first][:prompt_len], prompt) and _same_image_inputs(
+                inputs[first], inputs[row]
+            ):
                 group.append(row)
                 break
         else:
-            found[key].append([row])
-            order.append(found[key][-1])
+            found[(uid, prompt_len)].append([row])
+            order.append(found[(uid, prompt_len)][-1])
     return [PromptGroup(tuple(group), rows.prompt_len(group[0])) for group in order]
 
 
@@ -170,6 +173,42 @@ def plan_micro_batches(
     return [batch for batch in batches if batch]
 
 
+def order_by_prompt(uids: Sequence[str], lengths: Sequence[int], ranks: int) -> list[int]:
+    """A row order that keeps each prompt's rows on one data-parallel rank where it can, tokens balanced.
+
+    verl hands rank ``r`` the ``r``-th of ``ranks`` equal contiguous chunks of a batch, and its trainer
+    first orders the batch to balance tokens over ranks, which spreads a prompt's rollouts over
+    ranks (the shared pass then shares little). For the masked pass the PAPO trainer dispatches the
+    rows in this order instead: prompt groups, largest first, each to the rank with the fewest tokens
+    that has room for all of it (when none has, the group fills the ranks with the most room), ranks
+    of ``len(uids) / ranks`` rows each.
+
+    Args:
+        uids: per row, its prompt uid.
+        lengths: per row, its tokens.
+        ranks: data-parallel ranks (must divide the rows).
+
+    Returns:
+        The row indices, rank 0's first.
+    """
+    if len(uids) % ranks:
+        raise ValueError(f"{len(uids)} rows cannot be split evenly over {ranks} ranks")
+    room = len(uids) // ranks
+    groups: dict[str, list[int]] = {}
+    for row, uid in enumerate(uids):
+        groups.setdefault(uid, []).append(row)
+    bins: list[list[int]] = [[] for _ in range(ranks)]
+    tokens = [0] * ranks
+    for rows in sorted(groups.values(), key=lambda rows: -sum(lengths[row] for row in rows)):
+        while rows:
+            fits = [r for r in range(ranks) if room - len(bins[r]) >= len(rows)]
+            rank = min(fits, key=lambda r: tokens[r]) if fits else max(range(ranks), key=lambda r: room - len(bins[r]))
+            take, rows = rows[: room - len(bins[rank])], rows[room - len(bins[rank]) :]
+            bins[rank].extend(take)
+            tokens[rank] += sum(lengths[row] for row in take)
+    return [row for rows in bins for row in rows]
+
+
 class SharedMaskedPass:
     """The shared masked pass on an FSDP engine (see the module docstring).
 
@@ -197,7 +236,7 @@ class SharedMaskedPass:
             max_rows / max_tokens: the micro-batch limit (:func:`plan_micro_batches`).
 
         Returns:
-            Nested ``(batch, response_len_i)`` float32 log-probs on the CPU, in batch order: what
+            Nested ``(batch, response_len_i)`` log-probs on the CPU (the engine's dtype), in batch order: what
             ``response_from_nested`` makes of a full masked forward's log-probs.
         """
         tu.maybe_fix_3d_position_ids(data)
@@ -223,7 +262,7 @@ class SharedMaskedPass:
                 lengths = tuple(rows.response_lens[row] + 1 for row in batch)
                 response_batch = self._response_batch(batch, rows, temperature)
                 output = self._call(attention, CallLayout(RESPONSE, lengths, keys), response_batch)
-                values, offsets = output.values().float().cpu(), output.offsets().tolist()
+                values, offsets = output.values().cpu(), output.offsets().tolist()
                 for index, row in enumerate(batch):
                     log_probs[row] = values[offsets[index] : offsets[index] + rows.response_lens[row]]
                 attention.drop([g for g, last in last_batch.items() if last == number])

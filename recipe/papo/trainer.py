@@ -43,15 +43,17 @@ from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from . import register as _register  # noqa: F401  (registries in this process)
-from .batch_keys import COEFFICIENTS_KEY, IMAGE_ROW_KEY, KL_WEIGHT_KEY, MASKED_LOG_PROBS_KEY, STEP_KEY
+from .batch_keys import COEFFICIENTS_KEY, IMAGE_ROW_KEY, KL_WEIGHT_KEY, MASKED_LOG_PROBS_KEY, STEP_KEY, UID_KEY
 from .compat.verl import install_position_ids_fix
 from .config import PapoConfig, papo_config_from
 from .hacking_guard import HACKING_ALARM_METRIC, HACKING_SCORE_METRIC, HackingGuard
 from .objective import coefficients_at_step, sample_weights
 from .policy_loss import METRIC_PREFIX, papo_step_metrics, vppo_step_metrics
+from .shared_pass import order_by_prompt
 from .worker import PapoActorRolloutRefWorker
 
 logger = logging.getLogger(__name__)
@@ -157,7 +159,7 @@ class PapoTrainer(PPOTrainerSync):
         )
         if precompute:  # this pass masks; in recompute mode the update does (_update_actor)
             batch.extra_info[STEP_KEY] = self.global_steps
-        output = self.actor_rollout_wg.compute_masked_log_prob(batch)
+        output = self.actor_rollout_wg.compute_masked_log_prob(self._grouped_by_prompt(batch))
         assert len(output) == len(batch)
 
         fields = [IMAGE_ROW_KEY, "response_mask"]
@@ -186,6 +188,24 @@ class PapoTrainer(PPOTrainerSync):
             mask = data["response_mask"].to_padded_tensor(0).to(torch.bool) & has_image.unsqueeze(-1)
             metrics[METRIC_PREFIX + "logprob_gap"] = float(((old - masked) * mask).sum() / mask.sum())
         return batch
+
+    def _grouped_by_prompt(self, batch: KVBatchMeta) -> KVBatchMeta:
+        """``batch`` with its rows ordered for the shared masked pass: each prompt's rows on one rank.
+
+        verl's ``_balance_batch`` spreads a prompt's rollouts over the data-parallel ranks; the shared
+        pass (``papo.share_masked_prompt``) shares a prompt only among the rows one rank holds. The
+        masked pass's outputs are stored by row key, so only this call sees the other order
+        (:func:`recipe.papo.shared_pass.order_by_prompt`); the batch itself keeps verl's.
+        """
+        ranks = self.actor_rollout_wg.world_size
+        sequence_parallel = OmegaConf.select(self.config, "actor_rollout_ref.actor.ulysses_sequence_parallel_size")
+        shared = self.papo.share_masked_prompt and self.papo.masked_logprob_mode == "precompute"
+        if not shared or ranks <= 1 or (sequence_parallel or 1) > 1 or len(batch) % ranks:
+            return batch
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[UID_KEY])
+        uids = [str(uid) for uid in tu.get(data, UID_KEY)]
+        lengths = [int(tag.get("seq_len", 1)) for tag in batch.tags]
+        return batch.select_keys([batch.keys[row] for row in order_by_prompt(uids, lengths, ranks)])
 
     def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         if self.papo.enabled:

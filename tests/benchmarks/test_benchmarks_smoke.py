@@ -43,6 +43,14 @@ CASES = {
         [],
     ),
     "data_prep": (["bench_data_prep.py"], "data_prep", ["throughput ours/baseline", "ours peak MiB"], []),
+    # the shared masked pass vs the full one and a plain forward, and the PAPO / GRPO step (it exits
+    # non-zero if the two passes' masked log-probs differ or a worker runs the other pass)
+    "shared_masked_pass": (
+        ["bench_shared_masked_pass.py"],
+        "shared_masked_pass",
+        ["forward", "masked (full)", "masked (shared)", "PAPO step", "vision tower"],
+        ["masked (shared) / forward =", "from MACs: shared / full masked pass ="],
+    ),
     # the masked pass's peak memory at x and 4x rows, per micro-batch vs whole batch (it exits non-zero
     # if the two ways' masked log-probs differ)
     "masked_memory": (

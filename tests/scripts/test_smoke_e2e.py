@@ -71,11 +71,11 @@ def smoke_run(request, tmp_path_factory):
     config = OmegaConf.load(folder / "config.yaml")
     records = read_jsonl(folder / "metrics.jsonl")
     train = [r for r in records if "training/global_step" in r["data"]]
-    return request.param, run, config, records, train
+    return request.param, run, config, records, train, log
 
 
 def test_resolved_config_keeps_the_script_settings(smoke_run):
-    key, _, config, _, _ = smoke_run
+    key, _, config, _, _, _ = smoke_run
     actor = config.actor_rollout_ref.actor
     assert config.actor_rollout_ref.model.use_remove_padding is True
     assert actor.use_kl_loss is key.startswith("papo_g")
@@ -99,7 +99,7 @@ def test_resolved_config_keeps_the_script_settings(smoke_run):
 
 
 def test_two_steps_and_one_validation_pass(smoke_run):
-    _, run, _, records, train = smoke_run
+    _, run, _, records, train, _ = smoke_run
     assert [r["step"] for r in train] == [1, 2]
     validation = [r["step"] for r in records if any(k.startswith("val-") for k in r["data"])]
     assert validation == [2]
@@ -107,7 +107,7 @@ def test_two_steps_and_one_validation_pass(smoke_run):
 
 
 def test_papo_metrics_are_healthy_every_step(smoke_run):
-    key, _, config, _, train = smoke_run
+    key, _, config, _, train, _ = smoke_run
     for record in train:
         data = record["data"]
         papo = {k: v for k, v in data.items() if k.startswith("papo/")}
@@ -124,8 +124,18 @@ def test_papo_metrics_are_healthy_every_step(smoke_run):
 
 def test_masked_branch_mode_is_the_runs_own(smoke_run):
     """Recompute mode runs no precomputed masked pass (no logprob gap) and still measures KL_prcp."""
-    key, _, config, _, train = smoke_run
+    key, _, config, _, train, _ = smoke_run
     recompute = RECOMPUTE in RUNS[key][1]
     assert config.papo.masked_logprob_mode == ("recompute" if recompute else "precompute")
     for record in train:
         assert ("papo/logprob_gap" in record["data"]) is not recompute, (key, record["step"])
+
+
+def test_masked_pass_says_why_it_is_not_shared(smoke_run):
+    """Both runs are where the shared masked pass cannot apply (recompute mode; Ulysses SP): the full pass
+    runs, and the workers' start-up line says why (the scripts without these overrides share it:
+    test_smoke_vppo_e2e.py, and docs/masking.md#the-shared-masked-pass for PAPO-G / PAPO-D 7B)."""
+    key, _, _, _, _, log = smoke_run
+    reason = "papo.masked_logprob_mode=recompute" if key == "papo_d" else "Ulysses sequence parallelism"
+    assert f"PAPO masked pass: full sequence per rollout, not shared: {reason}" in log
+    assert "PAPO masked pass: shared" not in log

@@ -26,12 +26,14 @@ HF_ROLLOUT = "actor_rollout_ref.rollout.name=hf"
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """(run, resolved config, training records) of the smoke run."""
-    return smoke_outputs(SCRIPT, HF_ROLLOUT, cwd=tmp_path_factory.mktemp("smoke_vppo"))
+    """(run, resolved config, training records, run.log) of the smoke run."""
+    cwd = tmp_path_factory.mktemp("smoke_vppo")
+    run, config, train = smoke_outputs(SCRIPT, HF_ROLLOUT, cwd=cwd)
+    return run, config, train, (cwd / "smoke_output" / SCRIPT.removesuffix(".sh") / "run.log").read_text()
 
 
 def test_resolved_config_keeps_the_vppo_settings(smoke_run):
-    _, config, _ = smoke_run
+    _, config, _, _ = smoke_run
     papo = config.papo
     assert (papo.vppo_token_fraction, papo.vppo_beta_min, papo.vppo_entropy_coef) == (
         FRACTION,
@@ -45,8 +47,15 @@ def test_resolved_config_keeps_the_vppo_settings(smoke_run):
     assert micro_batches_per_worker(config) >= 2
 
 
+def test_masked_pass_is_shared(smoke_run):
+    """The script's masked pass runs each prompt's masked prompt once (papo.share_masked_prompt, the default)."""
+    _, config, _, log = smoke_run
+    assert config.papo.share_masked_prompt is True
+    assert "PAPO masked pass: shared" in log and "PAPO masked pass: full sequence" not in log
+
+
 def test_vppo_metrics_are_healthy_every_step(smoke_run):
-    run, _, train = smoke_run
+    run, _, train, _ = smoke_run
     assert [r["step"] for r in train] == [1, 2]
     assert "vppo/kept_frac" in run.stdout and "[smoke] OK" in run.stdout  # the printed table and verdict
     for record in train:

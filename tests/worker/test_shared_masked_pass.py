@@ -145,6 +145,9 @@ def results(request, tmp_path_factory):
             "old": [row.float() for row in inprocess.response_log_probs(worker, batch).unbind()],
         }
         if name == "padded_fp32":
+            hot = with_micro_batches(batch, MICRO_ROWS)
+            tu.assign_non_tensor(hot, temperature=0.7)
+            entry["temperature"] = (masked(worker, hot, shared=True)[0], masked(worker, hot, shared=False)[0])
             entry["metrics"] = update_metrics(worker, batch)
             entry["worker"] = worker
         measured[name] = entry
@@ -178,6 +181,14 @@ def test_float32_shared_pass_equals_the_full_pass(results):
             assert max_difference(entry["shared_dynamic"], full) <= FP32_BOUND, (family, name, "dynamic batch size")
             # text-only rows: the masked pass sees the original inputs
             assert max_difference([shared[1], shared[5]], [entry["old"][1], entry["old"][5]]) <= FP32_BOUND
+
+
+def test_temperature_is_applied_as_the_engine_does(results):
+    """Sampling temperature 0.7 (the log-probs of logits / 0.7): shared and full passes agree (fp32)."""
+    family, measured = results
+    shared, full = measured["padded_fp32"]["temperature"]
+    assert max_difference(shared, full) <= FP32_BOUND, family
+    assert max_difference(shared, measured["padded_fp32"]["shared"][0]) > 1e-2  # the temperature did apply
 
 
 def test_masking_still_changes_image_rows(results):

@@ -138,7 +138,11 @@ def route_text_attention(module: torch.nn.Module, attention: PrefixAttention) ->
     if _active is not None:
         raise RuntimeError("shared masked passes cannot nest")
     AttentionInterface.register(ATTENTION_NAME, _interface_attention)  # idempotent
-    log_patched("transformers.AttentionInterface", f"registered {ATTENTION_NAME!r} (the shared masked pass)")
+    log_patched(
+        "shared_prompt.route_text_attention",
+        f"text attention -> {ATTENTION_NAME!r} (transformers' AttentionInterface) and "
+        f"{QWEN2_VL_MODULE}.{QWEN2_VL_KERNEL} rebound, for the duration of each shared masked pass",
+    )
     configs = {id(layer.config): layer.config for layer in text_attention_layers(module)}
     saved = {key: config._attn_implementation for key, config in configs.items()}
     qwen2_vl = importlib.import_module(QWEN2_VL_MODULE)
@@ -175,7 +179,8 @@ def _tensor_output_of_text_only_vision(module: torch.nn.Module) -> Iterator[None
     The response call never has images, so it always takes that branch. Only for calls without images:
     the image branch reads the deepstack features of Qwen3-VL's output object.
     """
-    visual = getattr(getattr(module, "model", module), "visual", None)  # where verl's forward finds it
+    # where verl's forward finds it: ``model.visual`` of the inner model (under a PEFT wrapper too)
+    visual = next((m.visual for m in module.modules() if isinstance(getattr(m, "visual", None), torch.nn.Module)), None)
     if visual is None:
         yield
         return

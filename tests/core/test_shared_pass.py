@@ -23,7 +23,7 @@ from recipe.papo.prefix_attention import (
     PrefixAttentionError,
     bottom_right_causal_mask,
 )
-from recipe.papo.shared_pass import BatchRows, PromptGroup, plan_micro_batches, prompt_groups
+from recipe.papo.shared_pass import BatchRows, PromptGroup, order_by_prompt, plan_micro_batches, prompt_groups
 
 HEADS, KV_HEADS, DIM = 4, 2, 8
 
@@ -177,3 +177,25 @@ def test_plan_cuts_rows_in_group_order_by_rows_or_tokens():
     assert plan_micro_batches(groups, tokens, max_tokens=5) == [[0], [3], [4], [1], [2], [5]]  # a row alone
     with pytest.raises(ValueError, match="exactly one"):
         plan_micro_batches(groups, tokens)
+
+
+def test_order_by_prompt_keeps_each_prompt_on_one_rank_with_tokens_balanced():
+    # balance_batch's order: each prompt's 4 rollouts spread over both ranks
+    uids = ["a", "b", "c", "d"] * 4
+    lengths = [100, 10, 60, 40] * 4
+    order = order_by_prompt(uids, lengths, ranks=2)
+    assert sorted(order) == list(range(16))
+    ranks = [order[:8], order[8:]]
+    # largest group first, each to the rank with the fewest tokens that has room: a, c, d, then b
+    assert [sorted({uids[row] for row in rank}) for rank in ranks] == [["a", "b"], ["c", "d"]]
+    assert [sum(lengths[row] for row in rank) for rank in ranks] == [440, 400]
+    one_rank = [uids[row] for row in order_by_prompt(uids, lengths, ranks=1)]
+    assert one_rank == ["a"] * 4 + ["c"] * 4 + ["d"] * 4 + ["b"] * 4
+
+
+def test_order_by_prompt_splits_a_group_only_when_no_rank_has_room():
+    uids = ["a"] * 3 + ["b"] * 3
+    order = order_by_prompt(uids, [1] * 6, ranks=3)  # 2 rows per rank: every group is split once
+    assert [sorted({uids[row] for row in order[i : i + 2]}) for i in (0, 2, 4)] == [["a"], ["a", "b"], ["b"]]
+    with pytest.raises(ValueError, match="cannot be split evenly"):
+        order_by_prompt(uids, [1] * 6, ranks=4)
