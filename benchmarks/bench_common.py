@@ -202,6 +202,27 @@ def compose_worker_config(
     )
 
 
+def update_metadata(actor_config, *, mini_batch_rows: int) -> dict[str, Any]:
+    """What verl's ``PPOTrainer._update_actor`` adds to the batch before ``update_actor`` (temperature 1).
+
+    Args:
+        actor_config: the worker's ``actor_rollout_ref.actor`` config.
+        mini_batch_rows: rows per optimiser step (the global mini-batch).
+    """
+    return dict(
+        calculate_entropy=bool(actor_config.calculate_entropy or actor_config.entropy_coeff != 0.0),
+        distillation_use_topk=False,
+        distillation_only=False,
+        global_batch_size=mini_batch_rows,
+        mini_batch_size=mini_batch_rows,
+        epochs=actor_config.ppo_epochs,
+        seed=actor_config.data_loader_seed,
+        dataloader_kwargs={"shuffle": actor_config.shuffle},
+        temperature=1.0,
+        compute_loss=True,
+    )
+
+
 def make_reference_worker(config):
     """An initialised ``PapoActorRolloutRefWorker`` in role ``ref``: verl's reference model (FSDP2, offloaded).
 

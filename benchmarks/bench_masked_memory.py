@@ -6,7 +6,10 @@ engine, the CPU backend, the tiny Qwen2.5-VL, remove-padding on as in ``scripts/
 and 4x ``--rows`` rows (``--n`` rollouts per prompt, one image per prompt), two ways:
 
 * ``per micro-batch`` (this change): ``compute_masked_log_prob`` as it is, ``mask_batch(lazy=True)``:
-  a row's masked ``pixel_values`` are built when the engine reads its micro-batch;
+  a row's masked ``pixel_values`` are built when the engine reads its micro-batch (and, with
+  ``papo.share_masked_prompt`` on, the default, the shared pass of ``recipe/papo/shared_pass.py``: each
+  prompt's masked prompt once per micro-batch of whole prompt groups, its keys/values kept until the
+  prompt's last row);
 * ``whole batch`` (the baseline, the code before this change, reproduced here): ``mask_batch`` of
   the whole batch, then ``infer_batch`` on it, so the masked ``pixel_values`` of every prompt exist
   before the forward starts.
@@ -178,9 +181,12 @@ def main(argv=None) -> int:
             return worker.compute_log_prob(data.copy())["log_probs"]
 
         calls = {"plain forward": plain_forward, "whole batch": whole_batch, "per micro-batch": per_micro_batch}
-        # Same masks, same forward: the two ways must agree bit for bit.
+        # Same masks, same forward: the two ways must agree bit for bit (the full pass, sharing off).
+        shared_pass = worker.shared_masked_pass
         for rows, data in batches.items():
+            worker.shared_masked_pass = None
             a, b = whole_batch(data.copy()), per_micro_batch(data.copy())
+            worker.shared_masked_pass = shared_pass
             if not all(torch.equal(x, y) for x, y in zip(a.unbind(), b.unbind(), strict=True)):
                 raise SystemExit(f"the two ways' masked log-probs differ at {rows} rows")
 

@@ -36,7 +36,6 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,66 +55,63 @@ SCRIPTS_PATH = (
 )
 
 
-@dataclass(frozen=True)
-class Shape:
-    """A Qwen2.5-VL's sizes (text and vision), as in its config.json."""
-
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    vocab: int
-    tie: bool
-    vision_depth: int = 32
-    vision_hidden: int = 1280
-    vision_intermediate: int = 3420
-    vision_heads: int = 16
-
-
-# The released configurations (Qwen/Qwen2.5-VL-7B-Instruct, -3B-Instruct config.json).
-REAL = {
-    "7b": Shape(3584, 18944, 28, 28, 4, 152064, False),
-    "3b": Shape(2048, 11008, 36, 16, 2, 151936, True),
+# The released configurations (Qwen/Qwen2.5-VL-7B-Instruct, -3B-Instruct config.json): text sizes; their
+# vision tower is the same (depth 32, hidden 1280, MLP 3420, 16 heads, 2x2 merge to the text width).
+REAL_TEXT = {
+    "7b": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+    ),
+    "3b": dict(
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        vocab_size=151936,
+    ),
 }
-# The tiny language model (both proportions) and the vision tower per proportion.
-TINY_TEXT = dict(hidden=512, intermediate=2736, layers=2, heads=8, kv_heads=2, vocab=272, tie=False)
-TINY_VISION = {"7b": (3, 128, 342, 4), "3b": (9, 128, 342, 4)}  # depth, hidden, intermediate, heads
+REAL_TIED = {"7b": False, "3b": True}
+REAL_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16)
+# The tiny model: one language model, a vision tower per proportion (papo_tools/demo/tiny_model.py sizes).
+TINY_TEXT = dict(
+    hidden_size=512, intermediate_size=2736, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2
+)
+TINY_VISION_DEPTH = {"7b": 3, "3b": 9}
+TINY_VISION = dict(vision_hidden_size=128, vision_intermediate_size=342, vision_num_heads=4)
 
 
-def tiny_shape(proportions: str) -> Shape:
-    depth, hidden, intermediate, heads = TINY_VISION[proportions]
-    return Shape(
-        **TINY_TEXT, vision_depth=depth, vision_hidden=hidden, vision_intermediate=intermediate, vision_heads=heads
+def real_config(proportions: str):
+    """The released Qwen2.5-VL configuration of ``proportions`` (``7b`` or ``3b``)."""
+    from transformers import Qwen2_5_VLConfig
+
+    text = {**REAL_TEXT[proportions], "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+    vision = {**REAL_VISION, "out_hidden_size": text["hidden_size"]}
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=REAL_TIED[proportions])
+
+
+def tiny_sizes(proportions: str, max_pixels: int):
+    """The tiny model's sizes for ``proportions`` (images up to ``max_pixels``)."""
+    from papo_tools.demo.tiny_model import TinyQwenSizes
+
+    return TinyQwenSizes(
+        **TINY_TEXT,
+        **TINY_VISION,
+        vision_depth=TINY_VISION_DEPTH[proportions],
+        min_pixels=28 * 28 * 4,
+        max_pixels=max_pixels,
     )
 
 
-def macs_per_token(shape: Shape) -> tuple[float, float]:
-    """``(vision MACs per visual token, language-model MACs per token)`` from the parameter shapes (meta device)."""
+def macs_per_token(config) -> tuple[float, float]:
+    """``(vision MACs per visual token, language-model MACs per token)`` of a Qwen2.5-VL config (meta device)."""
     import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            hidden_size=shape.hidden,
-            intermediate_size=shape.intermediate,
-            num_hidden_layers=shape.layers,
-            num_attention_heads=shape.heads,
-            num_key_value_heads=shape.kv_heads,
-            vocab_size=shape.vocab,
-            bos_token_id=0,
-            eos_token_id=0,
-            pad_token_id=0,
-        ),
-        vision_config=dict(
-            depth=shape.vision_depth,
-            hidden_size=shape.vision_hidden,
-            intermediate_size=shape.vision_intermediate,
-            num_heads=shape.vision_heads,
-            out_hidden_size=shape.hidden,
-        ),
-        tie_word_embeddings=shape.tie,
-    )
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration(config)
     visual = model.model.visual
@@ -130,14 +126,15 @@ def macs_per_token(shape: Shape) -> tuple[float, float]:
     return merge * per_patch, lm
 
 
-def flop_ratio(shape: Shape, visual: int, prompt: int, responses: list[int]) -> float:
+def flop_ratio(config, visual: int, prompt: int, responses: list[int]) -> float:
     """Shared / full masked pass of the real model at these token counts, from multiply-accumulates.
 
     Linear layers: MACs per token; vision tower: per visual token; attention: 2 * head_dim * heads per
     (query, key) pair in each layer, causal pairs only (flash-attention skips masked blocks).
     """
-    vision, lm = macs_per_token(shape)
-    attention = 2 * shape.hidden * shape.layers
+    vision, lm = macs_per_token(config)
+    text = config.text_config
+    attention = 2 * text.hidden_size * text.num_hidden_layers
 
     def causal_pairs(start: int, end: int) -> float:  # queries start..end-1, each sees keys 0..itself
         return sum(range(start + 1, end + 1))
@@ -150,7 +147,7 @@ def flop_ratio(shape: Shape, visual: int, prompt: int, responses: list[int]) -> 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--proportions", choices=sorted(REAL), default="7b", help="whose proportions (default 7b)")
+    parser.add_argument("--proportions", choices=sorted(REAL_TEXT), default="7b", help="whose proportions (default 7b)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, few repeats (smoke test)")
     parser.add_argument("--n", type=int, default=5, help="rollouts per prompt (default 5: every shipped script)")
     parser.add_argument("--visual-tokens", type=int, default=None, help="visual tokens per prompt (default 800)")
@@ -215,31 +212,18 @@ def main(argv=None) -> int:
     from verl.utils import tensordict_utils as tu
     from verl.workers.utils.padding import response_from_nested
 
-    from papo_tools.demo.tiny_model import TinyQwenSizes, save_tiny_qwen2_5_vl
+    from papo_tools.demo.tiny_model import build_tiny_config, build_tiny_tokenizer, save_tiny_qwen2_5_vl
     from recipe.papo.batch_keys import COEFFICIENTS_KEY, IMAGE_ROW_KEY, KL_WEIGHT_KEY, MASKED_LOG_PROBS_KEY, STEP_KEY
     from recipe.papo.objective import PapoCoefficients
 
-    tiny = tiny_shape(args.proportions)
-    real = REAL[args.proportions]
+    real = real_config(args.proportions)
     rows = args.n
     token_side = 28  # Qwen2.5-VL: one merged visual token per 28 x 28 pixels
     width_tokens = max(1, round((2 * args.visual_tokens) ** 0.5))  # a 1:2 image
     height_tokens = max(1, args.visual_tokens // width_tokens)
     width, height = width_tokens * token_side, height_tokens * token_side
     with tempfile.TemporaryDirectory(prefix="bench_shared_masked_") as tmp:
-        sizes = TinyQwenSizes(
-            hidden_size=tiny.hidden,
-            intermediate_size=tiny.intermediate,
-            num_hidden_layers=tiny.layers,
-            num_attention_heads=tiny.heads,
-            num_key_value_heads=tiny.kv_heads,
-            vision_depth=tiny.vision_depth,
-            vision_hidden_size=tiny.vision_hidden,
-            vision_intermediate_size=tiny.vision_intermediate,
-            vision_num_heads=tiny.vision_heads,
-            min_pixels=token_side**2 * 4,
-            max_pixels=width * height,
-        )
+        sizes = tiny_sizes(args.proportions, max_pixels=width * height)
         model_dir = save_tiny_qwen2_5_vl(Path(tmp) / "tiny", seed=0, sizes=sizes)
 
         def config(*overrides):
@@ -293,19 +277,7 @@ def main(argv=None) -> int:
             [(1.0 if i % 2 else -1.0) * torch.ones(n, dtype=torch.float32) for i, n in enumerate(responses)],
             layout=torch.jagged,
         )
-        actor_cfg = grpo.config.actor
-        update_meta = dict(
-            calculate_entropy=bool(actor_cfg.calculate_entropy or actor_cfg.entropy_coeff != 0.0),
-            distillation_use_topk=False,
-            distillation_only=False,
-            global_batch_size=rows,
-            mini_batch_size=rows,
-            epochs=actor_cfg.ppo_epochs,
-            seed=actor_cfg.data_loader_seed,
-            dataloader_kwargs={"shuffle": actor_cfg.shuffle},
-            temperature=1.0,
-            compute_loss=True,
-        )
+        update_meta = bc.update_metadata(grpo.config.actor, mini_batch_rows=rows)
 
         def step(worker, number: int, masked_seconds: list[float]) -> None:
             """One trainer step's worker calls (PapoTrainer's order); the masked pass's seconds appended."""
@@ -367,7 +339,7 @@ def main(argv=None) -> int:
     ratio = paired("PAPO step", "GRPO step")
     bound = bc.median([1 + m / g for m, g in zip(in_step_masked, times["GRPO step"], strict=True)])
     excess = ratio / bound - 1
-    tiny_vision, tiny_lm = macs_per_token(tiny)
+    tiny_vision, tiny_lm = macs_per_token(build_tiny_config(build_tiny_tokenizer(), "qwen2_5_vl", sizes))
     real_vision, real_lm = macs_per_token(real)
     vision_time = forward_parts["vision tower"] / (rows * visual)
     lm_time = (forward_parts["whole model"] - forward_parts["vision tower"]) / (prompt * rows + sum(responses))

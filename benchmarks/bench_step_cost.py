@@ -210,19 +210,7 @@ def main(argv=None) -> int:
             ],
             layout=torch.jagged,
         )
-        actor_cfg = grpo.config.actor
-        update_meta = dict(
-            calculate_entropy=bool(actor_cfg.calculate_entropy or actor_cfg.entropy_coeff != 0.0),
-            distillation_use_topk=False,
-            distillation_only=False,
-            global_batch_size=mini_prompts * args.n,
-            mini_batch_size=mini_prompts * args.n,
-            epochs=actor_cfg.ppo_epochs,
-            seed=actor_cfg.data_loader_seed,
-            dataloader_kwargs={"shuffle": actor_cfg.shuffle},
-            temperature=1.0,
-            compute_loss=True,
-        )
+        update_meta = bc.update_metadata(grpo.config.actor, mini_batch_rows=mini_prompts * args.n)
 
         def log_prob_call(calculate_entropy: bool, step: int):
             """The batch with the metadata the trainer sets for a no-grad log-prob call."""
