@@ -133,8 +133,8 @@ def test_masked_branch_mode_is_the_runs_own(smoke_run):
 
 def test_masked_pass_says_why_it_is_not_shared(smoke_run):
     """Both runs are where the shared masked pass cannot apply (recompute mode; Ulysses SP): the full pass
-    runs, and the workers' start-up line says why (the scripts without these overrides share it:
-    test_smoke_vppo_e2e.py, and docs/masking.md#the-shared-masked-pass for PAPO-G / PAPO-D 7B)."""
+    runs, and the workers' start-up line says why (a script without these overrides shares it:
+    test_smoke_vppo_e2e.py asserts the line of the VPPO script's run)."""
     key, _, _, _, _, log = smoke_run
     reason = "papo.masked_logprob_mode=recompute" if key == "papo_d" else "Ulysses sequence parallelism"
     assert f"PAPO masked pass: full sequence per rollout, not shared: {reason}" in log

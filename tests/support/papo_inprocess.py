@@ -17,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -200,6 +201,21 @@ def response_log_probs(worker, batch):
     from verl.workers.utils.padding import response_from_nested
 
     return response_from_nested(worker.compute_log_prob(batch.copy())["log_probs"], batch["response_mask"])
+
+
+@contextmanager
+def masked_pass_shared(worker, shared: bool) -> Iterator[None]:
+    """Within the block, ``worker``'s masked pass is the shared one (``shared``, if it applies) or the full one.
+
+    ``papo.share_masked_prompt=false`` as a switch on a built worker: the full pass runs the whole masked
+    sequence per rollout (``infer_batch``), as where sharing does not apply.
+    """
+    keep = worker.shared_masked_pass
+    worker.shared_masked_pass = keep if shared else None
+    try:
+        yield
+    finally:
+        worker.shared_masked_pass = keep
 
 
 def masked_response_log_probs(worker, batch):

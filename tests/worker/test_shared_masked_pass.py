@@ -105,12 +105,8 @@ def with_micro_batches(data, rows: int | None = None, tokens: int | None = None)
 
 def masked(worker, data, shared: bool):
     """Masked response log-probs (list of float tensors) with the shared pass on or off."""
-    keep = worker.shared_masked_pass
-    worker.shared_masked_pass = keep if shared else None
-    try:
+    with inprocess.masked_pass_shared(worker, shared):
         output = worker.compute_masked_log_prob(data.copy())
-    finally:
-        worker.shared_masked_pass = keep
     return [row.float() for row in output[MASKED_LOG_PROBS_KEY].unbind()], output[IMAGE_ROW_KEY]
 
 
@@ -160,12 +156,8 @@ def update_metrics(worker, batch) -> dict[str, dict[str, float]]:
     advantages = [(1.0 if i % 2 else -1.0) * (1 + i / 10) for i in range(len(batch))]
     metrics = {}
     for name, shared in (("shared", True), ("full", False)):
-        keep = worker.shared_masked_pass
-        worker.shared_masked_pass = keep if shared else None
-        try:
+        with inprocess.masked_pass_shared(worker, shared):
             prepared = inprocess.with_trainer_fields(worker, batch, advantages)
-        finally:
-            worker.shared_masked_pass = keep
         step = inprocess.update_actor_metrics(worker, prepared, coefficients, micro_batch_size=5)
         metrics[name] = {**papo_step_metrics(step), **vppo_step_metrics(step), "actor/pg_loss": step["actor/pg_loss"]}
     return metrics
