@@ -23,6 +23,7 @@ from papo_tools.cpu.launch import cpu_env, cpu_overrides
 from papo_tools.demo.reward import reward_overrides, score_count_answer
 from papo_tools.demo.run_demo import read_jsonl, read_metrics
 from papo_tools.experiments.arms import Arm
+from papo_tools.experiments.cluster import RayHead, joining_command
 from papo_tools.experiments.summary import ACCURACY_KEY
 
 # GRPO as in PAPO-G (the published settings of arXiv 2507.06448): low_var_kl reference-KL loss 0.01, clip
@@ -125,9 +126,20 @@ def model_fingerprint(model_dir: Path) -> str:
 
 
 def run_arm(
-    arm: Arm, seed: int, model_dir: Path, train: Path, val: Path, run_dir: Path, size: RunSize
+    arm: Arm,
+    seed: int,
+    model_dir: Path,
+    train: Path,
+    val: Path,
+    run_dir: Path,
+    size: RunSize,
+    head: RayHead | None = None,
 ) -> tuple[list[dict], float]:
     """Train ``arm`` at ``seed``; returns its per-step metric records and the run's wall seconds.
+
+    With ``head`` the trainer joins that running Ray cluster instead of starting its own
+    (:mod:`~papo_tools.experiments.cluster`); the run is the same :func:`arm_command` either way, and
+    ``run.json`` records that command.
 
     Writes ``run_dir/train.log`` (the command, then the trainer's output), ``metrics.jsonl`` and
     ``run.json`` (command, :func:`model_fingerprint` and wall seconds of a finished run). A
@@ -152,11 +164,15 @@ def run_arm(
     metrics_path.unlink(missing_ok=True)
     shutil.rmtree(run_dir / ROLLOUTS_DIR, ignore_errors=True)
     env = {**os.environ, **cpu_env(file_logger_path=metrics_path)}
+    launched = command
+    if head is not None:
+        env.update(head.env())
+        launched = joining_command(command, metrics_path)
     started = time.monotonic()
     with log_path.open("w") as log:
-        log.write(" ".join(command) + "\n")
+        log.write(" ".join(launched) + "\n")
         log.flush()
-        result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+        result = subprocess.run(launched, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
     wall_s = round(time.monotonic() - started, 1)
     records = _steps_logged(run_dir)
     if result.returncode != 0 or len(records) < size.steps:

@@ -5,15 +5,19 @@ from the trainer's rollout dumps, summary and figure. The arm is PAPO-G with VPP
 both the PAPO and the VPPO options (and logs ``vppo/*``); the arms differ only in their options,
 which ``test_arm_configs.py`` checks for every arm through the start-up checks without Ray, and
 monitor mode (the GRPO arm) is proven bit for bit in ``tests/worker/test_papo_metrics.py``. Cost: a
-2-step warm-up plus one 2-step run (about 40 s of Ray/worker start-up).
+2-step warm-up plus one 2-step run (about 40 s of Ray/worker start-up), on the experiment's own Ray
+cluster, which is stopped afterwards.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from memory_slots import memory_slot
@@ -56,3 +60,22 @@ def test_two_steps_of_an_arm_write_a_finite_summary_and_the_figure(tmp_path):
     assert all(0 < v < 1 for v in summary["arms"]["papo_vppo"]["vppo/kept_frac"])
     start = summary["run"]["warmup"]["start_accuracy"]["0"]
     assert 0 < start < 1
+    # The run joined the experiment's own Ray cluster (one head for one arm), which is stopped by now.
+    assert sorted(path.name for path in out.glob("ray_head*.log")) == ["ray_head0.log"]
+    assert "Connected to Ray cluster" in (out / "seed0" / E2E_ARMS[0] / "train.log").read_text()
+    session = re.search(r"(/\S*?)/ray/session_", (out / "ray_head0.log").read_text())
+    assert session, "ray start printed no session folder"
+    assert not processes_naming(session.group(1))
+
+
+def processes_naming(text: str) -> list[int]:
+    """Live processes other than this one whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return found
