@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 EXPERIMENT_OUT ?= experiment_output
 EXPERIMENT_ARGS ?=
 # pytest-xdist workers; each test file stays on one worker (--dist loadfile). Timings per worker
-# count on 2 cores: docs/testing.md.
+# count on 2 cores: docs/develop.md.
 TEST_WORKERS ?= 3
 XDIST := -n $(TEST_WORKERS) --dist loadfile
 # The modules that run a model, a second time on another CPU's kernels (oneDNN limited to AVX2).
@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	@# namespace folder TransferQueue installs as site-packages/recipe.
 	@# No CUDA: also the CPU build of vLLM (verl's own vLLM rollout runs on it) and, without the CUDA-linked
 	@# torchaudio / torchcodec wheels that come along (nothing on the CPU path uses them), the start-up
-	@# hook that lets torchvision and vLLM run beside the CPU torch (papo_tools/cpu_boot.py, docs/compat.md).
+	@# hook that lets torchvision and vLLM run beside the CPU torch (papo_tools/cpu_boot.py, docs/develop.md).
 	if command -v nvidia-smi >/dev/null 2>&1; then \
 		$(PY) -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat; \
 	else \

@@ -64,7 +64,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, masks: bool) -> None:
         default=None,
         metavar="FILE",
         help="text file with the user turn, {question} where the trimmed question goes (default: the "
-        "question, a blank line, then the <think>/\\boxed{} instruction; see docs/prompt.md)",
+        "question, a blank line, then the <think>/\\boxed{} instruction; see docs/algorithm.md)",
     )
     if masks:
         group = parser.add_argument_group("pre-computed masks (images_aug column)")

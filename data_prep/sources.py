@@ -61,7 +61,7 @@ class TableSource:
                 raise DataPrepError(
                     f"{self.description}: missing column {column!r}. Columns found: "
                     f"{', '.join(self.columns) or '(none)'}. Expected columns: {expected}. "
-                    "Point --source at a dataset with this layout (input layouts: docs/data_prep.md)."
+                    "Point --source at a dataset with this layout (input layouts: docs/data.md)."
                 )
 
 

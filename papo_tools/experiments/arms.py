@@ -13,7 +13,7 @@ gamma that collapsed the earlier format-only version of this experiment within 2
 KL_prcp was a thousand times smaller. VPPO (arXiv 2510.09285) runs with its published token fraction
 0.4 and beta_min 0.9 (docs/vppo.md), without its entropy penalty. The Double Entropy Loss arm keeps
 the paper's PAPO-G 7B ratio of entropy weight to gamma, 0.05 / 0.02 = 2.5, at the collapse arm's
-gamma; with precomputed masked log-probs only its H_ori term has a gradient (docs/objective.md).
+gamma; with precomputed masked log-probs only its H_ori term has a gradient (docs/algorithm.md).
 None of these was tuned on this task.
 """
 

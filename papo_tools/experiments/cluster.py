@@ -8,7 +8,7 @@ overloaded one the raylet once missed Ray's 30 s registration limit and failed t
 and environment a run's own ``ray.init`` has (:func:`~papo_tools.cpu.launch.cpu_env`, 16 CPUs, one
 "GPU" slot, no dashboard); :func:`joining_command` and :meth:`RayHead.env` point a run at it. The run's
 workers then start as before, from the head's environment plus the job's runtime env, which carries
-the per-run ``VERL_FILE_LOGGER_PATH`` (docs/multi_node.md explains the mechanism).
+the per-run ``VERL_FILE_LOGGER_PATH`` (docs/training.md, "Multi-node", explains the mechanism).
 
 One run at a time per head: TransferQueue (verl's data plane) names its controller actor
 cluster-wide, so two runs on one cluster would share it. Consecutive runs may share a head: a run's

@@ -4,7 +4,7 @@ Writes ``DIR/hub/`` (tiny copies of the paper's three datasets in the hub's layo
 :mod:`papo_tools.journey.hub_copies`) and ``DIR/scorer/`` (a tiny Qwen2.5-VL that answers in the paper's
 format and gets part of the questions right: :mod:`papo_tools.journey.scorer`). The journey's own
 commands (``data_prep``, a training script, the model merger, ``scripts/eval_papo.sh``) then run on them
-exactly as on the real datasets and model: docs/evaluation.md, "The whole journey on CPU".
+exactly as on the real datasets and model: docs/data.md, "The whole journey on CPU".
 """
 
 from __future__ import annotations

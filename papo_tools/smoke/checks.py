@@ -32,7 +32,7 @@ MIN_ROLLOUT_ACTOR_CORR = 0.95
 ROLLOUT_CONTEXT_KEYS = ("training/rollout_probs_diff_mean", "rollout_corr/k3_kl")
 ROLLOUT_MISMATCH_CAUSES = (
     "likely causes: vLLM normalising images on the device (mm_device_do_normalize left on: its "
-    "visual.input_norm.* buffers are never synced, see docs/limits.md), a weight sync that misses parameters "
+    "visual.input_norm.* buffers are never synced, see docs/algorithm.md), a weight sync that misses parameters "
     "or buffers, or a different processor / image path between the rollout and the actor"
 )
 

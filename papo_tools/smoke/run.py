@@ -183,7 +183,7 @@ def parquet_rows(paths: list[str], key: str) -> int:
         if not Path(path).is_file():
             raise SmokeError(
                 f"SMOKE_DATA=script keeps the script's {key}, but {path} does not exist: prepare the data first "
-                '(python -m data_prep.all --out "$DATA_DIR", docs/data_prep.md) or set DATA_DIR / TRAIN_FILE / VAL_FILE'
+                '(python -m data_prep.all --out "$DATA_DIR", docs/data.md) or set DATA_DIR / TRAIN_FILE / VAL_FILE'
             )
         rows += pq.ParquetFile(path).metadata.num_rows
     return rows

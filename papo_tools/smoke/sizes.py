@@ -9,7 +9,7 @@ Three groups, each touching only what its name says:
   script's vLLM rollout on the CPU build of vLLM (``papo_tools.cpu.launch``), logical Ray resources.
   CUDA: the script's own rollout engine and worker count, capped to the GPUs present, and a small memory share.
   A script with ``NNODES`` > 1 keeps its nodes and workers per node and joins the running Ray
-  cluster instead (docs/multi_node.md).
+  cluster instead (docs/training.md).
 * :func:`model_overrides`, :func:`builtin_task_overrides`, :func:`output_overrides`: the tiny model,
   the built-in task and its reward (each only where SMOKE replaces the script's, ``--model tiny`` /
   ``--data builtin``), and the output paths.
@@ -55,7 +55,7 @@ class Machine:
         device: ``"cpu"`` or ``"cuda"``.
         world_size: training workers (processes), one per GPU on CUDA.
         nnodes: Ray nodes the workers are spread over. 1: the run starts its own Ray on this machine;
-            more: it joins the running cluster (``ray start``, docs/multi_node.md) with
+            more: it joins the running cluster (``ray start``, docs/training.md) with
             ``world_size / nnodes`` workers per node.
     """
 

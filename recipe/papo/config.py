@@ -83,7 +83,7 @@ class PapoConfig(BaseConfig):
         share_masked_prompt: in ``precompute`` mode, run each prompt's masked prompt (vision tower and
             prompt tokens) once and its rollouts' responses against its cached keys/values, instead
             of the whole masked sequence per rollout: the same log-probs at about half the cost
-            (docs/masking.md#the-shared-masked-pass). Where it cannot apply (Ulysses sequence
+            (docs/algorithm.md#the-shared-masked-pass). Where it cannot apply (Ulysses sequence
             parallelism, Qwen3.5, fused kernels) the full pass runs and the worker's log says why.
         base_loss_mode: verl registered policy loss providing the clipped surrogate (vanilla, gspo...).
         monitor: compute the masked pass and log every ``papo/*`` metric, but train exactly the base
@@ -92,7 +92,7 @@ class PapoConfig(BaseConfig):
             (``papo/kl_prcp``). Needs ``loss_mode=papo`` and the papo trainer like PAPO itself;
             the coefficients are then only logged as 0.
         allow_unsupported_model: run a model whose ``model_type`` is not a supported family
-            (``recipe.papo.model_families``, docs/models.md) with a warning instead of an error.
+            (``recipe.papo.model_families``, docs/develop.md) with a warning instead of an error.
         vppo_token_fraction: VPPO's token filter p (Token-level Gradient Filtering of arXiv
             2510.09285; 0.4 in its runs): per response only the ceil(p * |y|) tokens of largest
             visual dependency s_t enter the policy-gradient term (the loss's denominator still
@@ -107,7 +107,7 @@ class PapoConfig(BaseConfig):
             so a weight does not depend on the GPU count or the micro-batch split) or ``micro_batch``
             (as the published code: min and max over this rank's share of the mini-batch, mu over each
             update micro-batch, with its 1e-8 in beta_max), to reproduce VPPO's runs. See docs/vppo.md.
-        hacking_guard: the KL_prcp hacking guard (docs/metrics.md): every step, both entropies near the
+        hacking_guard: the KL_prcp hacking guard (docs/training.md): every step, both entropies near the
             uniform distribution's, responses at the length limit and the reward fallen, for 2 steps
             in a row, raise an alarm. ``warn`` (default): log an ERROR naming the metrics and the
             remedies; ``stop``: also save a checkpoint and end the run after that step; ``off``.

@@ -4,7 +4,7 @@ With a large gamma and no Double Entropy Loss, PAPO's Implicit Perception Loss c
 emitting tokens unrelated to the question ("KL_prcp hacking", arXiv 2507.06448's analysis of it):
 both entropies rise towards the uniform distribution's, responses run to the length limit and the
 reward falls. The PAPO trainer hands this guard each step's metrics once verl has computed all of
-them (``papo.hacking_guard``, docs/metrics.md); it raises an alarm when, for :data:`PATIENCE`
+them (``papo.hacking_guard``, docs/training.md); it raises an alarm when, for :data:`PATIENCE`
 consecutive steps,
 
 * both ``papo/entropy_ori`` and ``papo/entropy_aug`` are at least :data:`ENTROPY_FRACTION` of
@@ -20,7 +20,7 @@ not a collapse of training). ``papo/kl_prcp`` is reported, not tested: in the co
 it jumped fourfold or more in two seeds of three but not in the third, and it falls to about 1e-3
 once both branches are uniform (docs/dynamics.md).
 
-The thresholds were calibrated on the committed toy runs (docs/dynamics_summary.json, read by
+The thresholds were calibrated on the committed toy runs (papo_tools/experiments/results/dynamics_summary.json, read by
 ``tests/core/test_hacking_guard.py``): the alarm goes off in every seed of the collapse arm at most
 one step after the accuracy fell to 0.05 or below, and never in the 12 healthy runs. Each step gets a
 score, the smallest of the three conditions' ratios to their thresholds, over the last

@@ -105,7 +105,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
             "an image of mode %s has values outside 0..255 (or fractional); verl's image path "
             "(qwen_vl_utils convert('RGB')) clips them, so the model and the masked pass see a clipped "
             "picture. Prepare the dataset with python -m data_prep..., which converts such images to "
-            "8 bits by the rule in docs/data_prep.md.",
+            "8 bits by the rule in docs/data.md.",
             image.mode,
         )
     if image.mode == "RGBA":

@@ -2,7 +2,7 @@
 
 Off unless the environment variable ``PAPO_MASK_LOG_DIR`` names a folder. On a cluster it must reach
 the workers through the job's runtime env (``++ray_kwargs.ray_init.runtime_env.env_vars.PAPO_MASK_LOG_DIR=...``,
-docs/multi_node.md) and be on storage every node writes. Then every process that masks a row appends
+docs/training.md) and be on storage every node writes. Then every process that masks a row appends
 one JSON line per masked row to ``<dir>/masks_rank<rank>_pid<pid>.jsonl``::
 
     {"step": 2, "uid": "...", "rank": 1, "node_id": "...", "host": "...", "pid": 123,

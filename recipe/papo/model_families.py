@@ -49,7 +49,7 @@ class ModelFamily:
         merge_size: spatial merge factor; ``merge_size**2`` rows form one visual token.
         image_mean: per-channel normalisation mean, [0, 1] units.
         image_std: per-channel normalisation std.
-        tested: how the family is tested (the "Tested how" column of docs/models.md, checked by a test).
+        tested: how the family is tested (the "Tested how" column of docs/develop.md, checked by a test).
     """
 
     model_type: str
@@ -166,7 +166,7 @@ def model_type_of(name: str) -> str:
     raise UnsupportedModelError(
         f"cannot tell the model family of {name!r}: it is no local directory and its name matches none of the "
         f"supported families: {supported_families_text()}. Use a local model directory (its config.json names "
-        "the model_type), or set papo.allow_unsupported_model=true to skip this check (see docs/models.md)."
+        "the model_type), or set papo.allow_unsupported_model=true to skip this check (see docs/develop.md)."
     )
 
 
@@ -184,7 +184,7 @@ def family_of_model_name(name: str) -> str:
         raise UnsupportedModelError(
             f"model {name!r} has model_type {model_type!r}, which PAPO's masking is not tested on. Supported "
             f"families: {supported_families_text()}. Set papo.allow_unsupported_model=true to run anyway, after "
-            "checking that its processor emits Qwen-VL style pixel_values rows (see docs/models.md)."
+            "checking that its processor emits Qwen-VL style pixel_values rows (see docs/develop.md)."
         )
     return model_type
 

@@ -4,7 +4,7 @@ The user turn of every row is a prompt template with the trimmed question put in
 ``{question}``. The default appends, after a blank line, an instruction to reason inside
 ``<think> </think>`` and answer inside ``\\boxed{}`` (the format the PAPO reward checks; the authors' prompt for
 arXiv 2507.06448 has the same structure in other words). ``data_prep --prompt-template FILE``
-replaces it; see ``docs/prompt.md``.
+replaces it; see ``docs/algorithm.md``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ host, from the processor config, as vLLM < 0.29 always did.
 
 :func:`guard_device_normalization` runs in :func:`recipe.papo.run_checks.check_papo_run_config`,
 before Ray starts: it sets the key to ``False`` (with a warning naming it) when the installed vLLM
-normalises on the device, and refuses a run that sets it to ``True``. See ``docs/limits.md``.
+normalises on the device, and refuses a run that sets it to ``True``. See ``docs/algorithm.md``.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def guard_device_normalization(config: DictConfig, vllm_version: str | None | ob
         raise PapoConfigError(
             f"{DEVICE_NORMALIZE_KEY}=True with vLLM {vllm_version}: vLLM would normalise images on the device with "
             "its visual.input_norm.* buffers, which verl 0.9.1's weight sync never sends (verl starts vLLM with dummy "
-            "weights), so the rollout would see near-blank images (see docs/limits.md). Remove the override (the "
+            "weights), so the rollout would see near-blank images (see docs/algorithm.md). Remove the override (the "
             f"recipe then sets it to False) or set ++{DEVICE_NORMALIZE_KEY}=False."
         )
     if value is False:
@@ -107,7 +107,7 @@ def guard_device_normalization(config: DictConfig, vllm_version: str | None | ob
     logger.warning(
         "Set %s=False: vLLM %s normalises images on the device with its visual.input_norm.* buffers, which verl "
         "0.9.1's weight sync never sends (vLLM starts with dummy weights), so the rollout would see near-blank "
-        "images. vLLM now normalises them in its processor on the host. See docs/limits.md.",
+        "images. vLLM now normalises them in its processor on the host. See docs/algorithm.md.",
         DEVICE_NORMALIZE_KEY,
         vllm_version,
     )

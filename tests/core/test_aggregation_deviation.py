@@ -6,7 +6,7 @@ whatever the micro-batch split. The authors' implementation (an EasyR1 fork): to
 micro-batch, then the mean over the M micro-batches (gradient accumulation): a token of micro-batch
 k weighs ``1 / (M * N_k)``. The two agree when all micro-batches hold the same number of tokens and
 differ on ragged batches. ``python tests/core/test_aggregation_deviation.py`` prints the numbers
-quoted in docs/deviations.md.
+quoted in docs/algorithm.md.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """The KL_prcp hacking guard (``recipe.papo.hacking_guard``), replayed on the committed toy runs.
 
-The replay reads each run's per-step metrics from ``docs/dynamics_summary.json``
+The replay reads each run's per-step metrics from ``papo_tools/experiments/results/dynamics_summary.json``
 (``per_seed[arm][seed][metric]``: 60 steps of the five arms x 3 seeds of docs/dynamics.md, each
 series verl's own per-step value from the run's ``metrics.jsonl``, accuracy from its rollout dumps)
 and feeds them to the guard step by step, as the trainer does. The guard must go off in all 3 seeds
 of the collapse arm (gamma 2 without the Double Entropy Loss) at most one step after the collapse
 (the first step whose accuracy is 0.05 or below) and never in the 12 healthy runs. The extra runs
-(``docs/dynamics_double_entropy.json``, ``docs/dynamics_gamma_sweep.json``) are replayed too: the
+(``dynamics_double_entropy.json``, ``dynamics_gamma_sweep.json`` beside it) are replayed too: the
 collapses whose entropies rose to uniform are caught, and the two that are not are the ones the
 guard is not built for (the entropy fell). ``python tests/core/test_hacking_guard.py`` prints the
-calibration table quoted in docs/metrics.md.
+calibration table quoted in docs/training.md.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from recipe.papo.hacking_guard import (
     HackingGuard,
 )
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
-RUNS_FILE = DOCS / "dynamics_summary.json"
-EXTRA_FILES = (DOCS / "dynamics_double_entropy.json", DOCS / "dynamics_gamma_sweep.json")
+RESULTS = Path(__file__).resolve().parents[2] / "papo_tools" / "experiments" / "results"
+RUNS_FILE = RESULTS / "dynamics_summary.json"
+EXTRA_FILES = (RESULTS / "dynamics_double_entropy.json", RESULTS / "dynamics_gamma_sweep.json")
 COLLAPSE_ARM = "papo_high_gamma_no_entropy"
 HEALTHY_ARMS = ("grpo", "papo", "vppo", "papo_vppo")
 ACCURACY = "task/accuracy"
@@ -98,7 +98,7 @@ def test_the_guard_never_goes_off_in_a_healthy_run(committed, arm, seed):
 
 
 def test_the_healthy_runs_stay_below_the_threshold_with_a_margin(committed):
-    """The closest healthy call (docs/metrics.md): PAPO+VPPO seed 0, whose entropies reached 0.98 of
+    """The closest healthy call (docs/training.md): PAPO+VPPO seed 0, whose entropies reached 0.98 of
     uniform with responses at the limit for a few steps, but whose reward fell 23 % and then 30 %,
     not 25 % on two steps in a row."""
     healthy = {key: run for key, run in committed.items() if key[0] in HEALTHY_ARMS}

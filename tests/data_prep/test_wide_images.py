@@ -138,7 +138,7 @@ def test_training_conversion_mirrors_verl_and_warns_once_about_clipped_images(mo
         to_rgb(Image.fromarray(np.full((4, 4), 7.0, np.float32)))  # whole values in 0..255: nothing lost
     assert np.array_equal(np.asarray(first), np.asarray(ramp.convert("RGB")))
     warnings = [record.getMessage() for record in caplog.records if record.name == image_rgb.__name__]
-    assert len(warnings) == 1 and "mode F" in warnings[0] and "docs/data_prep.md" in warnings[0]
+    assert len(warnings) == 1 and "mode F" in warnings[0] and "docs/data.md" in warnings[0]
 
 
 def test_clipping_is_detected_only_where_verl_loses_values():

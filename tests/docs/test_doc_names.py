@@ -63,3 +63,19 @@ def test_a_planted_wrong_name_of_each_kind_is_reported():
 
 def test_an_allowed_name_is_not_reported():
     assert missing_names("`papo.kl_prcp_cof`", frozenset({"papo.kl_prcp_cof"})) == []
+
+
+def test_every_docs_page_the_code_names_exists():
+    """Docstrings, comments and messages point readers at docs pages: each page they name exists."""
+    import re
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    missing = [
+        f"{name}: {page}"
+        for name in tracked
+        if name.endswith((".py", ".sh", ".yaml", ".toml", ".cfg")) or name == "Makefile"
+        for page in re.findall(r"(?<![\w/.:\-])docs/[\w.\-]+\.md", (ROOT / name).read_text(encoding="utf-8"))
+        if not (ROOT / page).exists()
+    ]
+    assert not missing, "code names docs pages that do not exist:\n" + "\n".join(missing)

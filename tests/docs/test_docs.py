@@ -4,7 +4,7 @@
   default and its entry in the dataclass docstring (``recipe/papo/config.py``), so every option is
   documented once, in the code; ``configs/papo_trainer.yaml`` has the same keys and defaults, each
   with its comment.
-- Every skip reason of ``data_prep.problems.SKIP_REASONS`` has its row in ``docs/data_prep.md``.
+- Every skip reason of ``data_prep.problems.SKIP_REASONS`` has its row in ``docs/data.md``.
 - Every relative link (and ``#anchor``) in README.md and docs/*.md resolves; README.md links every
   docs page and stays a front page (at most 400 lines).
 - No page refers to a "spec": users do not have one (cite arXiv 2507.06448 or state the fact).
@@ -288,10 +288,10 @@ def test_readme_is_a_front_page():
 def test_every_skip_reason_is_documented():
     from data_prep.problems import SKIP_REASONS
 
-    text = (DOCS / "data_prep.md").read_text(encoding="utf-8")
+    text = (DOCS / "data.md").read_text(encoding="utf-8")
     missing = [reason for reason in SKIP_REASONS if f"| `{reason}` |" not in text]
     assert not missing, (
-        f"docs/data_prep.md has no row for the skip reason(s) {missing} of data_prep.problems.SKIP_REASONS: "
+        f"docs/data.md has no row for the skip reason(s) {missing} of data_prep.problems.SKIP_REASONS: "
         "add `| `<reason>` | <what the row has wrong> |` to its skip-reason table"
     )
 
@@ -327,10 +327,10 @@ def commands(block: str) -> list[str]:
 
 
 def test_the_cpu_journey_runs_the_readme_journey_commands():
-    """docs/evaluation.md's CPU journey (run as written by tests/e2e/test_journey.py) is the README's
+    """docs/data.md's CPU journey (run as written by tests/e2e/test_journey.py) is the README's
     "From data to table" sequence, command for command, after the one that writes the hub copies."""
     readme = commands(bash_block_after(README, "## From data to table"))
-    cpu = commands(bash_block_after(DOCS / "evaluation.md", "## The whole journey on CPU"))
+    cpu = commands(bash_block_after(DOCS / "data.md", "### The whole journey on CPU"))
     assert readme == [
         "export DATA_DIR=$PWD/data",
         "python -m data_prep.all",

@@ -1,4 +1,4 @@
-"""The user's journey on CPU, run exactly as docs/evaluation.md ("The whole journey on CPU") writes it.
+"""The user's journey on CPU, run exactly as docs/data.md ("The whole journey on CPU") writes it.
 
 One bash run of the page's command block, read from the page: hub-layout copies of the three
 datasets and the tiny scorer model (``python -m papo_tools.journey``), ``python -m data_prep.all``,
@@ -41,8 +41,8 @@ from recipe.papo.reward import compute_score
 
 pytestmark = pytest.mark.e2e
 
-PAGE = REPO / "docs" / "evaluation.md"
-SECTION = "## The whole journey on CPU"
+PAGE = REPO / "docs" / "data.md"
+SECTION = "### The whole journey on CPU"
 EVAL_N = 8
 ROLLOUT_N = 5
 JOURNEY_TIMEOUT_S = 2400

@@ -1,4 +1,4 @@
-"""Multi-node training on a real two-node Ray cluster, run exactly as docs/multi_node.md writes it.
+"""Multi-node training on a real two-node Ray cluster, run exactly as docs/training.md writes it.
 
 One bash run of the page's block ("What CI proves, and what it does not", read from the page) in a
 fresh short folder with ``scripts/`` linked to the project's: ``ray start --head`` and ``ray start
@@ -15,7 +15,7 @@ Ray clusters of the machine) and the tests check:
 * the first run's ``papo/*`` metrics are finite;
 * the mask log: each rank wrote from its own node and process (the state API's), and every prompt both
   ranks masked has one digest pair (the same input and the same mask on both nodes);
-* ``metrics.jsonl`` and the checkpoint (a shard per rank) where docs/multi_node.md says;
+* ``metrics.jsonl`` and the checkpoint (a shard per rank) where docs/training.md says;
 * the resumed run logs step 3 only and writes ``global_step_3`` next to ``global_step_2``;
 * no process of the cluster is left.
 """
@@ -47,8 +47,8 @@ from recipe.papo.mask_log import MASK_LOG_ENV
 # The fixture (a wait for a memory slot, then both runs) runs inside the first test's time limit.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
 
-PAGE = REPO / "docs" / "multi_node.md"
-SECTION = "## What CI proves, and what it does not"
+PAGE = REPO / "docs" / "training.md"
+SECTION = "### What CI proves, and what it does not"
 # Where the page's commands leave things (relative to the folder they run in).
 TOKEN = Path("ray/auth_token")
 ADDRESS = Path("ray/head/ray_current_cluster")

@@ -58,7 +58,8 @@ def test_the_collapse_arm_ends_at_the_alarm_with_a_checkpoint(tmp_path):
         env=user_env(),
     )
     assert prepared.returncode == 0, prepared.stdout[-2000:] + prepared.stderr[-3000:]
-    # near the committed seed 0's start, 0.409 (docs/dynamics_summary.json; float rounding differs between CPUs)
+    # near the committed seed 0's start, 0.409 (papo_tools/experiments/results/dynamics_summary.json;
+    # float rounding differs between CPUs)
     start = float(prepared.stdout.rsplit("start accuracy", 1)[1])
     assert 0.35 < start < 0.47, prepared.stdout
     arm = next(arm for arm in ARMS if arm.name == COLLAPSE_ARM)

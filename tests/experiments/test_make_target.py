@@ -52,9 +52,9 @@ def test_the_warm_up_stops_at_a_target_accuracy_unless_told_none():
 
 
 def test_the_committed_results_are_what_make_experiment_makes_with_todays_defaults():
-    """docs/dynamics_summary.json came from ``make experiment`` with the current defaults, so changing a
-    default without rerunning the experiment fails here."""
-    run = json.loads((REPO / "docs" / "dynamics_summary.json").read_text())["run"]
+    """papo_tools/experiments/results/dynamics_summary.json came from ``make experiment`` with the current
+    defaults, so changing a default without rerunning the experiment fails here."""
+    run = json.loads((REPO / "papo_tools" / "experiments" / "results" / "dynamics_summary.json").read_text())["run"]
     assert run["command"] == f"python -m {MODULE} " + " ".join(experiment_args())
     assert run["seeds"] == list(range(FULL_SEEDS))
     assert run["size"] == asdict(FULL)

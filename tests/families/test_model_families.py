@@ -20,7 +20,7 @@ from recipe.papo.model_families import (
     model_type_of,
 )
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "models.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "develop.md"
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ def test_the_run_start_up_check_rejects_an_unsupported_model_unless_overridden()
 
 
 def docs_rows() -> dict[str, list[str]]:
-    """``model_type`` -> cells of the first table in docs/models.md."""
+    """``model_type`` -> cells of the first table in docs/develop.md."""
     rows = {}
     for line in DOCS.read_text().splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]

@@ -1,4 +1,4 @@
-"""``SMOKE=1`` with ``NNODES`` > 1 (docs/multi_node.md) and smoke runs that resume from a checkpoint.
+"""``SMOKE=1`` with ``NNODES`` > 1 (docs/training.md) and smoke runs that resume from a checkpoint.
 
 Fast: bash runs the script with a stand-in ``$PYTHON`` (``script_runs.python_args_of``) and the tests
 compose its arguments in this process against ``configs/papo_trainer.yaml``, as ``python -m
@@ -22,7 +22,7 @@ from papo_tools.smoke.run import compose, describe, parse_args, plan, resumed_st
 from papo_tools.smoke.sizes import Machine, detect_machine, micro_batches_per_worker
 
 PAPO_G = "run_qwen2_5_vl_7b_papo_g.sh"
-PAGE = Path(__file__).resolve().parents[2] / "docs" / "multi_node.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "training.md"
 # What a CPU smoke run on a cluster may set differently from one on this machine: the machine's shape
 # and the Ray resources of a Ray it starts itself (a running cluster's come from `ray start`).
 MACHINE_KEYS = {
@@ -166,7 +166,7 @@ def test_the_ci_block_runs_the_pages_cluster_commands():
     """The block tests/e2e/test_multi_node.py runs starts its cluster and its run with the commands the
     page gives users (``ray start --head``, ``ray start --address``, the script)."""
     user = bash_block_after(PAGE, "# Multi-node training on a Ray cluster")
-    ci = bash_block_after(PAGE, "## What CI proves, and what it does not")
+    ci = bash_block_after(PAGE, "### What CI proves, and what it does not")
     wanted = ["ray start", "ray start", "bash scripts/run_qwen2_5_vl_7b_papo_g.sh"]
     assert [head for head in commands(user) if head in wanted] == wanted
     assert [head for head in commands(ci) if head in wanted] == [*wanted, wanted[-1]]  # then the resumed run

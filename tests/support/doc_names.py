@@ -5,7 +5,7 @@ Test support for ``tests/docs/test_doc_names.py``. :func:`missing_names` takes a
 returns one line per name that does not resolve, so drift (a renamed module, a removed option, a moved
 file) fails a test instead of misleading a reader.
 
-What counts as a name (each pattern also requires that no ``word``, ``/``, ``.`` or ``-`` precedes it,
+What counts as a name (each pattern also requires that no ``word``, ``/``, ``.``, ``:`` or ``-`` precedes it,
 so ``.data_prep/...`` output folders and other projects' ``examples/configs/...`` are not ours):
 
 * paths under the project's top-level folders (``recipe/``, ``papo_tools/``, ``data_prep/``,
@@ -32,10 +32,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 ROOT = Path(__file__).resolve().parents[2]
-TOP_FOLDERS = ("recipe", "papo_tools", "data_prep", "benchmarks", "tests", "scripts", "configs")
+TOP_FOLDERS = ("recipe", "papo_tools", "data_prep", "benchmarks", "tests", "scripts", "configs", "docs")
 PACKAGES = ("recipe", "papo_tools", "data_prep", "verl")
 CONFIG_ROOTS = ("actor_rollout_ref", "algorithm", "trainer", "data", "reward", "critic", "ray_kwargs")
-NOT_PRECEDED = r"(?<![\w/.\-])"
+NOT_PRECEDED = r"(?<![\w/.:\-])"
 FILE_SUFFIXES = (".py", ".md", ".sh", ".yaml", ".json", ".jsonl", ".txt", ".parquet", ".png", ".pt")
 
 PATH = re.compile(NOT_PRECEDED + r"((?:" + "|".join(TOP_FOLDERS) + r")/[\w./*<>\-]*[\w*>])")

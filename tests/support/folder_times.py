@@ -3,7 +3,7 @@
 Registered by ``tests/conftest.py`` on the process that reports (the controller under pytest-xdist).
 A test's time is its setup, call and teardown together, so a module-scoped fixture (an end-to-end run)
 counts in the module of the test that built it. Times are summed over the workers, so with 3 workers
-on 2 cores they add up to more than the wall time; docs/testing.md records them per folder.
+on 2 cores they add up to more than the wall time; docs/develop.md records them per folder.
 """
 
 from __future__ import annotations

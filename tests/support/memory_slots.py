@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 # Peak resident memory of one run above an idle machine, GiB, rounded up from `MemTotal - MemAvailable`
-# sampled every 0.5 s on an otherwise idle 2-core machine (docs/testing.md, memory admission):
+# sampled every 0.5 s on an otherwise idle 2-core machine (docs/develop.md, memory admission):
 #   vllm   - SMOKE=1 run_qwen2_5_vl_7b_papo_g.sh, verl's vLLM rollout, 2 workers: 8.7 GiB
 #   hf     - the same run with actor_rollout_ref.rollout.name=hf: 5.2 GiB
 #   engine - tests/cpu/test_vllm_rollout.py (two in-process vLLM engines, no Ray): 1.9 GiB

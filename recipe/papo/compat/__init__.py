@@ -4,7 +4,7 @@ One module per patched package (and device scope); each install function checks 
 version it was written against, or detects the defect it fixes, before patching; logs once what it
 patched (logger ``recipe.papo.compat``, INFO); and fails with a clear message on a version it
 does not know. Nothing outside this package sets attributes on another package's modules or writes
-``sys.modules``. The list of patches, what each fixes and where it applies is in ``docs/compat.md``.
+``sys.modules``. The list of patches, what each fixes and where it applies is in ``docs/develop.md``.
 
 - :mod:`.verl`: every device: the equal-length mRoPE ``position_ids`` repair (defect-detected).
 - :mod:`.verl_engine`: the per-micro-batch forward with gradient of recompute mode (interface-checked).

@@ -45,7 +45,7 @@ def require_version(distribution: str, supported: tuple[str, ...], patch: str) -
             f"recipe.papo.compat: the patch '{patch}' was written for {distribution} {' / '.join(supported)} "
             f"but {distribution} {installed} is installed. Install a supported version "
             f"(pip install '{distribution}=={supported[-1]}') or update the patch in recipe/papo/compat/ "
-            "after checking what it replaces (see docs/compat.md)."
+            "after checking what it replaces (see docs/develop.md)."
         )
     return installed
 
