@@ -144,13 +144,6 @@ class PapoTerms:
     loss: torch.Tensor
     token_sums: dict[str, float]
 
-    def means(self) -> dict[str, float]:
-        """Token means of this micro-batch alone (empty when it has no PAPO token)."""
-        count = self.token_sums[TOKEN_COUNT]
-        if count == 0:
-            return {}
-        return {name: self.token_sums[name] / count for name in TOKEN_MEAN_METRICS}
-
 
 def compute_papo_terms(
     log_prob: torch.Tensor,

@@ -14,6 +14,7 @@ from verl.workers.config import FSDPActorConfig
 
 import recipe.papo.register  # noqa: F401  registers the papo loss / advantage
 from recipe.papo.config import PapoConfig, PapoPolicyLossConfig
+from recipe.papo.objective import TOKEN_COUNT, TOKEN_MEAN_METRICS, PapoTerms
 
 
 def make_actor_config(loss_agg_mode: str = "token-mean", **papo_options: Any) -> FSDPActorConfig:
@@ -60,3 +61,15 @@ def make_batch(batch: int = 6, length: int = 9, seed: int = 0) -> Batch:
     advantages = torch.randn(batch, 1, generator=g).expand(batch, length) * mask
     has_image = torch.ones(batch, dtype=torch.bool)
     return Batch(old, log_prob, masked, advantages.contiguous(), mask, has_image)
+
+
+def token_means(terms: PapoTerms) -> dict[str, float]:
+    """The token means of one micro-batch's PAPO terms alone (empty when it has no PAPO token).
+
+    ``terms.token_sums`` divided by their token count: what the step's ``papo/*`` metrics are for a
+    step of this one micro-batch.
+    """
+    count = terms.token_sums[TOKEN_COUNT]
+    if count == 0:
+        return {}
+    return {name: terms.token_sums[name] / count for name in TOKEN_MEAN_METRICS}
