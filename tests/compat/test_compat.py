@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from verl_functions import verl_maybe_fix_3d_position_ids
 
 from papo_tools.compat import verl_cpu
 from recipe.papo.compat import guard
@@ -72,8 +73,7 @@ def test_rollout_registry_refuses_to_replace_another_adapter():
 
 
 def test_position_ids_fix_detects_the_defect_in_verl_0_9_1():
-    assert verl_compat.verl_original is not None
-    assert verl_compat.corrupts_equal_length_batches(verl_compat.verl_original)
+    assert verl_compat.corrupts_equal_length_batches(verl_maybe_fix_3d_position_ids())
     assert not verl_compat.corrupts_equal_length_batches(verl_compat.maybe_fix_3d_position_ids)
 
 
@@ -84,7 +84,6 @@ def test_position_ids_fix_steps_aside_when_verl_is_fixed(monkeypatch):
         verl_compat.maybe_fix_3d_position_ids(data)
 
     monkeypatch.setattr(tu, "maybe_fix_3d_position_ids", upstream_fixed)
-    monkeypatch.setattr(verl_compat, "verl_original", verl_compat.verl_original)
     assert verl_compat.install_position_ids_fix() is False
     assert tu.maybe_fix_3d_position_ids is upstream_fixed
 

@@ -20,6 +20,7 @@ from tensordict import TensorDict
 from transfer_queue.storage.managers.simple_storage_manager import AsyncSimpleStorageManager
 from transfer_queue.utils import serial_utils
 from verl.utils import tensordict_utils as tu
+from verl_functions import verl_maybe_fix_3d_position_ids
 
 from recipe.papo.compat import verl as position_ids
 
@@ -77,7 +78,7 @@ def test_equal_lengths_come_back_ragged_along_the_wrong_dim():
 def test_verl_original_fix_breaks_the_actor_update_on_equal_lengths():
     """The defect itself: verl 0.9.1's function, then the mini-batch split, crashes."""
     batch = tq_batch([6, 6, 6, 6])
-    position_ids.verl_original(batch)
+    verl_maybe_fix_3d_position_ids()(batch)
     with pytest.raises(RuntimeError):
         for mini_batch in tu.make_iterator(batch, mini_batch_size=2, epochs=1, seed=0):
             mini_batch["position_ids"].unbind()
@@ -124,7 +125,7 @@ position_ids.install_position_ids_fix()
 position_ids.install_position_ids_fix()
 print(
     tu.maybe_fix_3d_position_ids is engine_base.maybe_fix_3d_position_ids is position_ids.maybe_fix_3d_position_ids,
-    position_ids.verl_original is original,
+    position_ids.corrupts_equal_length_batches(original),
 )
 """
 

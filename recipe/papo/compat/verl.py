@@ -72,9 +72,6 @@ _FUNCTION = "maybe_fix_3d_position_ids"
 _IMPORTERS = ("verl.workers.engine_workers", "verl.workers.engine.base", "verl.workers.engine_workers_tinker")
 _TOKEN_DIM = 2
 
-# verl's own function, as found by :func:`install_position_ids_fix` (kept for tests and diagnosis).
-verl_original: Callable[[TensorDict], None] | None = None
-
 
 def _ragged_along_tokens(position_ids: torch.Tensor) -> torch.Tensor:
     """The same samples as a jagged ``(B, channels, j)`` tensor, ragged along the token dim."""
@@ -146,7 +143,6 @@ def install_position_ids_fix() -> bool:
         UnsupportedVersionError: verl has no ``verl.utils.tensordict_utils.maybe_fix_3d_position_ids``
             (a verl this patch does not know).
     """
-    global verl_original
     import verl.utils.tensordict_utils as tensordict_utils
 
     current = getattr(tensordict_utils, _FUNCTION, None)
@@ -158,7 +154,6 @@ def install_position_ids_fix() -> bool:
             "the mRoPE position_ids repair was written for verl 0.9.1. Check whether equal-length batches of a "
             "vision-language model still work and update recipe/papo/compat/verl.py."
         )
-    verl_original = current
     if not corrupts_equal_length_batches(current):
         log_patched(POSITION_IDS_PATCH, "verl's own function handles equal-length mRoPE batches; not patched")
         return False
