@@ -5,7 +5,7 @@ forward of the pre-update policy) on the real ``PapoActorRolloutRefWorker`` (ver
 engine, the CPU backend, the tiny Qwen2.5-VL, remove-padding on as in ``scripts/*.sh``), at ``--rows``
 and 4x ``--rows`` rows (``--n`` rollouts per prompt, one image per prompt), two ways:
 
-* ``per micro-batch`` (this change): ``compute_masked_log_prob`` as it is, ``mask_batch(lazy=True)``:
+* ``per micro-batch`` (this change): ``compute_masked_log_prob`` as it is, ``mask_batch``'s lazy rows:
   a row's masked ``pixel_values`` are built when the engine reads its micro-batch (and, with
   ``papo.share_masked_prompt`` on, the default, the shared pass of ``recipe/papo/shared_pass.py``: each
   prompt's masked prompt once per micro-batch of whole prompt groups, its keys/values kept until the
@@ -127,6 +127,7 @@ def main(argv=None) -> int:
     allocator_set = return_large_blocks_to_the_system()
 
     import torch
+    from eager_masks import mask_batch_now
 
     torch.set_num_threads(args.threads)
     from verl.utils import tensordict_utils as tu
@@ -173,7 +174,7 @@ def main(argv=None) -> int:
 
         def whole_batch(data):
             """``compute_masked_log_prob`` before this change: mask the batch, then one ``infer_batch``."""
-            masked, _ = worker.masked_input_builder.mask_batch(data, step=masking_step(data))
+            masked, _ = mask_batch_now(worker.masked_input_builder, data, masking_step(data))
             output = worker.actor.infer_batch(masked)
             return response_from_nested(output["log_probs"], data["response_mask"])
 

@@ -7,7 +7,7 @@ image processor (one processed photo-sized random image, copied per row).
 
 Timed, interleaved, medians:
 
-* ``recipe``: ``MaskedInputBuilder.mask_batch`` (what the PAPO worker calls each step) with the
+* ``recipe``: ``MaskedInputBuilder.mask_batch`` (what the PAPO worker calls each step), every row built, with the
   default ``mask_space=pixel_values``, ``mask_ratio=0.6``, ``mask_unit=patch``;
 * ``per-patch loop``: a straightforward Python loop over every patch row of the same images,
   blackening the chosen rows one by one (same masks; its output is checked equal to the recipe's);
@@ -78,6 +78,7 @@ def main(argv=None) -> int:
     bc.activate_cpu_backend()
 
     import torch
+    from eager_masks import mask_batch_now
     from tensordict import TensorDict
 
     torch.set_num_threads(args.threads)
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
     ]
 
     def run_recipe():
-        return builder.mask_batch(data, step=step)
+        return mask_batch_now(builder, data, step)
 
     def run_loop():
         return [loop_mask(row["pixel_values"], mask, black) for row, mask in zip(rows, loop_masks, strict=True)]
@@ -143,10 +144,10 @@ def main(argv=None) -> int:
         return [row["pixel_values"].clone() for row in rows]
 
     def run_grouped():
-        return builder.mask_batch(grouped_data, step=step)
+        return mask_batch_now(builder, grouped_data, step)
 
     def run_image_space():
-        return image_builder.mask_batch(image_data, step=step)
+        return mask_batch_now(image_builder, image_data, step)
 
     micro = args.micro_batch
     input_ids = encoded["input_ids"]
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
     pair = TensorDict({"row": torch.arange(2)}, batch_size=[2])
     tu.assign_non_tensor_stack(pair, "multi_modal_inputs", [tu.get(grouped_data, "multi_modal_inputs")[0], other])
     tu.assign_non_tensor_stack(pair, "uid", ["prompt-0", "prompt-0"])
-    pair_rows = tu.get(builder.mask_batch(pair, step=step)[0], "multi_modal_inputs")
+    pair_rows = tu.get(mask_batch_now(builder, pair, step)[0], "multi_modal_inputs")
     assert pair_rows[0]["pixel_values"] is not pair_rows[1]["pixel_values"], "differing pixels shared a mask"
     del grouped, grouped_rows, pair
 

@@ -21,14 +21,13 @@ blackened cells reach after resizing. The grid never changes (a mismatch is an e
 so neither do the number of image tokens and the position ids.
 Rows without images keep their inputs and are reported in ``has_image``.
 
-Memory. :meth:`MaskedInputBuilder.mask_batch` with ``lazy=True`` (what the PAPO worker uses) does not
-build any masked tensor up front: each row of the returned batch is a :class:`LazyMaskedInputs`
-mapping whose ``pixel_values`` are built when read. verl's engines read a row's
-``multi_modal_inputs`` once, in ``extract_multi_modal_inputs`` on the micro-batch being forwarded
-(``prepare_model_inputs`` of the FSDP, Megatron and automodel engines), and concatenate them into
-the micro-batch's model input, so the masked pixels that exist at any time are those of one
-micro-batch, whatever the batch size. The masks are the same as the eager ones bit for bit: a row's
-masked inputs are a pure function of ``(papo.mask_seed, step, uid)`` and the row's own inputs.
+Memory. :meth:`MaskedInputBuilder.mask_batch` does not build any masked tensor up front: each row of
+the returned batch is a :class:`LazyMaskedInputs` mapping whose ``pixel_values`` are built when read.
+verl's engines read a row's ``multi_modal_inputs`` once, in ``extract_multi_modal_inputs`` on the
+micro-batch being forwarded (``prepare_model_inputs`` of the FSDP, Megatron and automodel engines),
+and concatenate them into the micro-batch's model input, so the masked pixels that exist at any time are those of one
+micro-batch, whatever the batch size. A row's masked inputs are a pure function of
+``(papo.mask_seed, step, uid)`` and the row's own inputs, whenever they are built.
 """
 
 from __future__ import annotations
@@ -265,8 +264,8 @@ class MaskedInputBuilder:
 
         In ``pixel_values`` space a row's masked pixels are a pure function of (uid, step,
         ``pixel_values``, grid). The n rollouts of a prompt share the uid and carry equal pixel values,
-        so the masked tensor is computed once per prompt and shared (read-only) instead of n times: n
-        times less masking work and memory. An equality check (a read, no write) guards rows that differ.
+        so when they are read one after the other the masked tensor is computed once per prompt and
+        shared (read-only) instead of n times. An equality check (a read, no write) guards rows that differ.
         """
         online = (
             self.papo.mask_space == "pixel_values"
@@ -282,23 +281,20 @@ class MaskedInputBuilder:
             shared.put(uid, inputs, masked["pixel_values"])
         return masked
 
-    def mask_batch(self, data: TensorDict, step: int, *, lazy: bool = False) -> tuple[TensorDict, torch.Tensor]:
+    def mask_batch(self, data: TensorDict, step: int) -> tuple[TensorDict, torch.Tensor]:
         """A shallow copy of ``data`` with masked ``multi_modal_inputs``, and ``(batch,)`` bool has-image.
 
         Reads the ``uid`` column (prompt uid, shared by the rollouts of one prompt), and
-        ``images_aug`` / ``raw_prompt`` when present. In ``pixel_values`` space, rows with the same uid
-        and equal pixel values share one masked ``pixel_values`` tensor: treat it as read-only.
+        ``images_aug`` / ``raw_prompt`` when present. Rows with images become
+        :class:`LazyMaskedInputs`, built when the engine reads them, one micro-batch at a time; the last
+        masked row is kept for sharing (:class:`SharedMasks`), which covers the n rollouts of a prompt
+        read one after the other (verl's order): in ``pixel_values`` space they share one masked
+        ``pixel_values`` tensor, to be treated as read-only. A row that cannot be masked
+        (:class:`MaskedInputError`) fails when it is read, inside the engine's forward.
 
         Args:
             data: the batch (verl's layout: ``multi_modal_inputs`` a ``NonTensorStack`` of per-row dicts).
             step: the global step, part of the mask seed.
-            lazy: ``False``: every row's masked tensors are built now (the whole batch's masked
-                ``pixel_values`` exist at once; every uid's masked tensor is shared by its equal rows).
-                ``True``: rows with images become :class:`LazyMaskedInputs`, built when the engine reads
-                them, one micro-batch at a time; only the last masked row is kept for sharing, which
-                covers the n rollouts of a prompt when they are adjacent (verl's order). The masks are
-                bitwise the same either way. A row that cannot be masked (:class:`MaskedInputError`)
-                fails when it is read, inside the engine's forward.
         """
         batch_size = data.batch_size[0]
         rows = tu.get(data, MULTI_MODAL_INPUTS_KEY) or [None] * batch_size
@@ -306,12 +302,10 @@ class MaskedInputBuilder:
         images_aug = tu.get(data, IMAGES_AUG_KEY) or [None] * batch_size
         uses_images = self.papo.mask_space == "image" or any(aug is not None and len(aug) > 0 for aug in images_aug)
         raw_prompts = (tu.get(data, RAW_PROMPT_KEY) if uses_images else None) or [None] * batch_size
-        shared = SharedMasks(max_entries=1 if lazy else None)
+        shared = SharedMasks()
         masked_rows: list[Mapping | None] = []
         for inputs, uid, aug, prompt in zip(rows, uids, images_aug, raw_prompts, strict=True):
-            if not lazy:
-                masked_rows.append(self.masked_row(inputs, uid, step, aug, prompt, shared))
-            elif row_has_image(inputs):
+            if row_has_image(inputs):
                 masked_rows.append(LazyMaskedInputs(self, inputs, uid, step, aug, prompt, shared))
             else:
                 masked_rows.append(inputs)
@@ -321,29 +315,21 @@ class MaskedInputBuilder:
 
 
 class SharedMasks:
-    """Masked ``pixel_values`` already built in one batch, by uid, for reuse by equal rows of the same uid.
+    """The last masked ``pixel_values`` built in one batch, for reuse by the next row if it is an equal row
+    of the same uid (one entry: the masked pixels it keeps alive are one row's)."""
 
-    Args:
-        max_entries: how many uids to keep (the most recently masked); ``None``: all of them.
-    """
-
-    def __init__(self, max_entries: int | None = None):
-        self.max_entries = max_entries
-        self.entries: dict[str, tuple[dict, torch.Tensor]] = {}
+    def __init__(self):
+        self.entry: tuple[str, dict, torch.Tensor] | None = None
 
     def get(self, uid: str, inputs: dict) -> torch.Tensor | None:
-        """The masked ``pixel_values`` of ``uid`` if its row had the same pixels and grid as ``inputs``."""
-        entry = self.entries.get(uid)
-        if entry is not None and same_pixels(entry[0], inputs):
-            return entry[1]
+        """The last masked ``pixel_values`` if they are ``uid``'s, of a row with ``inputs``' pixels and grid."""
+        if self.entry is not None and self.entry[0] == uid and same_pixels(self.entry[1], inputs):
+            return self.entry[2]
         return None
 
     def put(self, uid: str, inputs: dict, masked_pixel_values: torch.Tensor) -> None:
-        """Remember ``uid``'s masked ``pixel_values`` (of row ``inputs``); drop the oldest beyond ``max_entries``."""
-        self.entries.pop(uid, None)
-        self.entries[uid] = (inputs, masked_pixel_values)
-        while self.max_entries is not None and len(self.entries) > self.max_entries:
-            del self.entries[next(iter(self.entries))]
+        """Remember ``uid``'s masked ``pixel_values`` (of row ``inputs``) in place of the previous entry."""
+        self.entry = (uid, inputs, masked_pixel_values)
 
 
 class LazyMaskedInputs(Mapping):
@@ -370,7 +356,7 @@ class LazyMaskedInputs(Mapping):
         self._row = (uid, step, images_aug, raw_prompt, shared)
 
     def build(self) -> dict:
-        """The row's masked inputs as a plain dict (what ``mask_batch(lazy=False)`` holds for the row)."""
+        """The row's masked inputs as a plain dict."""
         return self._builder.masked_row(self._inputs, *self._row)
 
     def __getitem__(self, key: str) -> Any:

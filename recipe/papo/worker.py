@@ -11,7 +11,7 @@
 * ``compute_masked_log_prob`` (``papo.masked_logprob_mode=precompute``, the authors' default): one
   no-grad pass of the pre-update policy over the batch with masked ``multi_modal_inputs``,
   micro-batched exactly like old log-probs (``rollout.log_prob_micro_batch_size_per_gpu``). The masked
-  inputs are built per micro-batch, when the engine reads them (``mask_batch(lazy=True)``), so the
+  inputs are built per micro-batch, when the engine reads them (``mask_batch``'s lazy rows), so the
   pass holds the masked ``pixel_values`` of one micro-batch at a time. It writes
   ``papo_masked_log_probs`` (response tokens) and ``papo_has_image``. The masked log-probs are
   constants during the update: KL_prcp's gradient flows through log pi_theta(o|I) only and H_aug
@@ -90,7 +90,7 @@ def masked_log_probs_with_grad(micro_batch: TensorDict, engine: Any, builder: Ma
     micro-batch whose ``multi_modal_inputs`` are masked. Called from inside the engine's forward of
     the original micro-batch (the PAPO loss), so before its ``backward``.
     """
-    masked, _ = builder.mask_batch(micro_batch, step=masking_step(micro_batch), lazy=True)
+    masked, _ = builder.mask_batch(micro_batch, step=masking_step(micro_batch))
     tu.assign_non_tensor(masked, calculate_entropy=False, calculate_sum_pi_squared=False)
     return forward_log_probs_with_grad(engine, masked)
 
@@ -235,8 +235,8 @@ class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
             if not self.actor.engine.is_mp_src_rank_with_outputs():
                 return None
             return TensorDict({IMAGE_ROW_KEY: rows_with_images(data)}, batch_size=data.batch_size)
-        # lazy: each row's masked inputs are built when the engine reads its micro-batch, not all up front.
-        masked, has_image = self.masked_input_builder.mask_batch(data, step=masking_step(data), lazy=True)
+        # Lazy rows: each row's masked inputs are built when the engine reads its micro-batch, not all up front.
+        masked, has_image = self.masked_input_builder.mask_batch(data, step=masking_step(data))
         fields: dict[str, torch.Tensor] = {IMAGE_ROW_KEY: has_image}
         if self.shared_masked_pass is not None:
             fields[MASKED_LOG_PROBS_KEY] = self.shared_masked_pass(

@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from eager_masks import mask_batch_now
 from PIL import Image
 from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
@@ -86,12 +87,12 @@ def test_rollouts_of_one_prompt_share_the_mask_and_prompts_differ(tiny_processor
     builder = MaskedInputBuilder(PapoConfig(mask_ratio=0.5), tiny_processor)
     picture = image(0)
     data = make_batch(tiny_processor, ["a", "a", "b"], [picture, picture, picture])
-    masked, has_image = builder.mask_batch(data, step=4)
+    masked, has_image = mask_batch_now(builder, data, step=4)
     assert has_image.tolist() == [True, True, True]
     assert torch.equal(pixel_values(masked, 0), pixel_values(masked, 1))
     assert not torch.equal(pixel_values(masked, 0), pixel_values(masked, 2))
     assert not torch.equal(pixel_values(masked, 0), pixel_values(data, 0))
-    again, _ = builder.mask_batch(data, step=5)
+    again, _ = mask_batch_now(builder, data, step=5)
     assert not torch.equal(pixel_values(again, 0), pixel_values(masked, 0))
 
 
@@ -99,7 +100,7 @@ def test_original_batch_is_not_modified_and_imageless_rows_pass_through(tiny_pro
     builder = MaskedInputBuilder(PapoConfig(mask_ratio=1.0), tiny_processor)
     data = make_batch(tiny_processor, ["a", "b"], [image(1), None])
     before = pixel_values(data, 0).clone()
-    masked, has_image = builder.mask_batch(data, step=1)
+    masked, has_image = mask_batch_now(builder, data, step=1)
     assert has_image.tolist() == [True, False]
     assert torch.equal(pixel_values(data, 0), before)
     assert tu.get(masked, "multi_modal_inputs")[1] == {}
@@ -115,7 +116,7 @@ def test_images_aug_replaces_online_masking_for_its_rows(tiny_processor, black):
     data = make_batch(
         tiny_processor, ["a", "b"], [original, original], images_aug=[[png_dict(Image.fromarray(aug))], None]
     )
-    masked, _ = builder.mask_batch(data, step=1)
+    masked, _ = mask_batch_now(builder, data, step=1)
     expected = tiny_processor.image_processor(images=[Image.fromarray(aug)], return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(pixel_values(masked, 0), expected, rtol=0, atol=0)
     assert black_rows(pixel_values(masked, 0), black).sum() == 12  # 4 rows x 3 cols of patches
@@ -126,16 +127,22 @@ def test_images_aug_with_wrong_count_names_the_row(tiny_processor):
     builder = MaskedInputBuilder(PapoConfig(), tiny_processor)
     data = make_batch(tiny_processor, ["uid-7"], [image(3)], images_aug=[[png_dict(image(3)), png_dict(image(4))]])
     with pytest.raises(MaskedInputError, match="uid=uid-7: images_aug has 2 image"):
-        builder.mask_batch(data, step=1)
+        mask_batch_now(builder, data, step=1)
 
 
 def test_image_space_masking_blackens_raw_images_on_the_original_grid(tiny_processor, black):
     data = make_batch(tiny_processor, ["a"], [image(5)])
-    unmasked, _ = MaskedInputBuilder(PapoConfig(mask_space="image", mask_ratio=0.0), tiny_processor).mask_batch(data, 1)
+    unmasked, _ = mask_batch_now(
+        MaskedInputBuilder(PapoConfig(mask_space="image", mask_ratio=0.0), tiny_processor), data, 1
+    )
     torch.testing.assert_close(pixel_values(unmasked, 0), pixel_values(data, 0), rtol=0, atol=1e-6)
-    full, _ = MaskedInputBuilder(PapoConfig(mask_space="image", mask_ratio=1.0), tiny_processor).mask_batch(data, 1)
+    full, _ = mask_batch_now(
+        MaskedInputBuilder(PapoConfig(mask_space="image", mask_ratio=1.0), tiny_processor), data, 1
+    )
     assert black_rows(pixel_values(full, 0), black).all()
-    half, _ = MaskedInputBuilder(PapoConfig(mask_space="image", mask_ratio=0.5), tiny_processor).mask_batch(data, 1)
+    half, _ = mask_batch_now(
+        MaskedInputBuilder(PapoConfig(mask_space="image", mask_ratio=0.5), tiny_processor), data, 1
+    )
     blackened = black_rows(pixel_values(half, 0), black)
     assert 0 < blackened.sum() < blackened.numel()
 
@@ -145,7 +152,7 @@ def test_rollouts_share_one_masked_tensor_equal_to_masking_each_row(tiny_process
     builder = MaskedInputBuilder(PapoConfig(mask_ratio=0.5), tiny_processor)
     picture = image(8)
     data = make_batch(tiny_processor, ["p", "p", "p"], [picture, picture, picture])
-    masked, _ = builder.mask_batch(data, step=2)
+    masked, _ = mask_batch_now(builder, data, step=2)
     assert pixel_values(masked, 0) is pixel_values(masked, 1) is pixel_values(masked, 2)
     alone = builder.mask_row(tu.get(data, "multi_modal_inputs")[2], "p", 2)
     assert torch.equal(alone["pixel_values"], pixel_values(masked, 2))
@@ -154,7 +161,7 @@ def test_rollouts_share_one_masked_tensor_equal_to_masking_each_row(tiny_process
 def test_same_uid_with_different_pixels_gets_its_own_mask(tiny_processor):
     builder = MaskedInputBuilder(PapoConfig(mask_ratio=0.5), tiny_processor)
     data = make_batch(tiny_processor, ["p", "p"], [image(8), image(9)])
-    masked, _ = builder.mask_batch(data, step=2)
+    masked, _ = mask_batch_now(builder, data, step=2)
     second = tu.get(data, "multi_modal_inputs")[1]
     assert torch.equal(pixel_values(masked, 1), builder.mask_row(second, "p", 2)["pixel_values"])
     assert not torch.equal(pixel_values(masked, 1), pixel_values(masked, 0))
@@ -214,10 +221,10 @@ def test_image_paths_at_ratio_zero_equal_the_original_bit_for_bit(tiny_processor
         picture, fmt = picture_in_mode(mode, size, seed=size[0])
         data = make_batch(tiny_processor, ["a"], [picture], images_aug=[[png_dict(picture, fmt)]], fmt=fmt)
         original = pixel_values(data, 0)
-        from_aug, _ = online.mask_batch(data, step=3)
+        from_aug, _ = mask_batch_now(online, data, step=3)
         assert torch.equal(pixel_values(from_aug, 0), original), f"images_aug {mode} {size}"
         data = make_batch(tiny_processor, ["a"], [picture], fmt=fmt)
-        from_image, _ = image_space.mask_batch(data, step=3)
+        from_image, _ = mask_batch_now(image_space, data, step=3)
         assert torch.equal(pixel_values(from_image, 0), original), f"mask_space=image {mode} {size}"
 
 
@@ -246,7 +253,7 @@ def test_image_space_masking_changes_only_rows_blackened_cells_reach(tiny_proces
     papo = PapoConfig(mask_space="image", mask_ratio=0.3, mask_patch_size=14)
     picture, _ = picture_in_mode("RGBA", size)
     data = make_batch(tiny_processor, ["u"], [picture])
-    masked, _ = MaskedInputBuilder(papo, tiny_processor).mask_batch(data, step=5)
+    masked, _ = mask_batch_now(MaskedInputBuilder(papo, tiny_processor), data, step=5)
     grid = tu.get(data, "multi_modal_inputs")[0]["image_grid_thw"]
     changed = (pixel_values(masked, 0) != pixel_values(data, 0)).any(-1)
     cells = drawn_cell_mask(papo.mask_seed, 5, "u", 0.3, 14, size)
@@ -284,8 +291,8 @@ def test_image_paths_use_the_runs_processor_options_given_at_start_up(tiny_proce
     assert not torch.equal(out["image_grid_thw"], verl_inputs(tiny_processor, [item])["image_grid_thw"])
     papo = PapoConfig(mask_space="image", mask_ratio=0.0)
     with pytest.raises(MaskedInputError, match="mm_processor_kwargs"):
-        MaskedInputBuilder(papo, tiny_processor).mask_batch(data, step=1)
-    masked, _ = MaskedInputBuilder(papo, tiny_processor, mm_processor_kwargs=kwargs).mask_batch(data, step=1)
+        mask_batch_now(MaskedInputBuilder(papo, tiny_processor), data, step=1)
+    masked, _ = mask_batch_now(MaskedInputBuilder(papo, tiny_processor, mm_processor_kwargs=kwargs), data, step=1)
     assert torch.equal(pixel_values(masked, 0), out["pixel_values"])
 
 
@@ -297,8 +304,9 @@ LAZY_CONFIGS = {
 
 @pytest.mark.parametrize("space", sorted(LAZY_CONFIGS))
 def test_lazy_rows_equal_the_eager_rows_bit_for_bit_and_build_only_when_read(tiny_processor, space):
-    """``mask_batch(lazy=True)`` (the worker's, per micro-batch) gives every row the eager masks, bitwise,
-    in both mask spaces and with an ``images_aug`` row; it builds nothing until a row's pixels are read."""
+    """``mask_batch`` (the worker's, per micro-batch) gives every row the masks of masking it on its own
+    (``mask_row``), bitwise, in both mask spaces and with an ``images_aug`` row; it builds nothing until a
+    row's pixels are read."""
     from recipe.papo.masked_inputs import LazyMaskedInputs
 
     builder = MaskedInputBuilder(LAZY_CONFIGS[space], tiny_processor)
@@ -314,7 +322,7 @@ def test_lazy_rows_equal_the_eager_rows_bit_for_bit_and_build_only_when_read(tin
     built = []
     original_mask_row = builder.mask_row
     builder.mask_row = lambda *args, **kwargs: built.append(args[1]) or original_mask_row(*args, **kwargs)
-    lazy, lazy_has_image = builder.mask_batch(data, step=6, lazy=True)
+    lazy, lazy_has_image = builder.mask_batch(data, step=6)
     rows = tu.get(lazy, "multi_modal_inputs")
     assert built == [], "lazy mask_batch built masked inputs up front"
     assert [type(row) is LazyMaskedInputs for row in rows] == [True, True, False, True, True, True]
@@ -323,13 +331,15 @@ def test_lazy_rows_equal_the_eager_rows_bit_for_bit_and_build_only_when_read(tin
     torch.testing.assert_close(rows[0]["image_grid_thw"], tu.get(data, "multi_modal_inputs")[0]["image_grid_thw"])
     assert built == []
 
-    eager, eager_has_image = builder.mask_batch(data, step=6)
-    assert torch.equal(lazy_has_image, eager_has_image)
+    assert lazy_has_image.tolist() == [picture is not None for picture in pictures]
+    originals, augs = tu.get(data, "multi_modal_inputs"), tu.get(data, "images_aug")
+    prompts = tu.get(data, "raw_prompt")
     for row in range(len(pictures)):
         if pictures[row] is None:
             assert rows[row] == {}
             continue
-        assert torch.equal(pixel_values(lazy, row), pixel_values(eager, row)), f"row {row}"
+        alone = original_mask_row(originals[row], tu.get(data, "uid")[row], 6, augs[row], prompts[row])
+        assert torch.equal(pixel_values(lazy, row), alone["pixel_values"]), f"row {row}"
         assert not torch.equal(pixel_values(lazy, row), pixel_values(data, row)), f"row {row} not masked"
     # Read in order, as the engine reads a micro-batch: the second rollout of a prompt reuses the first's
     # mask in pixel_values space (one build per prompt); the image paths rebuild per row.
@@ -347,7 +357,7 @@ def test_lazy_rows_keep_no_masked_tensor_once_read(tiny_processor):
 
     builder = MaskedInputBuilder(PapoConfig(mask_ratio=0.5), tiny_processor)
     data = make_batch(tiny_processor, ["a", "b", "c"], [image(1), image(2), image(3)])
-    lazy, _ = builder.mask_batch(data, step=1, lazy=True)
+    lazy, _ = builder.mask_batch(data, step=1)
     rows = tu.get(lazy, "multi_modal_inputs")
     alive = [weakref.ref(row["pixel_values"]) for row in rows]
     gc.collect()

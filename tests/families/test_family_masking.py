@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from eager_masks import mask_batch_now
 from PIL import Image
 from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
@@ -162,7 +163,9 @@ def test_mask_space_image_gives_the_rows_of_pixel_values_masking(family, process
     """papo.mask_space=image with patch_size cells: black exactly on the drawn cells' rows, others unchanged."""
     pixel_values, grid = processed
     papo = PapoConfig(mask_space="image", mask_ratio=0.5, mask_patch_size=family.patch_size)
-    masked, _ = MaskedInputBuilder(papo, processor).mask_batch(one_row_batch(pixel_values, grid, aligned_images), 3)
+    masked, _ = mask_batch_now(
+        MaskedInputBuilder(papo, processor), one_row_batch(pixel_values, grid, aligned_images), 3
+    )
     result = tu.get(masked, "multi_modal_inputs")[0]["pixel_values"]
     # the cells the builder drew: the same generator, seeded by (mask_seed, step, uid)
     rng = np.random.default_rng(mask_seed(papo.mask_seed, 3, "prompt-0"))
@@ -187,8 +190,8 @@ def test_images_aug_gives_the_rows_of_pixel_values_masking(family, processor, la
         for index, image in enumerate(aligned_images)
     ]
     papo = PapoConfig(mask_ratio=0.0)  # online masking would leave the row untouched
-    masked, _ = MaskedInputBuilder(papo, processor).mask_batch(
-        one_row_batch(pixel_values, grid, aligned_images, images_aug), 1
+    masked, _ = mask_batch_now(
+        MaskedInputBuilder(papo, processor), one_row_batch(pixel_values, grid, aligned_images, images_aug), 1
     )
     result = tu.get(masked, "multi_modal_inputs")[0]["pixel_values"]
     torch.testing.assert_close(result, expected_rows(pixel_values, layout, row_mask), rtol=0, atol=1e-6)

@@ -15,6 +15,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from eager_masks import mask_batch_now
 from PIL import Image
 from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
@@ -52,7 +53,7 @@ def masked_rows(processor, papo: PapoConfig, image: Image.Image) -> tuple[torch.
     tu.assign_non_tensor_stack(data, "uid", ["prompt-0"])
     content = [{"type": "image", "image": image}, {"type": "text", "text": "?"}]
     tu.assign_non_tensor_stack(data, "raw_prompt", [[{"role": "user", "content": content}]])
-    masked, _ = MaskedInputBuilder(papo, processor).mask_batch(data, 2)
+    masked, _ = mask_batch_now(MaskedInputBuilder(papo, processor), data, 2)
     return out["pixel_values"], tu.get(masked, "multi_modal_inputs")[0]["pixel_values"]
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import papo_inprocess as inprocess
 import pytest
 import torch
+from eager_masks import mask_batch_now
 from verl.workers.utils.losses import ppo_loss
 
 from recipe.papo.batch_keys import IMAGE_ROW_KEY, MASKED_LOG_PROBS_KEY
@@ -147,7 +148,7 @@ def test_precompute_masks_each_micro_batch_when_forwarded_and_matches_whole_batc
 ):
     """Item 1 of issue 22: the masked pass builds a micro-batch's masked inputs only when that micro-batch
     is forwarded (so their memory is bounded by one micro-batch). The full pass's log-probs are bitwise
-    equal to masking the whole batch up front (the previous behaviour, still ``mask_batch(lazy=False)``).
+    equal to masking the whole batch up front (the previous behaviour, ``eager_masks.mask_batch_now`` in tests/support).
     The shared pass makes two model calls per micro-batch (its prompts, then its responses) and masks a
     micro-batch's new prompts just before the first."""
     from verl.utils import tensordict_utils as tu
@@ -165,7 +166,7 @@ def test_precompute_masks_each_micro_batch_when_forwarded_and_matches_whole_batc
         expected = [1, 1, 2, 2] if shared else [1, 2]  # shared: prompt call, response call per micro-batch
         assert at_forward == expected, f"masked rows built before each forward: {at_forward}"
         assert masked_uids == ["a", "c"]  # the 2nd rollout of prompt a shares the 1st's mask
-        eager_batch, _ = worker.masked_input_builder.mask_batch(data.copy(), step=3)
+        eager_batch, _ = mask_batch_now(worker.masked_input_builder, data.copy(), step=3)
         eager = response_from_nested(worker.actor.infer_batch(eager_batch)["log_probs"], data["response_mask"])
     finally:
         handle.remove()

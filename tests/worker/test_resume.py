@@ -18,6 +18,7 @@ from typing import Any
 import papo_inprocess as inprocess
 import pytest
 import torch
+from eager_masks import mask_batch_now
 from verl.utils import tensordict_utils as tu
 
 from recipe.papo.batch_keys import COEFFICIENTS_KEY, MASKED_LOG_PROBS_KEY, MULTI_MODAL_INPUTS_KEY
@@ -59,7 +60,7 @@ def train_step(worker, step: int) -> dict[str, Any]:
     (``papo/*``, ``actor/pg_loss``, ...) and the updated parameters (full tensors by name).
     """
     batch = rollouts(worker, step)
-    masked_batch, _ = worker.masked_input_builder.mask_batch(batch, step=step)
+    masked_batch, _ = mask_batch_now(worker.masked_input_builder, batch, step=step)
     masks = [None if row == {} else row["pixel_values"] for row in tu.get(masked_batch, MULTI_MODAL_INPUTS_KEY)]
     data = inprocess.with_trainer_fields(worker, batch, ADVANTAGES)
     actor_config = worker.config.actor
