@@ -42,7 +42,6 @@ import torch
 from tensordict import TensorDict
 from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import tensordict_utils as tu
-from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.profiler import DistProfiler
 from verl.workers.config import ActorConfig
 from verl.workers.engine_workers import ActorRolloutRefWorker
@@ -60,7 +59,8 @@ from .batch_keys import (
 )
 from .compat.shared_prompt import unsupported_reason, uses_flash_attention
 from .compat.verl import install_position_ids_fix
-from .compat.verl_engine import check_engine_forward_step, forward_log_probs_with_grad
+from .compat.verl_engine import built_actor_config, check_engine_forward_step, forward_log_probs_with_grad
+from .compat.verl_train_batch import run_before_each_mini_batch
 from .config import PapoConfig
 from .masked_inputs import MaskedInputBuilder, rows_with_images
 from .policy_loss import papo_ppo_loss
@@ -127,14 +127,6 @@ def assign_vppo_weights(
     return shaping
 
 
-def _train_batch_with_vppo_weights(
-    data: TensorDict, *, train_batch: Any, beta_min: float, group: Any, stats: str = "global"
-) -> Any:
-    """The actor's ``train_batch`` on one update mini-batch, after :func:`assign_vppo_weights`."""
-    assign_vppo_weights(data, beta_min, group, stats)
-    return train_batch(data)
-
-
 class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
     """verl's hybrid actor/rollout/ref worker with the PAPO loss and the masked-image pass."""
 
@@ -160,9 +152,8 @@ class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
             return
         if self.distillation_enabled:
             raise NotImplementedError("PAPO does not support on-policy distillation (distillation.enabled=True).")
-        # The ActorConfig for the loss, built from the worker's config as verl's init_model builds its own.
-        actor_config: ActorConfig = omega_conf_to_dataclass(self.config.actor)
-        actor_config.model_config = self.actor.model_config
+        # The ActorConfig verl's init_model built (with the PapoConfig), for the loss: built once per worker.
+        actor_config: ActorConfig = built_actor_config(self)
         papo: PapoConfig = actor_config.policy_loss.papo
         processor = self.actor.model_config.processor
         if processor is None:
@@ -181,15 +172,15 @@ class PapoActorRolloutRefWorker(ActorRolloutRefWorker):
         self.shared_masked_pass = self._shared_masked_pass()
         self.loss_fn = partial(papo_ppo_loss, config=actor_config, masked_forward=masked_forward)
         self.actor.set_loss_fn(self.loss_fn)
-        if papo.vppo_beta_min is not None:
-            # verl's train_mini_batch calls self.train_batch once per update mini-batch on every rank:
-            # the instance attribute shadows the method there, so each mini-batch gets its weights first.
-            self.actor.train_batch = partial(
-                _train_batch_with_vppo_weights,
-                train_batch=self.actor.train_batch,
-                beta_min=papo.vppo_beta_min,
-                group=self.actor.engine.get_data_parallel_group(),
-                stats=papo.vppo_shaping_stats,
+        if papo.vppo_beta_min is not None:  # each update mini-batch gets its weights first, on every rank
+            run_before_each_mini_batch(
+                self.actor,
+                partial(
+                    assign_vppo_weights,
+                    beta_min=papo.vppo_beta_min,
+                    group=self.actor.engine.get_data_parallel_group(),
+                    stats=papo.vppo_shaping_stats,
+                ),
             )
 
     def _shared_masked_pass(self) -> SharedMaskedPass | None:

@@ -6,12 +6,14 @@ import re
 from pathlib import Path
 
 import pytest
+from tensordict import TensorDict
 from verl_functions import verl_maybe_fix_3d_position_ids
 
 from papo_tools.compat import verl_cpu
 from recipe.papo.compat import guard
 from recipe.papo.compat import verl as verl_compat
 from recipe.papo.compat.guard import UnsupportedVersionError
+from recipe.papo.compat.verl_train_batch import run_before_each_mini_batch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,3 +109,38 @@ def test_no_patch_of_another_package_outside_compat():
             if re.search(r"\bsetattr\(|sys\.modules\[[^\]]*\]\s*=|sys\.modules\.(update|setdefault)\(", line):
                 offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+def bare_training_worker(cls=None):
+    """A verl ``TrainingWorker`` object without its engine (only method lookup is exercised)."""
+    from verl.workers.engine_workers import TrainingWorker
+
+    return object.__new__(cls or TrainingWorker)
+
+
+def test_train_batch_step_runs_before_each_mini_batch_on_verl_0_9_1():
+    worker = bare_training_worker()
+    calls = []
+    worker.train_batch = lambda data: calls.append(("train_batch", data)) or "output"  # stands in for the engine
+    run_before_each_mini_batch(worker, lambda data: calls.append(("step", data)))
+    mini_batch = TensorDict({}, batch_size=[2])
+    assert worker.train_batch(mini_batch) == "output"
+    assert [name for name, _ in calls] == ["step", "train_batch"]
+    assert all(data is mini_batch for _, data in calls)
+
+
+def test_train_batch_step_refuses_another_verl(monkeypatch):
+    monkeypatch.setattr(guard, "installed_version", lambda distribution: "0.10.0")
+    with pytest.raises(UnsupportedVersionError, match="written for verl 0.9.1"):
+        run_before_each_mini_batch(bare_training_worker(), print)
+
+
+def test_train_batch_step_refuses_an_update_loop_that_no_longer_calls_train_batch():
+    from verl.workers.engine_workers import TrainingWorker
+
+    class OtherLoop(TrainingWorker):
+        def train_mini_batch(self, data):
+            return self.engine.forward_backward_batch(data)
+
+    with pytest.raises(UnsupportedVersionError, match="no longer calls per mini-batch"):
+        run_before_each_mini_batch(bare_training_worker(OtherLoop), print)

@@ -8,6 +8,7 @@ does not know. Nothing outside this package sets attributes on another package's
 
 - :mod:`.verl`: every device: the equal-length mRoPE ``position_ids`` repair (defect-detected).
 - :mod:`.verl_engine`: the per-micro-batch forward with gradient of recompute mode (interface-checked).
+- :mod:`.verl_train_batch`: VPPO's weights before each update mini-batch (version- and interface-checked).
 - :mod:`.verl_registries`: read-only listing of verl's rollout registry (version-checked).
 - :mod:`.guard`: the version guard and the log line every patch uses.
 

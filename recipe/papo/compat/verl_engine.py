@@ -81,3 +81,26 @@ def forward_log_probs_with_grad(engine: Any, micro_batch: TensorDict) -> torch.T
             "cannot get the masked log-probs. Use papo.masked_logprob_mode=precompute."
         )
     return captured["log_probs"]
+
+
+def built_actor_config(worker: Any) -> Any:
+    """The ``ActorConfig`` verl's ``ActorRolloutRefWorker.init_model`` built for the actor (once per worker).
+
+    verl 0.9.1 keeps it only as the ``config`` keyword of the loss it hands the engine
+    (``worker.loss_fn = partial(ppo_loss, config=actor_config)``); the PAPO worker reads it there instead
+    of building the actor config (and its ``PapoConfig``) a second time.
+
+    Raises:
+        UnsupportedVersionError: ``worker.loss_fn`` carries no ``ActorConfig`` (another verl).
+    """
+    from verl.workers.config import ActorConfig
+
+    config = getattr(getattr(worker, "loss_fn", None), "keywords", {}).get("config")
+    if not isinstance(config, ActorConfig):
+        raise UnsupportedVersionError(
+            f"recipe.papo.compat.verl_engine: the PAPO worker reads the actor config verl's init_model built from "
+            f"worker.loss_fn (a partial with config=ActorConfig in verl 0.9.1), but this worker's loss_fn "
+            f"(verl {installed_version('verl')}) is {getattr(worker, 'loss_fn', None)!r}. Update "
+            "recipe/papo/compat/verl_engine.py after checking where init_model keeps the actor config."
+        )
+    return config
