@@ -97,7 +97,9 @@ def check_papo_run_config(config: DictConfig) -> PapoConfig:
     papo = papo_config_from(config.papo)
     actor = config.actor_rollout_ref.actor
     mirrored = OmegaConf.select(actor, "policy_loss.papo")
-    if mirrored is not None and papo_config_from(mirrored) != papo:
+    if mirrored is not None and OmegaConf.to_container(mirrored, resolve=True) != OmegaConf.to_container(
+        config.papo, resolve=True
+    ):
         raise PapoConfigError(
             "actor_rollout_ref.actor.policy_loss.papo differs from papo: set PAPO options as papo.<key>=... "
             "(the actor copy is an interpolation of the papo block)"

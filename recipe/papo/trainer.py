@@ -157,8 +157,7 @@ class PapoTrainer(PPOTrainerSync):
                 "temperature": self.config.actor_rollout_ref.rollout.temperature,
             }
         )
-        if precompute:  # this pass masks; in recompute mode the update does (_update_actor)
-            batch.extra_info[STEP_KEY] = self.global_steps
+        self._write_step(batch)
         output = self.actor_rollout_wg.compute_masked_log_prob(self._grouped_by_prompt(batch))
         assert len(output) == len(batch)
 
@@ -207,12 +206,20 @@ class PapoTrainer(PPOTrainerSync):
         lengths = [int(tag.get("seq_len", 1)) for tag in batch.tags]
         return batch.select_keys([batch.keys[row] for row in order_by_prompt(uids, lengths, ranks)])
 
+    def _write_step(self, batch: KVBatchMeta) -> None:
+        """Give a PAPO call of this step the global step (:data:`STEP_KEY`, part of the mask seed).
+
+        Both PAPO calls of a step get it: the masked pass masks with it in precompute mode, each update
+        micro-batch in recompute mode (the other call ignores it). Written into each call's metadata
+        because verl builds a new batch between them.
+        """
+        batch.extra_info[STEP_KEY] = self.global_steps
+
     def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         if self.papo.enabled:
             coefs = coefficients_at_step(self.papo, self.global_steps, self.total_training_steps)
             batch.extra_info[COEFFICIENTS_KEY] = coefs
-            if self.papo.masked_logprob_mode == "recompute":  # each update micro-batch masks itself
-                batch.extra_info[STEP_KEY] = self.global_steps
+            self._write_step(batch)
             metrics[METRIC_PREFIX + "gamma"] = coefs.kl_prcp
             metrics[METRIC_PREFIX + "entropy_ori_coef"] = coefs.entropy_ori
             metrics[METRIC_PREFIX + "entropy_aug_coef"] = coefs.entropy_aug
