@@ -49,7 +49,6 @@ class ModelFamily:
         merge_size: spatial merge factor; ``merge_size**2`` rows form one visual token.
         image_mean: per-channel normalisation mean, [0, 1] units.
         image_std: per-channel normalisation std.
-        tested: how the family is tested (the "Tested how" column of docs/develop.md, checked by a test).
     """
 
     model_type: str
@@ -62,7 +61,6 @@ class ModelFamily:
     merge_size: int
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
-    tested: str
 
     @property
     def token_pixels(self) -> int:
@@ -80,8 +78,6 @@ class ModelFamily:
         return MAX_VISUAL_TOKENS * self.token_pixels
 
 
-TESTED_ON_CPU = "CPU: tiny random model (masking, worker, `SMOKE=1` end to end)"
-
 FAMILIES: dict[str, ModelFamily] = {
     family.model_type: family
     for family in (
@@ -96,7 +92,6 @@ FAMILIES: dict[str, ModelFamily] = {
             merge_size=2,
             image_mean=CLIP_MEAN,
             image_std=CLIP_STD,
-            tested=TESTED_ON_CPU,
         ),
         ModelFamily(
             model_type="qwen3_vl",
@@ -109,7 +104,6 @@ FAMILIES: dict[str, ModelFamily] = {
             merge_size=2,
             image_mean=HALF,
             image_std=HALF,
-            tested=TESTED_ON_CPU,
         ),
         ModelFamily(
             model_type="qwen3_5",
@@ -122,7 +116,6 @@ FAMILIES: dict[str, ModelFamily] = {
             merge_size=2,
             image_mean=HALF,
             image_std=HALF,
-            tested=TESTED_ON_CPU,
         ),
     )
 }

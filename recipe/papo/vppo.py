@@ -217,7 +217,6 @@ SCORE_KEPT = "score_kept"  # sum of s_t over kept tokens
 SCORE_DROPPED = "score_dropped"  # sum of s_t over dropped tokens
 ROWS = "rows"  # rows in the micro-batch
 WEIGHT = "weight"  # sum of the rows' advantage weights
-SUM_NAMES: tuple[str, ...] = (TOKENS, KEPT, SCORE_KEPT, SCORE_DROPPED, ROWS, WEIGHT)
 
 
 @dataclass
@@ -229,7 +228,7 @@ class VppoTerms:
             kept tokens, 0 on tokens the filter drops.
         token_mask: ``(batch, response_len)`` bool, the response tokens that enter the policy-gradient
             term: the kept tokens of image rows and every token of text-only rows.
-        sums: per name in :data:`SUM_NAMES`, its sum over this micro-batch (sums, so that a step's
+        sums: per name above (:data:`TOKENS` ... :data:`WEIGHT`), its sum over this micro-batch (sums, so that a step's
             ratio does not depend on the micro-batch split).
         weight_min: smallest advantage weight of the micro-batch's rows.
         weight_max: largest advantage weight of the micro-batch's rows.
