@@ -346,3 +346,43 @@ def test_the_cpu_journey_runs_the_readme_journey_commands():
         return {"export": argument.split("=")[0], "cat": Path(argument).name}.get(program, argument)
 
     assert [step(head) for head in cpu[1:]] == [step(head) for head in readme]
+
+
+# --- the layout and patch tables of docs/develop.md cover the code ---------------------------------
+
+
+def first_column_names(page: Path, heading: str) -> set[str]:
+    """The backticked names in the first column of the first table after ``heading`` in ``page``."""
+    _, found, rest = page.read_text(encoding="utf-8").partition(heading + "\n")
+    assert found, f"{page.name} has no heading {heading!r}"
+    rows = re.search(r"\n(\|.*?)(?:\n\n|\Z)", rest, re.DOTALL)
+    assert rows, f"{page.name}: no table after {heading!r}"
+    return {name for row in rows.group(1).splitlines() for name in re.findall(r"`([^`]+)`", row.split("|")[1])}
+
+
+def test_the_layout_table_names_every_module_of_the_runtime_package_and_every_tool():
+    names = first_column_names(DOCS / "develop.md", "### Repository layout")
+    modules = [
+        f"recipe/papo/{p.name}" for p in sorted((ROOT / "recipe" / "papo").glob("*.py")) if p.name != "__init__.py"
+    ]
+    tools = [
+        f"papo_tools/{p.name}" + ("/" if p.is_dir() else "")
+        for p in sorted((ROOT / "papo_tools").iterdir())
+        if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.name != "__init__.py")
+    ]
+    unnamed = [path for path in modules + tools if path not in names and path.rsplit("/", 1)[-1] not in names]
+    assert not unnamed, f"docs/develop.md's layout table does not name: {unnamed}"
+
+
+def test_the_patch_table_names_every_patch_module():
+    names = first_column_names(
+        DOCS / "develop.md", "## Patches of other packages (`recipe/papo/compat/`, `papo_tools/compat/`)"
+    )
+    patched = {name.split(":", 1)[0] for name in names}
+    modules = [
+        p.stem
+        for folder in (ROOT / "recipe" / "papo" / "compat", ROOT / "papo_tools" / "compat")
+        for p in sorted(folder.glob("*.py"))
+        if p.stem not in ("__init__", "guard")
+    ]
+    assert not [m for m in modules if m not in patched], f"docs/develop.md's patch table lacks {set(modules) - patched}"
