@@ -4,8 +4,9 @@ One bash run of the page's block ("What CI proves, and what it does not", read f
 fresh short folder with ``scripts/`` linked to the project's: ``ray start --head`` and ``ray start
 --address`` (one logical GPU each, their own temp dirs and token file), ``SMOKE=1 NNODES=2
 N_GPUS_PER_NODE=1`` of the PAPO-G 7B script against that cluster (verl's trainer and vLLM rollout on
-the CPU build of vLLM, FSDP2 on 2 ranks over gloo, ``PAPO_MASK_LOG_DIR`` set only in the job's runtime
-env), then a smoke run that resumes from its checkpoint for one more step. While the cluster is up,
+the CPU build of vLLM, FSDP2 on 2 ranks over gloo, the masked pass unshared, ``PAPO_MASK_LOG_DIR`` set
+only in the job's runtime env), then a smoke run that resumes from its checkpoint for one more step
+with the shared masked pass. While the cluster is up,
 Ray's state API lists the nodes, jobs and actors. The block runs in a session of its own; every
 process of that session is ended afterwards in every outcome (not ``ray stop``, which would end other
 Ray clusters of the machine) and the tests check:
@@ -17,6 +18,7 @@ Ray clusters of the machine) and the tests check:
   ranks masked has one digest pair (the same input and the same mask on both nodes);
 * ``metrics.jsonl`` and the checkpoint (a shard per rank) where docs/training.md says;
 * the resumed run logs step 3 only and writes ``global_step_3`` next to ``global_step_2``;
+* the first run's masked pass is the full one and the resumed run's the shared one (their logs);
 * no process of the cluster is left.
 """
 
@@ -290,3 +292,10 @@ def test_the_resumed_run_continues_the_step_count(cluster):
     assert (cluster.root / CHECKPOINTS / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
     log = (cluster.root / RESUMED / "run.log").read_text()
     assert f"Resuming from {cluster.root / CHECKPOINTS / 'global_step_2'}, setting global step to 2" in log
+
+
+def test_the_first_run_masks_unshared_and_the_resumed_run_shares_the_masked_prompt(cluster):
+    """The page's first run turns sharing off (so both ranks mask rollouts of one prompt); the resumed run
+    keeps the default, the shared masked pass, on two nodes."""
+    assert "PAPO masked pass: full sequence per rollout, not shared" in (cluster.root / FIRST / "run.log").read_text()
+    assert "PAPO masked pass: shared" in (cluster.root / RESUMED / "run.log").read_text()
