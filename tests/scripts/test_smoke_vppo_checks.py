@@ -9,9 +9,16 @@ import pytest
 
 from papo_tools.smoke.checks import Expectations, VppoExpectations, check_records, metrics_table, vppo_expectations
 
-# Everything off but the two steps and PAPO's masked pass (VPPO alone runs it: papo.enabled is true).
+# Everything off but the two steps and PAPO's masked pass (VPPO alone runs it: papo.enabled is true);
+# fields with a default (the first step) keep it.
 SETTINGS = {"steps": 2, "papo_enabled": True}
-EXPECT = Expectations(**{f.name: SETTINGS.get(f.name, False) for f in dataclasses.fields(Expectations)})
+EXPECT = Expectations(
+    **{
+        f.name: SETTINGS.get(f.name, False)
+        for f in dataclasses.fields(Expectations)
+        if f.default is dataclasses.MISSING or f.name in SETTINGS
+    }
+)
 VPPO = VppoExpectations(token_fraction=0.4)
 
 
