@@ -6,10 +6,11 @@ what counts as a name). A planted page with one wrong name of each kind proves t
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
-from doc_names import ROOT, missing_names
+from doc_names import PATH, ROOT, missing_names, path_exists
 
 # Names a page may mention although they do not exist here, each with its reason.
 ALLOWED = frozenset(
@@ -67,15 +68,12 @@ def test_an_allowed_name_is_not_reported():
 
 def test_every_docs_page_the_code_names_exists():
     """Docstrings, comments and messages point readers at docs pages: each page they name exists."""
-    import re
-    import subprocess
-
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     missing = [
         f"{name}: {page}"
         for name in tracked
         if name.endswith((".py", ".sh", ".yaml", ".toml", ".cfg")) or name == "Makefile"
-        for page in re.findall(r"(?<![\w/.:\-])docs/[\w.\-]+\.md", (ROOT / name).read_text(encoding="utf-8"))
-        if not (ROOT / page).exists()
+        for page in PATH.findall((ROOT / name).read_text(encoding="utf-8"))
+        if page.startswith("docs/") and not path_exists(page)
     ]
     assert not missing, "code names docs pages that do not exist:\n" + "\n".join(missing)

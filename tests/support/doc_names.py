@@ -36,6 +36,7 @@ TOP_FOLDERS = ("recipe", "papo_tools", "data_prep", "benchmarks", "tests", "scri
 PACKAGES = ("recipe", "papo_tools", "data_prep", "verl")
 CONFIG_ROOTS = ("actor_rollout_ref", "algorithm", "trainer", "data", "reward", "critic", "ray_kwargs")
 NOT_PRECEDED = r"(?<![\w/.:\-])"
+_MISSING = object()  # OmegaConf.select's default: tells a missing key from a null value
 FILE_SUFFIXES = (".py", ".md", ".sh", ".yaml", ".json", ".jsonl", ".txt", ".parquet", ".png", ".pt")
 
 PATH = re.compile(NOT_PRECEDED + r"((?:" + "|".join(TOP_FOLDERS) + r")/[\w./*<>\-]*[\w*>])")
@@ -144,9 +145,6 @@ def _dataclass_has(node: DictConfig, field: str) -> bool:
     module_name, _, class_name = str(target).rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name, None)
     return dataclasses.is_dataclass(cls) and field in {f.name for f in dataclasses.fields(cls)}
-
-
-_MISSING = object()
 
 
 def missing_names(text: str, allowed: frozenset[str] = frozenset()) -> list[str]:
