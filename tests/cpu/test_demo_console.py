@@ -2,7 +2,7 @@
 
 A small Python child stands in for the trainer's process here (what is tested is the handling of
 any child's output and of verl's file-logger records); the real demo's console and log are checked
-on the real run in ``tests/e2e/test_demo_rerun.py``.
+on the real run in ``tests/e2e/test_demo_e2e.py``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ crashes verl 0.9.1 unpatched (see ``recipe/papo/compat/verl.py``).
 
 One run: validation before training, 2 GRPO steps, validation and a checkpoint at step 2. Resuming
 from a checkpoint is proven through ``main_papo`` (verl's same trainer and checkpoint code) in
-``tests/e2e/test_papo_e2e.py``.
+``tests/e2e/test_demo_e2e.py``.
 """
 
 from __future__ import annotations
