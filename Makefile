@@ -8,8 +8,10 @@ PYTEST_ARGS ?=
 # `make experiment`: output folder and extra flags (docs/dynamics.md), e.g. EXPERIMENT_ARGS=--quick.
 EXPERIMENT_OUT ?= experiment_output
 EXPERIMENT_ARGS ?=
-# pytest-xdist workers; each test file stays on one worker (--dist loadfile). Timings per worker
-# count on 2 cores: docs/develop.md.
+# pytest-xdist workers; each test file stays on one worker (--dist loadfile). The main pass hands the
+# files out in the collection order of tests/conftest.py (--no-loadscope-reorder: the end-to-end
+# modules first); the portable pass keeps xdist's own order (the files with most tests first).
+# Timings per worker count on 2 cores: docs/develop.md.
 TEST_WORKERS ?= 3
 XDIST := -n $(TEST_WORKERS) --dist loadfile
 # The modules that run a model, a second time on another CPU's kernels (oneDNN limited to AVX2).
@@ -54,7 +56,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 pytest: $(STAMP)
-	$(PY) -m pytest $(XDIST) $(SHUFFLE) $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) --no-loadscope-reorder $(SHUFFLE) $(PYTEST_ARGS)
 
 pytest-portable: $(STAMP)
 	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest $(XDIST) $(SHUFFLE) -m "not e2e" $(NUMERIC_CORE)

@@ -73,27 +73,27 @@ def family_bundle(family_model_dir):
     return load_tiny_model(family_model_dir)
 
 
-# End-to-end modules, longest first (the user's journey: scorer warm-up and two vLLM runs; multi-node:
-# two vLLM SMOKE runs on a two-node Ray cluster; SMOKE on vLLM x2, main_papo x3, demo x2, warm-up + 1 arm,
-# VPPO and GSPO SMOKE, main_ppo), then the families
-# (Qwen3-VL on vLLM) and the two in-process vLLM engines. A scheduling hint only: with pytest-xdist
-# (--dist loadfile) a file goes to the next free worker in collection order, so the long runs start at
-# once and the short tests fill the gaps; without xdist it changes nothing but the order. The families'
-# vLLM run comes late because only one vLLM run fits beside the others in memory
-# (tests/support/memory_slots.py): started early, it would wait for the SMOKE module's two vLLM runs on
-# a worker that could run other tests meanwhile.
+# The end-to-end modules, first, in this order. Their runs bound the suite: each Ray launch costs about
+# 100 CPU-seconds (a dozen processes importing torch and verl), the suite keeps both cores busy, and the
+# vLLM runs go one at a time (only one fits in memory beside the others: tests/support/memory_slots.py),
+# so that chain (two-node cluster x2, journey x2, PAPO-D SMOKE, families x2) must start at once and
+# not wait behind a worker that waits itself. The vLLM modules alternate with the HF-rollout ones, so
+# that while one worker waits for the vLLM slot the others train on the HF rollout or run the short
+# tests. With pytest-xdist (--dist loadfile --no-loadscope-reorder, Makefile) a file goes to the next
+# free worker in this order; without --no-loadscope-reorder xdist would sort the files by their number
+# of tests and run these last. Without xdist it changes nothing but the order.
 SLOWEST_FIRST = (
-    "tests/e2e/test_journey.py",
-    "tests/e2e/test_multi_node.py",
-    "tests/scripts/test_smoke_e2e.py",
-    "tests/e2e/test_demo_e2e.py",
-    "tests/experiments/test_dynamics_e2e.py",
-    "tests/experiments/test_hacking_guard_e2e.py",
-    "tests/scripts/test_smoke_vppo_e2e.py",
-    "tests/scripts/test_smoke_gspo_e2e.py",
-    "tests/cpu/test_e2e_cpu.py",
-    "tests/families/test_family_smoke.py",
-    "tests/cpu/test_vllm_rollout.py",
+    "tests/e2e/test_multi_node.py",  # the cluster slot, two vLLM runs
+    "tests/e2e/test_journey.py",  # data prep and warm-up first, then two vLLM runs
+    "tests/e2e/test_demo_e2e.py",  # HF rollout x2
+    "tests/scripts/test_smoke_vppo_e2e.py",  # HF
+    "tests/scripts/test_smoke_e2e.py",  # vLLM (PAPO-D), HF (PAPO-G SP=2)
+    "tests/scripts/test_smoke_gspo_e2e.py",  # HF
+    "tests/families/test_family_smoke.py",  # vLLM x2
+    "tests/experiments/test_dynamics_e2e.py",  # HF
+    "tests/experiments/test_hacking_guard_e2e.py",  # HF
+    "tests/cpu/test_e2e_cpu.py",  # HF
+    "tests/cpu/test_vllm_rollout.py",  # two in-process engines (a small slot)
 )
 
 
