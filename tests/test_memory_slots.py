@@ -10,7 +10,7 @@ from pathlib import Path
 
 import memory_slots
 import pytest
-from memory_slots import PEAK_GIB, admits, budget_gib, memory_slot, read_entries
+from memory_slots import PEAK_GIB, admits, budget_gib, memory_slot, read_entries, read_ledger
 
 CI_MACHINE_GIB = 23.4  # MemTotal of a 24 GiB CI machine, GiB
 
@@ -97,3 +97,36 @@ def test_a_second_vllm_run_waits_for_the_first_in_another_process(ledger, tmp_pa
             assert holder.wait(timeout=60) == 0
     finally:
         holder.kill()
+
+
+@pytest.fixture
+def other_process():
+    """The pid of a live process that is not this one (a stand-in for another pytest worker)."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
+def test_the_run_that_waited_longest_goes_first(ledger, other_process):
+    """A free slot goes to the oldest waiter that fits, not to whichever run polls first."""
+    vllm = PEAK_GIB["vllm"]
+    ledger.write_text(f"wait {other_process} vllm {vllm} {time.time() - 60!r}\n")
+    with pytest.raises(TimeoutError), memory_slot("vllm", timeout_s=0.3):
+        pass
+    # the run that gave up waiting is gone from the ledger; the older waiter is still there
+    assert read_ledger(ledger.read_text()) == (
+        [],
+        [(other_process, "vllm", vllm, pytest.approx(time.time() - 60, abs=5))],
+    )
+    ledger.write_text("")  # the older run took its slot and finished
+    with memory_slot("vllm", timeout_s=5):
+        assert read_ledger(ledger.read_text())[0] == [(memory_slots.os.getpid(), "vllm", vllm)]
+
+
+def test_an_older_waiter_that_does_not_fit_lets_a_smaller_run_go(ledger, other_process):
+    cluster, vllm = PEAK_GIB["cluster"], PEAK_GIB["vllm"]
+    ledger.write_text(f"{other_process} cluster {cluster}\nwait {other_process} vllm {vllm} {time.time() - 60!r}\n")
+    with memory_slot("hf", timeout_s=5):  # the waiting vLLM run does not fit beside the cluster; an HF run does
+        holders, waiters = read_ledger(ledger.read_text())
+        assert [kind for _, kind, _ in holders] == ["cluster", "hf"] and [w[1] for w in waiters] == ["vllm"]

@@ -39,7 +39,9 @@ from papo_tools.journey.hub_copies import EVAL_REPO, TRAIN_REPO
 from recipe.papo.prompt import EVAL_BENCHMARKS, GENERAL_BENCHMARKS, VISION_DEPENDENT_BENCHMARKS, format_question
 from recipe.papo.reward import compute_score
 
-pytestmark = pytest.mark.e2e
+# The fixture (the preparation, a wait for the vLLM slot, then both runs) runs inside the first test's
+# time limit: pytest's 900 s are too few once the slot is busy (the two-node cluster's runs first).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
 
 PAGE = REPO / "docs" / "data.md"
 SECTION = "### The whole journey on CPU"

@@ -6,7 +6,10 @@ runs together outgrow a 24 GiB CI machine: Ray's memory monitor then kills worke
 node's memory and the runs fail (seen in CI: two vLLM runs and an HF run at once). So each run first
 takes a slot here: a ledger file shared by every pytest process on the machine (all xdist workers,
 and a second suite running beside this one) lists the runs in flight with their peak, and a run
-waits until its own peak fits the budget.
+waits until its own peak fits the budget. Waiting runs are listed too, with the time they began
+waiting: when a slot frees, the one that has waited longest among those that fit goes first. (Without
+that, whichever run polled first took it: the journey's fixture once waited out its 15-minute limit
+while later vLLM runs took the slot one after another.)
 
 Test support: importable as ``memory_slots`` once ``tests/support`` is on ``sys.path``.
 """
@@ -61,16 +64,6 @@ def alive(pid: int) -> bool:
     return True
 
 
-def read_entries(text: str) -> list[tuple[int, str, float]]:
-    """``(pid, kind, GiB)`` of each ledger line whose process is still alive (a crashed holder frees its slot)."""
-    entries = []
-    for line in text.splitlines():
-        pid, kind, gib = line.split()
-        if alive(int(pid)):
-            entries.append((int(pid), kind, float(gib)))
-    return entries
-
-
 def admits(held_gib: list[float], need_gib: float, budget: float) -> bool:
     """Whether a run of ``need_gib`` may start beside runs holding ``held_gib``.
 
@@ -80,22 +73,55 @@ def admits(held_gib: list[float], need_gib: float, budget: float) -> bool:
     return not held_gib or sum(held_gib) + need_gib <= budget
 
 
+Entry = tuple[int, str, float]  # (pid, kind, GiB) of a run holding its slot
+Waiter = tuple[int, str, float, float]  # (pid, kind, GiB, time.time() it began waiting)
+WAIT_MARK = "wait"
+
+
+def read_ledger(text: str) -> tuple[list[Entry], list[Waiter]]:
+    """The holders and the waiters of the ledger whose process is still alive (a crashed one frees its place).
+
+    A holder's line is ``<pid> <kind> <GiB>``, a waiter's ``wait <pid> <kind> <GiB> <since>``.
+    """
+    holders: list[Entry] = []
+    waiters: list[Waiter] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if fields[0] == WAIT_MARK:
+            _, pid, kind, gib, since = fields
+            if alive(int(pid)):
+                waiters.append((int(pid), kind, float(gib), float(since)))
+        else:
+            pid, kind, gib = fields
+            if alive(int(pid)):
+                holders.append((int(pid), kind, float(gib)))
+    return holders, waiters
+
+
+def read_entries(text: str) -> list[Entry]:
+    """``(pid, kind, GiB)`` of each run holding its slot whose process is still alive."""
+    return read_ledger(text)[0]
+
+
+def format_ledger(holders: list[Entry], waiters: list[Waiter]) -> str:
+    return "".join(f"{pid} {kind} {gib}\n" for pid, kind, gib in holders) + "".join(
+        f"{WAIT_MARK} {pid} {kind} {gib} {since!r}\n" for pid, kind, gib, since in waiters
+    )
+
+
 def update_ledger(change) -> bool:
-    """Apply ``change(entries) -> entries | None`` to the ledger under an exclusive lock; False where it declined."""
+    """Apply ``change(holders, waiters) -> (holders, waiters, done)`` under an exclusive lock; returns ``done``."""
     with LEDGER.open("a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         handle.seek(0)
-        entries = read_entries(handle.read())
-        changed = change(entries)
-        if changed is None:
-            return False
+        holders, waiters, done = change(*read_ledger(handle.read()))
         handle.seek(0)
         handle.truncate()
-        handle.write("".join(f"{pid} {kind} {gib}\n" for pid, kind, gib in changed))
-        return True
+        handle.write(format_ledger(holders, waiters))
+        return done
 
 
-def without_one(entries: list[tuple[int, str, float]], entry: tuple[int, str, float]) -> list[tuple[int, str, float]]:
+def without_one(entries: list, entry) -> list:
     """``entries`` less one copy of ``entry`` (a process may hold two slots of one kind)."""
     kept = list(entries)
     if entry in kept:
@@ -103,30 +129,46 @@ def without_one(entries: list[tuple[int, str, float]], entry: tuple[int, str, fl
     return kept
 
 
+def goes_now(holders: list[Entry], waiters: list[Waiter], me: Waiter, budget: float) -> bool:
+    """Whether ``me`` may take its slot: it fits beside the holders, and no run waiting longer fits too."""
+    held = [gib for *_, gib in holders]
+    if not admits(held, me[2], budget):
+        return False
+    return not any(other[3] < me[3] and admits(held, other[2], budget) for other in waiters if other != me)
+
+
 @contextmanager
 def memory_slot(kind: str, timeout_s: float = 3600.0) -> Iterator[None]:
     """Hold a slot of :data:`PEAK_GIB` ``[kind]`` GiB while the block runs one training run of that kind.
 
-    Waits (polling every :data:`POLL_S` s) until the run fits :func:`budget_gib` beside the runs in
-    flight on this machine; raises ``TimeoutError`` after ``timeout_s`` s, naming the holders.
+    Waits (polling every :data:`POLL_S` s, listed in the ledger as waiting) until the run fits
+    :func:`budget_gib` beside the runs in flight on this machine and no run that has waited longer fits
+    too; raises ``TimeoutError`` after ``timeout_s`` s, naming the holders.
     """
     need = PEAK_GIB[kind]
     budget = budget_gib(total_memory_gib())
-    me = os.getpid()
+    me = (os.getpid(), kind, need, time.time())
     deadline = time.monotonic() + timeout_s
-    holders: list[tuple[int, str, float]] = []
+    seen: list[Entry] = []
 
-    def take(entries):
-        holders[:] = entries
-        return [*entries, (me, kind, need)] if admits([gib for *_, gib in entries], need, budget) else None
+    def take(holders, waiters):
+        seen[:] = holders
+        waiters = without_one(waiters, me)
+        if goes_now(holders, [*waiters, me], me, budget):
+            return [*holders, me[:3]], waiters, True
+        return holders, [*waiters, me], False
 
-    while not update_ledger(take):
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"no memory slot for a {kind} run ({need} GiB of {budget:.1f}) after {timeout_s} s; held: {holders}"
-            )
-        time.sleep(POLL_S)
+    try:
+        while not update_ledger(take):
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"no memory slot for a {kind} run ({need} GiB of {budget:.1f}) after {timeout_s} s; held: {seen}"
+                )
+            time.sleep(POLL_S)
+    except BaseException:  # a timeout, or pytest's time limit inside the sleep: stop waiting
+        update_ledger(lambda holders, waiters: (holders, without_one(waiters, me), True))
+        raise
     try:
         yield
     finally:
-        update_ledger(lambda entries: without_one(entries, (me, kind, need)))
+        update_ledger(lambda holders, waiters: (without_one(holders, me[:3]), waiters, True))
