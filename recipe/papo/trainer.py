@@ -24,7 +24,8 @@ coefficients as one :class:`recipe.papo.objective.PapoCoefficients` (:mod:`recip
 With PAPO on and ``papo.hacking_guard`` not ``off``, every step's metrics, once verl has computed them
 all (``_compute_metrics``), go to the KL_prcp hacking guard (:mod:`recipe.papo.hacking_guard`). On its
 alarm the trainer logs an ERROR; with ``stop`` it also saves a checkpoint of the step (verl's own
-``_save_checkpoint``, unless ``trainer.save_freq`` saved this step already) and lowers
+checkpoint, :func:`recipe.papo.compat.verl_trainer.save_checkpoint`, unless ``trainer.save_freq``
+saved this step already) and lowers
 ``total_training_steps`` to the step, so that verl's ``fit`` loop logs the step's metrics and ends
 as after its last step.
 """
@@ -49,6 +50,7 @@ from verl.workers.engine_workers import ActorRolloutRefWorker
 from . import register as _register  # noqa: F401  (registries in this process)
 from .batch_keys import COEFFICIENTS_KEY, IMAGE_ROW_KEY, KL_WEIGHT_KEY, MASKED_LOG_PROBS_KEY, STEP_KEY, UID_KEY
 from .compat.verl import install_position_ids_fix
+from .compat.verl_trainer import check_trainer_hooks, save_checkpoint
 from .config import PapoConfig, papo_config_from
 from .hacking_guard import HACKING_ALARM_METRIC, HACKING_SCORE_METRIC, HackingGuard
 from .objective import coefficients_at_step, sample_weights
@@ -96,6 +98,9 @@ def mm_processor_kwargs_of(config: DictConfig) -> dict[str, Any]:
     if kwargs is None:
         return {}
     return OmegaConf.to_container(kwargs, resolve=True) if OmegaConf.is_config(kwargs) else dict(kwargs)
+
+
+check_trainer_hooks(PPOTrainerSync)  # the methods overridden below are still verl 0.9.1's
 
 
 @register_trainer(TRAINER_MODE)
@@ -251,7 +256,7 @@ class PapoTrainer(PPOTrainerSync):
         trainer = self.config.trainer
         saved = trainer.save_freq > 0 and (step >= self.total_training_steps or step % trainer.save_freq == 0)
         if not saved:
-            self._save_checkpoint()
+            save_checkpoint(self)
         folder = os.path.join(trainer.default_local_dir, f"global_step_{step}")
         logger.error(
             "papo.hacking_guard=stop: the run ends after step %d (of %d) on the KL_prcp hacking alarm above; its "

@@ -144,3 +144,38 @@ def test_train_batch_step_refuses_an_update_loop_that_no_longer_calls_train_batc
 
     with pytest.raises(UnsupportedVersionError, match="no longer calls per mini-batch"):
         run_before_each_mini_batch(bare_training_worker(OtherLoop), print)
+
+
+def test_trainer_hooks_are_verl_0_9_1s():
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+    from recipe.papo.compat.verl_trainer import TRAINER_HOOKS, check_trainer_hooks
+    from recipe.papo.trainer import PapoTrainer
+
+    check_trainer_hooks(PPOTrainerSync)
+    # every verl method the PAPO trainer overrides is one the check covers
+    overridden = {
+        name
+        for name, value in vars(PapoTrainer).items()
+        if name.startswith("_") and not name.startswith("__") and callable(value) and hasattr(PPOTrainerSync, name)
+    }
+    assert overridden and overridden <= set(TRAINER_HOOKS), overridden - set(TRAINER_HOOKS)
+
+
+@pytest.mark.parametrize("name", ["_update_actor", "_save_checkpoint"])
+def test_trainer_hooks_refuse_a_verl_that_renamed_or_changed_one(name):
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+    from recipe.papo.compat.verl_trainer import check_trainer_hooks
+
+    renamed = type("RenamedTrainer", (), {k: getattr(PPOTrainerSync, k) for k in dir(PPOTrainerSync) if k != name})
+    with pytest.raises(UnsupportedVersionError, match=rf"RenamedTrainer\.{name} of verl .* is missing"):
+        check_trainer_hooks(renamed)
+
+    def changed(self, batch, metrics, extra):
+        return batch
+
+    different = type("ChangedTrainer", (PPOTrainerSync,), {name: changed})
+    expected = rf"ChangedTrainer\.{name} .* is {name}\('batch', 'metrics', 'extra'\)"
+    with pytest.raises(UnsupportedVersionError, match=expected):
+        check_trainer_hooks(different)

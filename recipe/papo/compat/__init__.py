@@ -10,6 +10,7 @@ does not know. Nothing outside this package sets attributes on another package's
 - :mod:`.verl_engine`: the per-micro-batch forward with gradient of recompute mode (interface-checked).
 - :mod:`.verl_train_batch`: VPPO's weights before each update mini-batch (version- and interface-checked).
 - :mod:`.verl_registries`: read-only listing of verl's rollout registry (version-checked).
+- :mod:`.verl_trainer`: the trainer methods the PAPO trainer overrides or calls (signature-checked).
 - :mod:`.guard`: the version guard and the log line every patch uses.
 
 The CPU install's patches (process-group backend, private registries, torch variable-length
