@@ -59,7 +59,8 @@ class PapoConfig(BaseConfig):
         kl_prcp_coef: gamma, weight of the Implicit Perception Loss (KL_prcp is maximised).
         entropy_ori_coef: eta_ori, weight of H_ori = -mean log pi_theta(o | I).
         entropy_aug_coef: eta_aug, weight of H_aug = -mean log pi(o | I_mask).
-        kl_estimator: per-token estimator of KL(pi_theta(.|I) || pi(.|I_mask)) on sampled tokens.
+        kl_estimator: per-token estimator of KL(pi_theta(.|I) || pi(.|I_mask)) on sampled tokens: low_var_kl
+            (k3), kl, abs or mse (verl's kl_penalty of the same name).
         kl_clamp_max: if set, clamp per-token KL_prcp to [0, kl_clamp_max] (paper's optional c=0.2).
         token_top_p: if set, keep per sequence only tokens whose KL_prcp >= the (1 - p) quantile.
         apply_mode: per-sample weight on KL_prcp: all (1.0), correct_only, weighted.
