@@ -22,6 +22,9 @@ NUMERIC_CORE := tests/worker tests/families/test_family_masking.py tests/cpu/tes
 # pass, so a failure reproduces with `make pytest SHUFFLE_SEED=<seed>`.
 SHUFFLE_SEED ?= $(shell printf '%d' 0x$$(git rev-parse --short=7 HEAD 2>/dev/null || echo 1))
 SHUFFLE := -p randomly --randomly-seed=$(SHUFFLE_SEED)
+# OpenMP threads of the suite's processes (pytest workers, in-process models, the runs they start) sleep
+# at a barrier instead of spinning: 3 workers and their runs share 2 cores (docs/develop.md).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install test lint pytest pytest-portable demo experiment clean-venv
 

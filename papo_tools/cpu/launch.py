@@ -53,6 +53,10 @@ def cpu_env(file_logger_path: str | Path | None = None) -> dict[str, str]:
         "VERL_USE_EXTERNAL_MODULES": ",".join([PLUGIN_MODULE, *modules]),  # imported by verl in every process
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
+        # OpenMP threads (vLLM's CPU kernels, any process with more than one) sleep at a barrier instead
+        # of spinning: a dozen processes share a few cores, and a spinning thread burns a core another
+        # process needs (docs/develop.md, the CPU backend switch). The user's value is kept.
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY") or "PASSIVE",
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",
         # Ray would pre-start one idle Python worker per logical CPU (16) for the first driver; on a

@@ -107,3 +107,10 @@ print(get_device_name(), get_nccl_backend(), get_resource_name(), get_torch_devi
 """
     out = run_probe(code, {**os.environ, **cpu_env()})
     assert out == "cpu gloo GPU 0 FSDPEngineWithLMHead HFServerAdapter HFReplica recipe.papo.compat.verl"
+
+
+def test_openmp_threads_sleep_at_barriers_unless_the_user_says_otherwise(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert cpu_env()["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert cpu_env()["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's value
