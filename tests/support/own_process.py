@@ -129,6 +129,12 @@ class OwnProcessRunner:
         if item.get_closest_marker(MARKER) is None:
             return None
         self.run_item(item)
+        # Nothing was set up here for ``item``, but the test before it may have left set up the
+        # collectors it shares with ``item`` (its folder): tear down what ``nextitem`` does not need, as
+        # pytest's own teardown step does (its SetupState; the teardown hook itself would also run the
+        # logging and capture wrappers of a test that never ran here). Without this, a test in another
+        # folder after an own-process module failed its setup ("previous item was not torn down properly").
+        item.session._setupstate.teardown_exact(nextitem)
         return True
 
 
