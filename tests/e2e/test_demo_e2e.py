@@ -217,14 +217,18 @@ def test_rerun_of_a_finished_run_says_so_and_keeps_its_metrics(finished_demo):
     assert time.monotonic() - started < 60, "a finished run must not start Ray again"
 
 
+def metrics_lines(path: Path) -> list[str]:
+    """The record lines of a ``metrics.jsonl``, split at "\n" only, as ``run_demo.read_jsonl`` does
+    (decoded responses may hold U+2028)."""
+    return [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
 def interrupted_after(out: Path, step: int, copy: Path) -> list[str]:
     """Copy ``out`` as a run stopped after ``step``'s checkpoint; returns the kept ``metrics.jsonl`` lines."""
     shutil.copytree(out, copy, ignore=lambda folder, names: [n for n in names if n.startswith("global_step_")])
     shutil.copytree(out / "checkpoints" / f"global_step_{step}", copy / "checkpoints" / f"global_step_{step}")
     (copy / "checkpoints" / "latest_checkpointed_iteration.txt").write_text(str(step))
-    # Split at "\n" only, as papo_tools.demo.run_demo.read_jsonl does (responses may hold U+2028).
-    lines = [line for line in (out / "metrics.jsonl").read_text(encoding="utf-8").split("\n") if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    kept = [line for line in metrics_lines(out / "metrics.jsonl") if json.loads(line)["step"] <= step]
     (copy / "metrics.jsonl").write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     return kept
 
@@ -242,8 +246,7 @@ def test_relaunch_after_an_interruption_resumes_and_continues_the_gamma_schedule
     for restored in ("Loaded optimizer from", "Loaded lr_scheduler from", "Loaded rng from"):
         assert f"{restored} {step_2 / 'actor'}" in launch.log, restored
     assert (step_2 / "data.pt").is_file() and "No dataloader state found" not in launch.log
-    lines = [line for line in (resumed / "metrics.jsonl").read_text(encoding="utf-8").split("\n") if line.strip()]
-    assert lines[: len(kept)] == kept  # earlier records byte-for-byte kept
+    assert metrics_lines(resumed / "metrics.jsonl")[: len(kept)] == kept  # earlier records byte-for-byte kept
     records = training_records(resumed / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3], "a resumed run trains only the remaining step"
     assert records[-1]["data"]["actor/grad_norm"] > 0
