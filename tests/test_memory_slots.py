@@ -130,3 +130,34 @@ def test_an_older_waiter_that_does_not_fit_lets_a_smaller_run_go(ledger, other_p
     with memory_slot("hf", timeout_s=5):  # the waiting vLLM run does not fit beside the cluster; an HF run does
         holders, waiters = read_ledger(ledger.read_text())
         assert [kind for _, kind, _ in holders] == ["cluster", "hf"] and [w[1] for w in waiters] == ["vllm"]
+
+
+def test_the_wait_for_a_slot_does_not_count_against_the_tests_time_limit(ledger, other_process):
+    """pytest-timeout's timer is pushed back by the time spent waiting, so a limit bounds the run only."""
+    import signal
+    import threading
+
+    vllm = PEAK_GIB["vllm"]
+    ledger.write_text(f"{other_process} vllm {vllm}\n")  # another worker's vLLM run holds the machine
+
+    def finish_the_other_run():
+        time.sleep(1.0)
+        ledger.write_text("")
+
+    finisher = threading.Thread(target=finish_the_other_run)
+    previous = signal.getitimer(signal.ITIMER_REAL)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.setitimer(signal.ITIMER_REAL, 30.0)  # stands in for pytest-timeout's limit (signal method)
+    try:
+        finisher.start()
+        started = time.monotonic()
+        with memory_slot("vllm", timeout_s=10):
+            waited = time.monotonic() - started
+            remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, *previous)
+        finisher.join()
+    assert waited >= 0.9
+    # without the extension the timer would show 30 - waited; with it, about 30 s are left
+    assert remaining == pytest.approx(30.0, abs=0.3)
+    assert remaining > 30.0 - waited + 0.5

@@ -66,7 +66,7 @@ CASES = {
 def test_quick_run_prints_table_and_ratio(case, tmp_path):
     (script, *arguments), ratio_name, table_words, output_lines = CASES[case]
     # A user's environment, not the test session's (no CPU-backend switch): the README's command as typed.
-    # faulthandler: a crashed benchmark prints its Python stack (bench_masked_memory died once on SIGSEGV)
+    # faulthandler: a crashed benchmark prints every thread's Python stack
     env = user_env({"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "PYTHONFAULTHANDLER": "1"})
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), *arguments, "--quick"],
@@ -76,7 +76,11 @@ def test_quick_run_prints_table_and_ratio(case, tmp_path):
         text=True,
         timeout=TIMEOUT_S,
     )
-    assert result.returncode == 0, f"{script} --quick failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    # a crash's report starts at faulthandler's "Fatal Python error" line, above its list of modules
+    crash = result.stderr[result.stderr.find("Fatal Python error") :][:4000] if result.returncode < 0 else ""
+    assert result.returncode == 0, (
+        f"{script} --quick failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}\n{crash}"
+    )
     lines = [line for line in result.stdout.splitlines() if line.strip()]
 
     table = [line for line in lines if line.startswith("|")]

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -137,13 +139,29 @@ def goes_now(holders: list[Entry], waiters: list[Waiter], me: Waiter, budget: fl
     return not any(other[3] < me[3] and admits(held, other[2], budget) for other in waiters if other != me)
 
 
+def extend_time_limit(seconds: float) -> None:
+    """Push the calling test's pytest-timeout deadline back by ``seconds`` (the time it waited for a slot).
+
+    A test's limit bounds its own run, not the queue in front of it: a family's SMOKE run that waited
+    9 minutes for the vLLM slot then hit pytest's 900 s in CI while running. pytest-timeout's ``signal``
+    method (this suite's) arms ``ITIMER_REAL``; when that timer is armed in the main thread it is
+    re-armed with the wait added. Elsewhere (no timer, another thread) nothing changes.
+    """
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        return
+    remaining, interval = signal.getitimer(signal.ITIMER_REAL)
+    if remaining > 0:
+        signal.setitimer(signal.ITIMER_REAL, remaining + seconds, interval)
+
+
 @contextmanager
 def memory_slot(kind: str, timeout_s: float = 3600.0) -> Iterator[None]:
     """Hold a slot of :data:`PEAK_GIB` ``[kind]`` GiB while the block runs one training run of that kind.
 
     Waits (polling every :data:`POLL_S` s, listed in the ledger as waiting) until the run fits
     :func:`budget_gib` beside the runs in flight on this machine and no run that has waited longer fits
-    too; raises ``TimeoutError`` after ``timeout_s`` s, naming the holders.
+    too; raises ``TimeoutError`` after ``timeout_s`` s, naming the holders. The wait does not count against
+    the test's pytest time limit (:func:`extend_time_limit`).
     """
     need = PEAK_GIB[kind]
     budget = budget_gib(total_memory_gib())
@@ -158,6 +176,7 @@ def memory_slot(kind: str, timeout_s: float = 3600.0) -> Iterator[None]:
             return [*holders, me[:3]], waiters, True
         return holders, [*waiters, me], False
 
+    waiting_since = time.monotonic()
     try:
         while not update_ledger(take):
             if time.monotonic() > deadline:
@@ -168,6 +187,7 @@ def memory_slot(kind: str, timeout_s: float = 3600.0) -> Iterator[None]:
     except BaseException:  # a timeout, or pytest's time limit inside the sleep: stop waiting
         update_ledger(lambda holders, waiters: (holders, without_one(waiters, me), True))
         raise
+    extend_time_limit(time.monotonic() - waiting_since)
     try:
         yield
     finally:
