@@ -192,19 +192,24 @@ class TinyFamily:
 
     Attributes:
         config_class: ``transformers`` config class name.
-        model_class: ``transformers`` model class name (also in ``ModelFamily.model_class``).
+        model_class: ``transformers`` model class name, the one the family's released checkpoints load as.
+        processor_class: ``transformers`` processor class name of the released checkpoints (verl's
+            ``hf_processor`` keys ``get_rope_index`` on it).
         parts: ``(sizes, family) -> (text_config, vision_config)`` family-specific keys.
     """
 
     config_class: str
     model_class: str
+    processor_class: str
     parts: Callable[[TinyQwenSizes, ModelFamily], tuple[dict, dict]]
 
 
 TINY_FAMILIES: dict[str, TinyFamily] = {
-    "qwen2_5_vl": TinyFamily("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration", _qwen2_5_vl_parts),
-    "qwen3_vl": TinyFamily("Qwen3VLConfig", "Qwen3VLForConditionalGeneration", _qwen3_vl_parts),
-    "qwen3_5": TinyFamily("Qwen3_5Config", "Qwen3_5ForConditionalGeneration", _qwen3_5_parts),
+    "qwen2_5_vl": TinyFamily(
+        "Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", _qwen2_5_vl_parts
+    ),
+    "qwen3_vl": TinyFamily("Qwen3VLConfig", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", _qwen3_vl_parts),
+    "qwen3_5": TinyFamily("Qwen3_5Config", "Qwen3_5ForConditionalGeneration", "Qwen3VLProcessor", _qwen3_5_parts),
 }
 
 
@@ -267,7 +272,7 @@ def build_tiny_processor(tokenizer, model_type: str = "qwen2_5_vl", sizes: TinyQ
     """
     import transformers
 
-    _, family = _tiny_family(model_type)
+    tiny, family = _tiny_family(model_type)
     min_pixels, max_pixels = sizes.pixel_bounds(family)
     layout = {
         "patch_size": family.patch_size,
@@ -279,8 +284,8 @@ def build_tiny_processor(tokenizer, model_type: str = "qwen2_5_vl", sizes: TinyQ
     image_processor = transformers.Qwen2VLImageProcessor(
         size={"shortest_edge": min_pixels, "longest_edge": max_pixels}, **layout
     )
-    video_processor = getattr(transformers, VIDEO_PROCESSORS[family.processor_class])(**layout)
-    return getattr(transformers, family.processor_class)(
+    video_processor = getattr(transformers, VIDEO_PROCESSORS[tiny.processor_class])(**layout)
+    return getattr(transformers, tiny.processor_class)(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=video_processor,

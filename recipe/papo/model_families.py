@@ -42,8 +42,6 @@ class ModelFamily:
         model_type: ``config.json``'s ``model_type`` (the table key).
         display_name: the family's name as users know it.
         name_pattern: regex matched (case-insensitive) against a hub name's last component.
-        processor_class: the processor class name verl's ``hf_processor`` keys ``get_rope_index`` on.
-        model_class: the ``transformers`` class loaded for training.
         patch_size: side of one vision patch (one ``pixel_values`` row), pixels.
         temporal_patch_size: frames per row (an image is repeated along time).
         merge_size: spatial merge factor; ``merge_size**2`` rows form one visual token.
@@ -54,8 +52,6 @@ class ModelFamily:
     model_type: str
     display_name: str
     name_pattern: str
-    processor_class: str
-    model_class: str
     patch_size: int
     temporal_patch_size: int
     merge_size: int
@@ -85,8 +81,6 @@ FAMILIES: dict[str, ModelFamily] = {
             model_type="qwen2_5_vl",
             display_name="Qwen2.5-VL",
             name_pattern=r"qwen2\.5-vl|qwen2_5_vl",
-            processor_class="Qwen2_5_VLProcessor",
-            model_class="Qwen2_5_VLForConditionalGeneration",
             patch_size=14,
             temporal_patch_size=2,
             merge_size=2,
@@ -97,8 +91,6 @@ FAMILIES: dict[str, ModelFamily] = {
             model_type="qwen3_vl",
             display_name="Qwen3-VL (dense)",
             name_pattern=r"qwen3-vl|qwen3_vl",
-            processor_class="Qwen3VLProcessor",
-            model_class="Qwen3VLForConditionalGeneration",
             patch_size=16,
             temporal_patch_size=2,
             merge_size=2,
@@ -109,8 +101,6 @@ FAMILIES: dict[str, ModelFamily] = {
             model_type="qwen3_5",
             display_name="Qwen3.5 (dense)",
             name_pattern=r"qwen3\.5|qwen3_5",
-            processor_class="Qwen3VLProcessor",
-            model_class="Qwen3_5ForConditionalGeneration",
             patch_size=16,
             temporal_patch_size=2,
             merge_size=2,

@@ -24,17 +24,11 @@ RUNTIME_CODE = ("recipe", "data_prep")
 RUNTIME_TEXT = ("configs", "scripts")
 
 # Names that only tests or tooling read but that stay for now, each with its reason.
-DEMO_FAMILY_FIELD = (
-    "read only by papo_tools/demo/tiny_model.py (and tests) to build each family's tiny model and processor; "
-    "to move out with that module's next change"
-)
 KNOWN: dict[str, str] = {
     # The hook recipe/papo/run_checks.py offers a device backend for its start-up checks (run before Ray);
     # the CPU backend (papo_tools.cpu) registers its one check through it. The recipe cannot import
     # papo_tools, so the registry stays here; run_backend_checks, its runtime half, runs in every run.
     "recipe/papo/backend_checks.py: register_backend_check": "the CPU backend's registration call",
-    "recipe/papo/model_families.py: ModelFamily.model_class": DEMO_FAMILY_FIELD,
-    "recipe/papo/model_families.py: ModelFamily.processor_class": DEMO_FAMILY_FIELD,
 }
 
 
