@@ -77,7 +77,8 @@ def test_quick_run_prints_table_and_ratio(case, tmp_path):
         timeout=TIMEOUT_S,
     )
     # a crash's report starts at faulthandler's "Fatal Python error" line, above its list of modules
-    crash = result.stderr[result.stderr.find("Fatal Python error") :][:4000] if result.returncode < 0 else ""
+    report_at = result.stderr.find("Fatal Python error")
+    crash = result.stderr[report_at:][:4000] if result.returncode < 0 and report_at >= 0 else ""
     assert result.returncode == 0, (
         f"{script} --quick failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}\n{crash}"
     )

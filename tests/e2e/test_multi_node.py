@@ -46,7 +46,8 @@ from script_runs import REPO, script_env
 from papo_tools.demo.run_demo import read_jsonl
 from recipe.papo.mask_log import MASK_LOG_ENV
 
-# The fixture (a wait for a memory slot, then both runs) runs inside the first test's time limit.
+# The fixture (both runs) runs inside the first test's time limit; the wait for its memory slot does not
+# count (tests/support/memory_slots.py).
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
 
 PAGE = REPO / "docs" / "training.md"
